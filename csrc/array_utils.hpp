@@ -1,0 +1,75 @@
+// Small helpers shared by the pybind11 bindings: dtype dispatch, shape checks, and an
+// OpenMP loop over a batch that carries exceptions out of the parallel region.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fastamort {
+
+namespace py = pybind11;
+
+// Which floating dtype an array has: 0 float32, 1 float64; throws TypeError otherwise.
+inline int float_kind(const py::array& a, const char* name) {
+  if (a.dtype().is(py::dtype::of<float>())) return 0;
+  if (a.dtype().is(py::dtype::of<double>())) return 1;
+  throw py::type_error(std::string(name) + ": expected a float32 or float64 array, got dtype " +
+                       std::string(py::str(a.dtype())));
+}
+
+// Checks C-contiguity, dimensions and dtype; returns the shape.
+inline std::vector<long> checked_shape(const py::array& a, const char* name, int ndim, int kind) {
+  if (a.ndim() != ndim) {
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) +
+                          " dimensions, got " + std::to_string(a.ndim()));
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  }
+  if (float_kind(a, name) != kind) {
+    throw py::type_error(std::string(name) + ": dtype differs from the first argument's");
+  }
+  std::vector<long> shape(ndim);
+  for (int i = 0; i < ndim; ++i) shape[i] = static_cast<long>(a.shape(i));
+  return shape;
+}
+
+template <class T>
+T* mutable_data(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <class T>
+const T* const_data(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+// Runs body(b, inner_parallel) for b in [0, batch). Small problems run in parallel over
+// the batch with serial insides; large ones one after another with parallel insides.
+template <class F>
+void for_each_in_batch(long batch, bool small, F&& body) {
+  if (batch > 1 && small) {
+    std::exception_ptr error = nullptr;
+    std::mutex error_mutex;
+#pragma omp parallel for schedule(dynamic)
+    for (long b = 0; b < batch; ++b) {
+      try {
+        body(b, false);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  } else {
+    for (long b = 0; b < batch; ++b) body(b, true);
+  }
+}
+
+}  // namespace fastamort

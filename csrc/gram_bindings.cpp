@@ -1,0 +1,178 @@
+// pybind11 bindings of the Gram engine. Arrays are batched and C-contiguous:
+// x (B, M, D), y (B, N, D) or None (Y = X), v (B, N, P), grad (B, M, N) or (B, M, P).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "array_utils.hpp"
+#include "blas.hpp"
+#include "gram_engine.hpp"
+#include "row_ops.hpp"
+
+namespace py = pybind11;
+
+namespace fastamort {
+namespace {
+
+// Per-problem work below which the batch runs in parallel with serial problems.
+constexpr long kSmallProblemWork = 1L << 20;
+
+struct Dims {
+  long b, m, n, d;
+};
+
+Dims gram_dims(const py::array& x, const py::object& y, int kind) {
+  auto xs = checked_shape(x, "x", 3, kind);
+  Dims dims{xs[0], xs[1], xs[1], xs[2]};
+  if (!y.is_none()) {
+    auto ys = checked_shape(y.cast<py::array>(), "y", 3, kind);
+    if (ys[0] != xs[0] || ys[2] != xs[2]) throw py::value_error("y: batch or feature size differs from x");
+    dims.n = ys[1];
+  }
+  return dims;
+}
+
+void check_kernel(int kernel, double lengthscale) {
+  if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
+  if (!(lengthscale > 0.0) || lengthscale == std::numeric_limits<double>::infinity())
+    throw py::value_error("lengthscale: must be positive and finite");
+}
+
+template <class T>
+gram::Problem<T> problem(const py::array& x, const py::object& y, const Dims& dims, long b,
+                         int kernel, double lengthscale) {
+  const T* xp = const_data<T>(x) + b * dims.m * dims.d;
+  const T* yp = y.is_none() ? nullptr : const_data<T>(y.cast<py::array>()) + b * dims.n * dims.d;
+  return gram::Problem<T>{xp, yp, static_cast<int>(dims.m), static_cast<int>(dims.n),
+                          static_cast<int>(dims.d), kernel, static_cast<T>(lengthscale)};
+}
+
+bool is_small(const Dims& d) { return d.m * d.n * std::max(d.d, 1L) <= kSmallProblemWork; }
+
+template <class T>
+py::array gram_forward_t(const py::array& x, const py::object& y, int kernel, double ell) {
+  const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  py::array_t<T> out({dims.b, dims.m, dims.n});
+  T* k = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    blas::SingleThreaded single_threaded_blas;
+    for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
+      gram::forward<T>(problem<T>(x, y, dims, b, kernel, ell), k + b * dims.m * dims.n, inner);
+    });
+  }
+  return out;
+}
+
+template <class T>
+py::array gram_matmul_forward_t(const py::array& x, const py::object& y, const py::array& v,
+                                int kernel, double ell) {
+  const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  auto vs = checked_shape(v, "v", 3, sizeof(T) == 8);
+  if (vs[0] != dims.b || vs[1] != dims.n) throw py::value_error("v: expected shape (B, N, P)");
+  const long p = vs[2];
+  py::array_t<T> out({dims.b, dims.m, p});
+  T* o = out.mutable_data();
+  const T* vp = const_data<T>(v);
+  {
+    py::gil_scoped_release release;
+    blas::SingleThreaded single_threaded_blas;
+    for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
+      gram::matmul_forward<T>(problem<T>(x, y, dims, b, kernel, ell), vp + b * dims.n * p,
+                              static_cast<int>(p), o + b * dims.m * p, inner);
+    });
+  }
+  return out;
+}
+
+// grad: (B, M, N) when v is None (gram), else (B, M, P) (gram_matmul, G = grad·vᵀ).
+template <class T>
+py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::array& grad,
+                          const py::object& v, int kernel, double ell) {
+  const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  auto gs = checked_shape(grad, "grad", 3, sizeof(T) == 8);
+  long p = 0;
+  const T* vp = nullptr;
+  if (v.is_none()) {
+    if (gs[0] != dims.b || gs[1] != dims.m || gs[2] != dims.n)
+      throw py::value_error("grad: expected shape (B, M, N)");
+  } else {
+    auto vs = checked_shape(v.cast<py::array>(), "v", 3, sizeof(T) == 8);
+    p = vs[2];
+    if (vs[0] != dims.b || vs[1] != dims.n || gs[0] != dims.b || gs[1] != dims.m || gs[2] != p)
+      throw py::value_error("grad, v: expected shapes (B, M, P) and (B, N, P)");
+    vp = const_data<T>(v.cast<py::array>());
+  }
+  const bool sym = y.is_none();
+  py::array_t<T> dx({dims.b, dims.m, dims.d});
+  py::object dy_obj = py::none();
+  T* dyp = nullptr;
+  if (!sym) {
+    py::array_t<T> dy({dims.b, dims.n, dims.d});
+    dyp = dy.mutable_data();
+    dy_obj = dy;
+  }
+  py::array_t<double> dell({dims.b});
+  T* dxp = dx.mutable_data();
+  double* dellp = dell.mutable_data();
+  const T* gp = const_data<T>(grad);
+  const long g_stride = v.is_none() ? dims.m * dims.n : dims.m * p;
+  {
+    py::gil_scoped_release release;
+    blas::SingleThreaded single_threaded_blas;
+    for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
+      dellp[b] = gram::backward<T>(problem<T>(x, y, dims, b, kernel, ell), gp + b * g_stride,
+                                   vp == nullptr ? nullptr : vp + b * dims.n * p,
+                                   static_cast<int>(p), dxp + b * dims.m * dims.d,
+                                   dyp == nullptr ? nullptr : dyp + b * dims.n * dims.d, inner);
+    });
+  }
+  return py::make_tuple(dx, dy_obj, dell);
+}
+
+}  // namespace
+
+void bind_gram(py::module_& m) {
+  m.def(
+      "gram_forward",
+      [](const py::array& x, const py::object& y, int kernel, double lengthscale) -> py::array {
+        check_kernel(kernel, lengthscale);
+        return float_kind(x, "x") == 0 ? gram_forward_t<float>(x, y, kernel, lengthscale)
+                                       : gram_forward_t<double>(x, y, kernel, lengthscale);
+      },
+      py::arg("x"), py::arg("y"), py::arg("kernel"), py::arg("lengthscale"),
+      "K = k(x, y): x (B, M, D), y (B, N, D) or None for y = x (exactly symmetric) -> (B, M, N).");
+  m.def(
+      "gram_matmul_forward",
+      [](const py::array& x, const py::object& y, const py::array& v, int kernel,
+         double lengthscale) -> py::array {
+        check_kernel(kernel, lengthscale);
+        return float_kind(x, "x") == 0
+                   ? gram_matmul_forward_t<float>(x, y, v, kernel, lengthscale)
+                   : gram_matmul_forward_t<double>(x, y, v, kernel, lengthscale);
+      },
+      py::arg("x"), py::arg("y"), py::arg("v"), py::arg("kernel"), py::arg("lengthscale"),
+      "k(x, y) @ v computed in tiles (K never stored): v (B, N, P) -> (B, M, P).");
+  m.def(
+      "gram_backward",
+      [](const py::array& x, const py::object& y, const py::array& grad, const py::object& v,
+         int kernel, double lengthscale) -> py::tuple {
+        check_kernel(kernel, lengthscale);
+        return float_kind(x, "x") == 0
+                   ? gram_backward_t<float>(x, y, grad, v, kernel, lengthscale)
+                   : gram_backward_t<double>(x, y, grad, v, kernel, lengthscale);
+      },
+      py::arg("x"), py::arg("y"), py::arg("grad"), py::arg("v"), py::arg("kernel"),
+      py::arg("lengthscale"),
+      "Gradients of sum(G * k(x, y)) -> (dx, dy or None, dlengthscale per batch member).\n"
+      "G = grad (B, M, N) when v is None, else grad @ v^T with grad (B, M, P), v (B, N, P).\n"
+      "With y None, dx is the total gradient of x in both roles.");
+  m.def("blas_thread_control", &blas::thread_control,
+        "Whether the BLAS thread count can be pinned to 1 around the Gram kernels.");
+  m.def("simd_isa", []() { return std::string(row_ops<double>().isa); },
+        "Instruction set the element-wise kernels were dispatched to.");
+}
+
+}  // namespace fastamort

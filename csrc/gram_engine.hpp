@@ -1,0 +1,43 @@
+// The CPU Gram engine: K(X, Y), K(X, Y)·V and their gradients for one problem.
+//
+// Shapes (row-major): x (M×D), y (N×D), v (N×P), K (M×N), out (M×P).
+// Every op walks the M×N plane in tiles. A tile of scaled distances s is made either
+//   - by the GEMM trick (D large): s = max(‖x‖² + ‖y‖² − 2·x·yᵀ, 0)/ℓ², on centred data,
+//     with the cross term from BLAS, or
+//   - directly (D small, the Laplacian, or small batched problems): s = Σ (x − y)²/ℓ²,
+// and is then mapped in place to k(s) (forward) or w = G·dk/ds (backward) by the
+// vectorised row kernels. Only gram() writes the whole M×N matrix; gram_matmul and the
+// backward passes keep one tile at a time.
+#pragma once
+
+#include <vector>
+
+namespace fastamort::gram {
+
+// One problem of the batch. y == nullptr means Y = X ("symmetric": exact zeros on the
+// distance diagonal, K exactly symmetric).
+template <class T>
+struct Problem {
+  const T* x;
+  const T* y;
+  int m, n, d;
+  int kernel;
+  T lengthscale;
+};
+
+// K (M×N, row-major). With p.y == nullptr, N == M and K is exactly symmetric.
+template <class T>
+void forward(const Problem<T>& p, T* k, bool inner_parallel);
+
+// out (M×P) = K·v.
+template <class T>
+void matmul_forward(const Problem<T>& p, const T* v, int n_cols, T* out, bool inner_parallel);
+
+// Gradients of Σ G∘K w.r.t. x, y and ℓ, for G given densely (g: M×N, v == nullptr) or as a
+// product G = g·vᵀ (g: M×P, v: N×P, the gram_matmul case). dy may be nullptr when
+// p.y == nullptr: then dx holds the total gradient for X in both roles.
+template <class T>
+double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
+                bool inner_parallel);
+
+}  // namespace fastamort::gram

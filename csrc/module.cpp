@@ -1,0 +1,22 @@
+// fastamort._C: the CPU extension (pybind11, NumPy buffers, OpenMP; no libtorch).
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include "blas.hpp"
+
+namespace py = pybind11;
+
+namespace fastamort {
+void bind_gram(py::module_& m);
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastamort CPU kernels: Gram matrices, fused Gram-matmul, ridge solves.";
+  fastamort::blas::load();
+  fastamort::bind_gram(m);
+  m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the kernels.");
+  m.def("blas_source", []() { return fastamort::blas::describe(); });
+#ifdef FASTAMORT_VERSION
+  m.attr("__version__") = FASTAMORT_VERSION;
+#endif
+}

@@ -1,0 +1,23 @@
+// Row kernels for x86-64 CPUs with AVX2 and FMA, chosen at run time by row_ops().
+#include "row_ops.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma")
+#define FASTAMORT_ISA_NS isa_avx2
+#define FASTAMORT_ISA_NAME "avx2+fma"
+#include "row_ops_impl.hpp"
+
+namespace fastamort::isa_avx2 {
+bool compiled() { return true; }
+}  // namespace fastamort::isa_avx2
+#else
+namespace fastamort::isa_avx2 {
+bool compiled() { return false; }
+template <class T>
+RowOps<T> make_row_ops() {
+  return isa_base::make_row_ops<T>();
+}
+template RowOps<float> make_row_ops<float>();
+template RowOps<double> make_row_ops<double>();
+}  // namespace fastamort::isa_avx2
+#endif

@@ -1,0 +1,99 @@
+// Branch-free exp for non-positive arguments, written so that the compiler vectorises it.
+//
+// Kernel functions only ever need exp(x) for x <= 0. glibc's vector exp (libmvec) is
+// only used by GCC under -ffast-math, which would also break NaN checks, so we keep our
+// own: Cody-Waite range reduction x = k·ln2 + r with |r| <= ln2/2, a Taylor polynomial
+// (degree 13 for double, 7 for float: both below one ulp of truncation error) and
+// 2^k built from its exponent bits. Results below the smallest normal number flush to 0.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace fastamort {
+// Internal linkage on purpose: this header is compiled once per instruction set.
+namespace {
+
+template <class T>
+struct ExpTraits;
+
+template <>
+struct ExpTraits<double> {
+  using Int = int64_t;
+  static constexpr double kMagic = 6755399441055744.0;  // 1.5·2^52: rounds to an integer
+  static constexpr double kLowest = -708.3;             // exp(kLowest) is still normal
+  static constexpr int kBias = 1023;
+  static constexpr int kMantissa = 52;
+  static constexpr double kLn2Hi = 6.93147180369123816490e-01;
+  static constexpr double kLn2Lo = 1.90821492927058770002e-10;
+};
+
+template <>
+struct ExpTraits<float> {
+  using Int = int32_t;
+  static constexpr float kMagic = 12582912.0f;  // 1.5·2^23
+  static constexpr float kLowest = -87.3f;
+  static constexpr int kBias = 127;
+  static constexpr int kMantissa = 23;
+  static constexpr float kLn2Hi = 6.93145752e-01f;
+  static constexpr float kLn2Lo = 1.42860677e-06f;
+};
+
+template <class T>
+inline T exp_poly(T r);
+
+template <>
+inline double exp_poly<double>(double r) {
+  // Taylor series of e^r to r^13/13!, Horner form.
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  return p * r + 1.0;
+}
+
+template <>
+inline float exp_poly<float>(float r) {
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
+
+// exp(x) for x <= 0 (x > 0 is not supported). Vectorisable: no branches, no calls.
+template <class T>
+inline T exp_nonpos(T x) {
+  using Tr = ExpTraits<T>;
+  using Int = typename Tr::Int;
+  const bool underflow = x < Tr::kLowest;
+  const T xc = underflow ? Tr::kLowest : x;
+  const T t = xc * T(1.4426950408889634) + Tr::kMagic;
+  const T kd = t - Tr::kMagic;
+  Int t_bits, magic_bits;
+  const T magic = Tr::kMagic;
+  std::memcpy(&t_bits, &t, sizeof(T));
+  std::memcpy(&magic_bits, &magic, sizeof(T));
+  const Int k = t_bits - magic_bits;  // round(xc·log2 e) as an integer
+  const T r = (xc - kd * Tr::kLn2Hi) - kd * Tr::kLn2Lo;
+  const Int e_bits = (k + Int(Tr::kBias)) << Tr::kMantissa;
+  T scale;
+  std::memcpy(&scale, &e_bits, sizeof(T));
+  const T y = exp_poly<T>(r) * scale;
+  return underflow ? T(0) : y;
+}
+
+}  // namespace
+}  // namespace fastamort

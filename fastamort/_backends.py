@@ -1,0 +1,170 @@
+"""Backend discovery and per-call dispatch.
+
+Every op has three backends, tried in this order for ``backend="auto"``:
+
+``triton``  CUDA tensors, when Triton imports (also CPU tensors under ``TRITON_INTERPRET=1``,
+            but only when asked for explicitly: that is how CI runs the GPU kernels);
+``cpp``     CPU tensors, when the extension ``fastamort._C`` was built;
+``torch``   the pure-PyTorch reference, always available.
+
+``backend=`` on a call, or the ``FASTAMORT_BACKEND`` environment variable, names one
+explicitly; an explicit backend that cannot run raises :class:`BackendUnavailableError`
+saying why, never a silent fallback. :func:`record_backends` lets callers (and the tests)
+see which backend really ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from functools import cache
+from types import ModuleType
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("triton", "cpp", "torch")
+_CHOICES = ("auto", *BACKENDS)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs (the message says why)."""
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run on the CPU through Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@cache
+def _import_status(module: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def cpp_module() -> ModuleType:
+    """The compiled extension ``fastamort._C``; raises if it is not built."""
+    mod, why = _import_status("fastamort._C")
+    if mod is None:
+        raise BackendUnavailableError(
+            "the C++ extension fastamort._C is not available "
+            f"({why}); reinstall without FASTAMORT_NO_EXT=1 to build it"
+        )
+    return mod
+
+
+def triton_module(name: str) -> ModuleType:
+    """A fastamort module holding Triton kernels (imports Triton on first use)."""
+    reason = triton_unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(f"Triton is not usable: {reason}")
+    mod, why = _import_status(name)
+    if mod is None:
+        raise BackendUnavailableError(f"{name} failed to import: {why}")
+    return mod
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why Triton cannot be used at all in this process, or None."""
+    _, why = _import_status("triton")
+    if why is not None:
+        return f"triton does not import ({why}); install the extra fastamort[gpu]"
+    return None
+
+
+def cpp_unavailable_reason() -> str | None:
+    """Why the C++ backend cannot be used at all, or None."""
+    _, why = _import_status("fastamort._C")
+    if why is not None:
+        return f"the extension fastamort._C is not built ({why})"
+    return None
+
+
+def _why_not(backend: str, device: torch.device) -> str | None:
+    if backend == "torch":
+        return None
+    if backend == "cpp":
+        reason = cpp_unavailable_reason()
+        if reason is None and device.type != "cpu":
+            reason = f"it runs on CPU tensors only, got a {device.type} tensor"
+        return reason
+    reason = triton_unavailable_reason()
+    if reason is None and device.type != "cuda":
+        if device.type == "cpu" and not interpreter_enabled():
+            reason = "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 before start)"
+        elif device.type != "cpu":
+            reason = f"it runs on CUDA tensors only, got a {device.type} tensor"
+    return reason
+
+
+def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
+    """The backend that runs ``op`` on tensors of ``device``.
+
+    ``backend`` None or "auto" defers to ``FASTAMORT_BACKEND`` and then to the automatic
+    order; anything explicit is checked and refused with the reason.
+    """
+    requested = "auto" if backend is None else backend
+    source = "backend"
+    if requested == "auto":
+        env = os.environ.get("FASTAMORT_BACKEND", "auto").strip().lower() or "auto"
+        if env != "auto":
+            requested, source = env, "FASTAMORT_BACKEND"
+    if requested not in _CHOICES:
+        raise ValueError(f"{source}: unknown backend {requested!r}; expected one of {_CHOICES}")
+    if requested == "auto":
+        if device.type == "cuda" and _why_not("triton", device) is None:
+            return "triton"
+        if device.type == "cpu" and _why_not("cpp", device) is None:
+            return "cpp"
+        return "torch"
+    reason = _why_not(requested, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"{op}: {source}={requested!r} cannot run: {reason}")
+    return requested
+
+
+def backend_report() -> dict[str, str]:
+    """For each backend, "available" or the reason it is not (used by ``fastamort info``)."""
+    report = {"torch": "available"}
+    cpp = cpp_unavailable_reason()
+    report["cpp"] = "available" if cpp is None else cpp
+    tri = triton_unavailable_reason()
+    if tri is not None:
+        report["triton"] = tri
+    elif torch.cuda.is_available():
+        report["triton"] = "available (CUDA)"
+    elif interpreter_enabled():
+        report["triton"] = "available through the interpreter (TRITON_INTERPRET=1), CPU tensors"
+    else:
+        report["triton"] = "imports, but no CUDA device (set TRITON_INTERPRET=1 to interpret)"
+    return report
+
+
+_RECORDERS: list[list[tuple[str, str]]] = []
+
+
+def note_backend(op: str, backend: str) -> None:
+    """Called by each op where its kernel actually runs."""
+    for rec in _RECORDERS:
+        rec.append((op, backend))
+
+
+@contextlib.contextmanager
+def record_backends() -> Iterator[list[tuple[str, str]]]:
+    """Collects ``(op, backend)`` for every kernel launched inside the block.
+
+    >>> import torch, fastamort
+    >>> with fastamort.record_backends() as ran:
+    ...     _ = fastamort.gram(torch.randn(4, 2), backend="torch")
+    >>> ran
+    [('gram', 'torch')]
+    """
+    rec: list[tuple[str, str]] = []
+    _RECORDERS.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)

@@ -1,0 +1,78 @@
+"""Input validation shared by the public ops: clear errors that name the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_tensor(t: object, name: str, *, min_ndim: int = 0, finite: bool = True) -> torch.Tensor:
+    """A float32/float64 tensor with at least ``min_ndim`` dimensions and finite entries."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected dtype float32 or float64, got {t.dtype} "
+            "(convert with .float() or .double())"
+        )
+    if t.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
+        )
+    if finite and t.numel() > 0 and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return t
+
+
+def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """All tensors share the first one's dtype and device."""
+    first_name, first = tensors[0]
+    for name, t in tensors[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} differs from {first_name}'s {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(
+                f"{name}: device {t.device} differs from {first_name}'s {first.device}"
+            )
+
+
+def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
+    """The lengthscale as a 0-d tensor of ``like``'s dtype and device (gradients kept)."""
+    if isinstance(lengthscale, torch.Tensor):
+        if lengthscale.ndim != 0:
+            raise ValueError(
+                f"lengthscale: expected a float or a 0-d tensor, got shape "
+                f"{tuple(lengthscale.shape)}"
+            )
+        if not lengthscale.is_floating_point():
+            raise TypeError(f"lengthscale: expected a floating tensor, got {lengthscale.dtype}")
+        value = float(lengthscale.detach())
+        ell = lengthscale.to(dtype=like.dtype, device=like.device)
+    elif isinstance(lengthscale, (int, float)) and not isinstance(lengthscale, bool):
+        value = float(lengthscale)
+        ell = torch.tensor(value, dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(
+            f"lengthscale: expected a float or a 0-d tensor, got {type(lengthscale).__name__}"
+        )
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"lengthscale: must be positive and finite, got {value}")
+    return ell
+
+
+def batch_shape(*shapes: torch.Size, names: Sequence[str]) -> torch.Size:
+    """Broadcast leading batch shapes, naming the arguments when they do not fit."""
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError as exc:
+        described = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes, strict=True))
+        raise ValueError(f"batch dimensions do not broadcast: {described}") from exc
+
+
+def flatten_batch(t: torch.Tensor, batch: torch.Size) -> torch.Tensor:
+    """(…, A, B) broadcast to ``batch`` and flattened to (prod(batch), A, B)."""
+    return t.expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:])

@@ -1,0 +1,207 @@
+"""Benchmark of ``gram`` and ``gram_matmul`` (Gaussian kernel) against pure PyTorch.
+
+For each size, dtype and backend, on the same inputs in one run:
+
+* ``torch_ref_s``: the faster of ``torch.cdist`` + ``exp`` and the expanded form
+  (``gram_ref``): the pure-PyTorch reference a user would write;
+* ``gemm_s``: ``torch.matmul`` of the same shapes (2·M·N·D FLOPs, the GEMM floor);
+* each fastamort backend: time, ``speedup`` over the reference, ``x_gemm`` (time over the
+  GEMM floor) and GFLOP/s counting 2·M·N·D;
+* ``gram_matmul`` (P = 16) against materialise-then-matmul, with the measured peak extra
+  memory of both paths.
+
+Run as ``fastamort bench gram [--quick] [--json PATH] [--csv PATH] [--plot PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import fastamort
+from fastamort._backends import BackendUnavailableError, resolve_backend
+from fastamort.ops.gram import gram_ref
+
+from ._harness import environment, measure, peak_extra_memory, print_table, write_results
+
+FULL_SIZES = (256, 1024, 4096)
+FULL_DIMS = (2, 32, 784)
+QUICK_SIZES = (256, 1024)
+QUICK_DIMS = (2, 32)
+P_COLUMNS = 16
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Compiled backends that can run on ``device`` (the torch reference is timed apart)."""
+    out = []
+    for name in ("triton", "cpp"):
+        try:
+            resolve_backend("gram", name, device)
+        except BackendUnavailableError:
+            continue
+        out.append(name)
+    return out
+
+
+def _cdist_gaussian(x: torch.Tensor, y: torch.Tensor, ell: float) -> torch.Tensor:
+    return torch.exp(torch.cdist(x, y).square_().mul_(-0.5 / ell**2))
+
+
+def bench_one(
+    m: int, d: int, dtype: torch.dtype, device: torch.device, backends: Sequence[str], seed: int = 0
+) -> list[dict[str, Any]]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(m, d, generator=gen, dtype=dtype).to(device)
+    y = torch.randn(m, d, generator=gen, dtype=dtype).to(device)
+    v = torch.randn(m, P_COLUMNS, generator=gen, dtype=dtype).to(device)
+    ell = float(d) ** 0.5
+    base = {"M": m, "N": m, "D": d, "dtype": str(dtype).replace("torch.", "")}
+    t_cdist = measure(lambda: _cdist_gaussian(x, y, ell), device)["median_s"]
+    t_expanded = measure(lambda: gram_ref(x, y, "gaussian", ell), device)["median_s"]
+    t_ref = min(t_cdist, t_expanded)
+    t_gemm = measure(lambda: x @ y.T, device)["median_s"]
+    flops = 2.0 * m * m * d
+    rows = []
+    for b in backends:
+        t = measure(lambda b=b: fastamort.gram(x, y, lengthscale=ell, backend=b), device)
+        t_sym = measure(lambda b=b: fastamort.gram(x, lengthscale=ell, backend=b), device)
+        rows.append(
+            {
+                **base,
+                "op": "gram",
+                "backend": b,
+                "time_s": t["median_s"],
+                "torch_ref_s": t_ref,
+                "torch_cdist_s": t_cdist,
+                "torch_expanded_s": t_expanded,
+                "gemm_s": t_gemm,
+                "speedup": t_ref / t["median_s"],
+                "x_gemm": t["median_s"] / t_gemm,
+                "gflops": flops / t["median_s"] / 1e9,
+                "sym_time_s": t_sym["median_s"],
+            }
+        )
+
+    # gram_matmul against materialise-then-matmul
+    def materialised() -> torch.Tensor:
+        return gram_ref(x, y, "gaussian", ell) @ v
+
+    t_mat = measure(materialised, device)["median_s"]
+    mem_mat = peak_extra_memory(materialised, device)
+    for b in backends:
+
+        def fused(b: str = b) -> torch.Tensor:
+            return fastamort.gram_matmul(x, y, v, lengthscale=ell, backend=b)
+
+        t = measure(fused, device)["median_s"]
+        mem = peak_extra_memory(fused, device)
+        rows.append(
+            {
+                **base,
+                "op": "gram_matmul",
+                "P": P_COLUMNS,
+                "backend": b,
+                "time_s": t,
+                "torch_ref_s": t_mat,
+                "speedup": t_mat / t,
+                "gemm_s": t_gemm,
+                "gflops": (flops + 2.0 * m * m * P_COLUMNS) / t / 1e9,
+                "peak_extra_bytes": mem,
+                "ref_peak_extra_bytes": mem_mat,
+                "memory_ratio": (mem / mem_mat) if (mem is not None and mem_mat) else None,
+            }
+        )
+    return rows
+
+
+def run(
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    sizes: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None,
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+    dims = dims or (QUICK_DIMS if quick else FULL_DIMS)
+    backends = available_backends(dev)
+    rows: list[dict[str, Any]] = []
+    for dtype in dtypes:
+        for d in dims:
+            for m in sizes:
+                rows += bench_one(m, d, dtype, dev, backends)
+                print(f"  done M=N={m} D={d} {dtype}", flush=True)
+    return rows, environment(dev)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Speed-up over the torch reference per shape, one bar group per backend and op."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, op in zip(axes, ("gram", "gram_matmul"), strict=True):
+        sel = [r for r in rows if r["op"] == op]
+        labels = sorted({(r["dtype"], r["D"], r["M"]) for r in sel})
+        backends = sorted({r["backend"] for r in sel})
+        width = 0.8 / max(len(backends), 1)
+        for k, b in enumerate(backends):
+            vals = []
+            for lab in labels:
+                hit = [
+                    r["speedup"]
+                    for r in sel
+                    if (r["dtype"], r["D"], r["M"]) == lab and r["backend"] == b
+                ]
+                vals.append(hit[0] if hit else 0.0)
+            ax.bar([i + k * width for i in range(len(labels))], vals, width, label=b)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+        ax.set_xticklabels([f"{dt[-2:]} D{d}\nM{m}" for dt, d, m in labels], fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{op}: speed-up over pure PyTorch")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fastamort bench gram", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--json", default=None, help="write the results as JSON here")
+    parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
+    parser.add_argument("--plot", default=None, help="write a PNG plot here")
+    args = parser.parse_args(argv)
+    rows, env = run(quick=args.quick, device=args.device)
+    print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
+    print_table(
+        rows,
+        [
+            "op",
+            "dtype",
+            "M",
+            "D",
+            "backend",
+            "time_s",
+            "torch_ref_s",
+            "speedup",
+            "gemm_s",
+            "x_gemm",
+            "gflops",
+            "memory_ratio",
+        ],
+    )
+    write_results(rows, env, json_path=args.json, csv_path=args.csv)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0

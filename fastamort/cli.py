@@ -1,0 +1,73 @@
+"""Command line: ``fastamort info`` and ``fastamort bench <name>``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+
+def info_text() -> str:
+    """Versions, and which backends are available (or why not)."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    import fastamort
+    from fastamort._backends import backend_report, cpp_unavailable_reason
+
+    lines = [
+        f"fastamort {fastamort.__version__}",
+        f"python {platform.python_version()} ({platform.machine()})",
+        f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}"
+        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+        + ")",
+        f"numpy {np.__version__}",
+    ]
+    try:
+        import scipy
+
+        lines.append(f"scipy {scipy.__version__}")
+    except ImportError:
+        lines.append("scipy not installed")
+    try:
+        import triton
+
+        lines.append(f"triton {triton.__version__}")
+    except Exception:
+        lines.append("triton not installed")
+    lines.append("backends:")
+    for name, status in backend_report().items():
+        lines.append(f"  {name:7s} {status}")
+    if cpp_unavailable_reason() is None:
+        from fastamort import _C
+
+        lines.append(
+            f"cpp details: {_C.num_threads()} OpenMP threads, element-wise kernels for "
+            f"{_C.simd_isa()}, BLAS/LAPACK from {_C.blas_source()}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastamort", description="fastamort command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions and available backends")
+    bench = sub.add_parser("bench", help="run a benchmark", add_help=False)
+    bench.add_argument("name", help="which benchmark (gram)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        print(info_text())
+        return 0
+    from fastamort.benchmarks import BENCHMARKS
+
+    if args.name not in BENCHMARKS:
+        parser.error(f"unknown benchmark {args.name!r}; choose from {', '.join(BENCHMARKS)}")
+    module = importlib.import_module(f"fastamort.benchmarks.{args.name}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``gram_matmul``: K(x, y) @ v without storing the M×N Gram matrix, with autograd.
+
+The compiled backends walk K in tiles and multiply each tile by its slice of ``v`` while it
+is in cache (C++) or in registers (Triton). The backward pass needs no K either:
+dv = K(y, x) @ g is another fused product, and the gradients for x, y and ℓ contract the
+tile-wise G = g·vᵀ with dk/ds inside the same tiled loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._backends import note_backend, resolve_backend
+from .._checks import batch_shape, check_same_kind, check_tensor, flatten_batch
+from .gram import gram_backend_impl, gram_ref, prepare_points
+
+__all__ = ["gram_matmul", "gram_matmul_ref"]
+
+
+def gram_matmul_ref(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    v: torch.Tensor,
+    kernel: str = "gaussian",
+    lengthscale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Pure-PyTorch reference: materialise ``gram_ref(x, y)`` then multiply by ``v``."""
+    return gram_ref(x, y, kernel, lengthscale) @ v
+
+
+class GramMatmulFunction(torch.autograd.Function):
+    """out = K(x, y) @ v on a compiled backend; backward by that backend's fused kernels."""
+
+    @staticmethod
+    def forward(ctx, x, y, v, ell, kid: int, backend: str):  # type: ignore[override]
+        impl = gram_backend_impl(backend)
+        out = impl.gram_matmul_forward(x, y, v, kid, ell)
+        note_backend("gram_matmul", backend)
+        ctx.save_for_backward(x, y, v, ell)
+        ctx.kid, ctx.backend = kid, backend
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, y, v, ell = ctx.saved_tensors
+        impl = gram_backend_impl(ctx.backend)
+        g = grad_out.contiguous()
+        dv = None
+        if ctx.needs_input_grad[2]:  # K(x, y)ᵀ = K(y, x) for these symmetric kernels
+            dv = impl.gram_matmul_forward(
+                x if y is None else y, None if y is None else x, g, ctx.kid, ell
+            )
+        dx = dy = dell = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            dx, dy, dell = impl.gram_backward(x, y, g, v, ctx.kid, ell)
+            dell = dell.to(ell.dtype).reshape(ell.shape)
+        note_backend("gram_matmul.backward", ctx.backend)
+        return dx, dy, dv, dell, None, None
+
+
+def gram_matmul(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    v: torch.Tensor,
+    *,
+    kernel: str = "gaussian",
+    lengthscale: float | torch.Tensor = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``gram(x, y, kernel=..., lengthscale=...) @ v`` computed in tiles.
+
+    Args:
+        x: points, shape ``(..., M, D)``, float32 or float64.
+        y: points, shape ``(..., N, D)``, or ``None`` for ``y = x``.
+        v: shape ``(..., N, P)``, or ``(..., N)`` when ``v.ndim == x.ndim - 1``.
+        kernel, lengthscale, backend: as for :func:`fastamort.gram`.
+
+    Returns:
+        shape ``(..., M, P)`` (or ``(..., M)`` for a vector ``v``). The M×N Gram matrix is
+        never stored on the ``cpp`` and ``triton`` backends (forward and backward).
+
+    Example:
+        >>> import torch, fastamort
+        >>> x = torch.tensor([[0.0], [1.0]])
+        >>> fastamort.gram_matmul(x, None, torch.ones(2))
+        tensor([1.6065, 1.6065])
+    """
+    x, y, ell, kid = prepare_points(x, y, kernel, lengthscale)
+    v = check_tensor(v, "v", min_ndim=1)
+    check_same_kind([("x", x), ("v", v)])
+    other = x if y is None else y
+    vector = v.ndim == x.ndim - 1
+    v2 = v.unsqueeze(-1) if vector else v
+    if v2.ndim < 2 or v2.shape[-2] != other.shape[-2]:
+        raise ValueError(
+            f"v: expected shape (..., N, P) or (..., N) with N = {other.shape[-2]} "
+            f"(the number of {'x' if y is None else 'y'} points), got {tuple(v.shape)}"
+        )
+    name = resolve_backend("gram_matmul", backend, x.device)
+    batch = batch_shape(x.shape[:-2], other.shape[:-2], v2.shape[:-2], names=("x", "y", "v"))
+    m, n, p = x.shape[-2], other.shape[-2], v2.shape[-1]
+    if name == "torch" or min(m, n, p, x.shape[-1]) == 0 or batch.numel() == 0:
+        out = gram_matmul_ref(x, y, v2, kernel, ell)
+        if name == "torch":
+            note_backend("gram_matmul", "torch")
+        out = out.expand(*batch, m, p)
+    else:
+        x3 = flatten_batch(x, batch)
+        y3 = None if y is None else flatten_batch(y, batch)
+        v3 = flatten_batch(v2, batch)
+        out = GramMatmulFunction.apply(x3, y3, v3, ell, kid, name).reshape(*batch, m, p)
+    return out.squeeze(-1) if vector else out
