@@ -7,7 +7,17 @@ the C++ extension (CPU) or the pure-PyTorch reference; see :mod:`fastamort._back
 from __future__ import annotations
 
 from ._backends import BACKENDS, BackendUnavailableError, backend_report, record_backends
-from .ops import KERNEL_NAMES, gram, gram_matmul
+from .ops import (
+    KERNEL_NAMES,
+    KernelRidgeResult,
+    NotPSDError,
+    NumericalWarning,
+    cholesky,
+    gram,
+    gram_matmul,
+    kernel_ridge_batched,
+    ridge_solve,
+)
 
 __version__ = "0.1.0"
 
@@ -15,9 +25,15 @@ __all__ = [
     "BACKENDS",
     "KERNEL_NAMES",
     "BackendUnavailableError",
+    "KernelRidgeResult",
+    "NotPSDError",
+    "NumericalWarning",
     "__version__",
     "backend_report",
+    "cholesky",
     "gram",
     "gram_matmul",
+    "kernel_ridge_batched",
     "record_backends",
+    "ridge_solve",
 ]

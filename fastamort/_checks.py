@@ -10,8 +10,8 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def check_tensor(t: object, name: str, *, min_ndim: int = 0, finite: bool = True) -> torch.Tensor:
-    """A float32/float64 tensor with at least ``min_ndim`` dimensions and finite entries."""
+def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
+    """A float32/float64 tensor with at least ``min_ndim`` dimensions (finiteness apart)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -23,9 +23,17 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0, finite: bool = True
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
         )
-    if finite and t.numel() > 0 and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
     return t
+
+
+def check_finite(*named: tuple[str, torch.Tensor]) -> None:
+    """Every tensor is free of NaN and infinity (one device sync for all of them)."""
+    flags = [torch.isfinite(t).all() for _, t in named if t.numel() > 0]
+    if not flags or bool(torch.stack(flags).all()):
+        return
+    for name, t in named:
+        if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:

@@ -32,6 +32,8 @@ FULL_DIMS = (2, 32, 784)
 QUICK_SIZES = (256, 1024)
 QUICK_DIMS = (2, 32)
 P_COLUMNS = 16
+GPU_TARGET_SIZES = (16384, 32768)
+GPU_TARGET_DIM = 64
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -135,6 +137,10 @@ def run(
             for m in sizes:
                 rows += bench_one(m, d, dtype, dev, backends)
                 print(f"  done M=N={m} D={d} {dtype}", flush=True)
+    if dev.type == "cuda" and not quick:  # the H200 targets of the Gram issue
+        for m in GPU_TARGET_SIZES:
+            rows += bench_one(m, GPU_TARGET_DIM, torch.float32, dev, backends)
+            print(f"  done M=N={m} D={GPU_TARGET_DIM} float32 (GPU target)", flush=True)
     return rows, environment(dev)
 
 

@@ -14,7 +14,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import batch_shape, check_lengthscale, check_same_kind, check_tensor, flatten_batch
+from .._checks import (
+    batch_shape,
+    check_finite,
+    check_lengthscale,
+    check_same_kind,
+    check_tensor,
+    flatten_batch,
+)
 from .kernel_math import KERNEL_NAMES, kernel_from_s, kernel_id
 
 __all__ = ["gram", "gram_ref"]
@@ -142,6 +149,7 @@ def prepare_points(
                 f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
             )
     ell = check_lengthscale(lengthscale, x)
+    check_finite(("x", x), *([] if y is None else [("y", y)]))
     return x, y, ell, kid
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import note_backend, resolve_backend
-from .._checks import batch_shape, check_same_kind, check_tensor, flatten_batch
+from .._checks import batch_shape, check_finite, check_same_kind, check_tensor, flatten_batch
 from .gram import gram_backend_impl, gram_ref, prepare_points
 
 __all__ = ["gram_matmul", "gram_matmul_ref"]
@@ -90,6 +90,7 @@ def gram_matmul(
     x, y, ell, kid = prepare_points(x, y, kernel, lengthscale)
     v = check_tensor(v, "v", min_ndim=1)
     check_same_kind([("x", x), ("v", v)])
+    check_finite(("v", v))
     other = x if y is None else y
     vector = v.ndim == x.ndim - 1
     v2 = v.unsqueeze(-1) if vector else v

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU check, one script, under 8 minutes on one H200: build, run the CUDA tests, run the GPU
+# benchmarks, and leave the results in bench/results/ (copied to $OUT when the device tool
+# sets it). Nothing is downloaded: torch, triton, pybind11, numpy, scipy, pytest must be there.
+#
+#   bash bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=bench/results
+mkdir -p "$results"
+log="$results/gpu_check.log"
+: > "$log"
+say() { echo "== $*" | tee -a "$log"; }
+
+say "environment"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } 2>&1 | tee -a "$log"
+
+say "build"
+pip install --no-build-isolation --no-deps -e . >> "$log" 2>&1 || { say "build failed"; tail -30 "$log"; }
+python -m fastamort info 2>&1 | tee -a "$log"
+
+say "CUDA tests"
+timeout 200 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -40 | tee -a "$log"
+
+say "GPU benchmarks"
+timeout 120 python bench/bench_gram.py --device cuda 2>&1 | tail -60 | tee -a "$log"
+timeout 90 python bench/bench_ridge.py --device cuda 2>&1 | tail -60 | tee -a "$log"
+
+if [ -n "${OUT:-}" ]; then
+  cp "$log" "$results"/*cuda*.json "$results"/*cuda*.png "$OUT"/ 2>/dev/null || true
+fi
+say "done"

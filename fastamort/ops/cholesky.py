@@ -1,0 +1,290 @@
+"""``cholesky``: lower Cholesky factors on three backends, with safe failure and autograd.
+
+Also home of what the ridge ops share: the backend adapters for factor/solve, the jitter
+policy (:func:`factor_with_jitter`), :class:`NotPSDError` and :class:`NumericalWarning`.
+
+Jitter policy (``jitter="auto"``): factor every batch member as given; for the members that
+fail (and only those) add ``JITTER_START[dtype] × mean|diag|`` to the diagonal and retry,
+×10 per retry, at most ``JITTER_RETRIES`` retries, with a :class:`NumericalWarning` each
+time; then raise :class:`NotPSDError` naming the size, dtype, batch index and the jitter
+tried. Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._backends import cpp_module, note_backend, resolve_backend, triton_module
+from .._checks import check_finite, check_tensor
+
+__all__ = [
+    "JITTER_RETRIES",
+    "JITTER_START",
+    "NotPSDError",
+    "NumericalWarning",
+    "cholesky",
+    "cholesky_ref",
+]
+
+#: First jitter, relative to the mean absolute diagonal, per dtype.
+JITTER_START = {torch.float32: 1e-6, torch.float64: 1e-10}
+#: Retries after the first failure (jitter ×10 each): up to 1e-2 (float32), 1e-6 (float64).
+JITTER_RETRIES = 5
+
+
+class NotPSDError(ValueError):
+    """A matrix is not (numerically) positive definite, even with the jitter tried."""
+
+
+class NumericalWarning(RuntimeWarning):
+    """Jitter was added to a diagonal to make a factorisation succeed."""
+
+
+# --------------------------------------------------------------------------------------
+# Backend adapters: factor(a (B,n,n), shift (B,) float64) -> (L, info (B,) int64 tensor),
+# solve(L, b (B,n,p)) -> x, ridge(k, b, shift) -> (x, L, info). Only the lower triangle of
+# the input is read. info > 0 marks the members whose factorisation failed.
+# --------------------------------------------------------------------------------------
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _cpp_factor(a, shift):
+    lower, info = cpp_module().cholesky_forward(_np(a), _np(shift.double()))
+    return torch.from_numpy(lower), torch.from_numpy(info).long()
+
+
+def _cpp_solve(lower, b):
+    return torch.from_numpy(cpp_module().cholesky_solve(_np(lower), _np(b)))
+
+
+def _cpp_ridge(k, b, shift):
+    x, lower, info = cpp_module().ridge_solve_forward(_np(k), _np(b), _np(shift.double()))
+    return torch.from_numpy(x), torch.from_numpy(lower), torch.from_numpy(info).long()
+
+
+def _eye_shift(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    return shift.to(a.dtype)[:, None, None] * eye
+
+
+def _torch_factor(a, shift):
+    lower, info = torch.linalg.cholesky_ex(a.tril() + _eye_shift(a, shift))
+    return lower, info.long()
+
+
+def _torch_solve(lower, b):
+    return torch.cholesky_solve(b, lower)
+
+
+def _torch_ridge(k, b, shift):
+    lower, info = _torch_factor(k, shift)
+    x = torch.cholesky_solve(b, lower)
+    x = torch.where((info == 0)[:, None, None], x, torch.full_like(x, float("nan")))
+    return x, lower, info
+
+
+_CPP = SimpleNamespace(factor=_cpp_factor, solve=_cpp_solve, ridge=_cpp_ridge)
+_TORCH = SimpleNamespace(factor=_torch_factor, solve=_torch_solve, ridge=_torch_ridge)
+
+
+def ridge_backend_impl(backend: str) -> SimpleNamespace:
+    """Factor/solve kernels of one backend."""
+    if backend == "cpp":
+        return _CPP
+    if backend == "torch":
+        return _TORCH
+    return triton_module("fastamort.ops._triton_ridge")  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------
+# Jitter policy
+# --------------------------------------------------------------------------------------
+def factor_with_jitter(
+    run: Callable[[torch.Tensor, torch.Tensor], tuple],
+    shift: torch.Tensor,
+    diag: torch.Tensor,
+    *,
+    n: int,
+    dtype: torch.dtype,
+    jitter: str | float | None,
+    what: str,
+) -> tuple:
+    """Runs ``run(index, shift)``, which factorises the batch members ``index`` with
+    ``shift`` (float64) added to their diagonals, and retries the failed ones with jitter.
+
+    ``diag`` (B,) is each matrix's mean absolute diagonal (the jitter's scale). ``run``
+    returns a tuple whose last element is ``info`` (B',), non-zero where it failed. Returns
+    that tuple for the whole batch, plus the jitter finally used per member (float64, (B,)).
+    """
+    n_batch = shift.shape[0]
+    everyone = torch.arange(n_batch, device=shift.device)
+    out = list(run(everyone, shift))
+    used = torch.zeros(n_batch, dtype=torch.float64, device=shift.device)
+    if n_batch == 0 or n == 0:
+        return (*out, used)
+    failed = torch.nonzero(out[-1] != 0).flatten()
+    if failed.numel() == 0:
+        return (*out, used)
+    if jitter is None or jitter is False or (not isinstance(jitter, str) and float(jitter) == 0):
+        _raise_not_psd(n, dtype, failed, None, what)
+    if jitter == "auto":
+        scale = diag.detach().double().abs() + shift.abs()
+        start = JITTER_START[dtype] * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
+    else:
+        if isinstance(jitter, str) or not float(jitter) > 0:
+            raise ValueError(f"jitter: expected 'auto', 0 or a positive float, got {jitter!r}")
+        start = torch.full_like(shift, float(jitter))
+    for attempt in range(JITTER_RETRIES + 1):
+        extra = start[failed] * 10.0**attempt
+        warnings.warn(
+            f"{what}: {failed.numel()} of {n_batch} matrices ({n}×{n}, {dtype}) not positive "
+            f"definite; retrying with jitter {float(extra.max()):.3g} added to the diagonal "
+            f"(batch indices {_show(failed)})",
+            NumericalWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        retry = run(failed, shift[failed] + extra)
+        for slot, value in zip(out, retry, strict=True):
+            if slot is not None:
+                slot[failed] = value
+        used[failed] = extra
+        failed = failed[retry[-1] != 0]
+        if failed.numel() == 0:
+            return (*out, used)
+    _raise_not_psd(n, dtype, failed, start[failed] * 10.0**JITTER_RETRIES, what)
+    raise AssertionError("unreachable")
+
+
+def mean_abs_diagonal(a: torch.Tensor) -> torch.Tensor:
+    """(B,) mean |a_ii| of (B, n, n) matrices."""
+    return a.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1)
+
+
+_INTERNAL_DIRS = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(os.path.abspath(torch.__file__)),
+)
+
+
+def _user_stacklevel() -> int:
+    """stacklevel that points a warning at the first frame outside fastamort and torch."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _show(index: torch.Tensor, limit: int = 8) -> str:
+    items = index[:limit].tolist()
+    return ", ".join(map(str, items)) + (", …" if index.numel() > limit else "")
+
+
+def _raise_not_psd(n, dtype, failed, jitter_tried, what):
+    tried = "no jitter (jitter=0)" if jitter_tried is None else (
+        f"jitter up to {float(jitter_tried.max()):.3g} on the diagonal"
+    )
+    raise NotPSDError(
+        f"{what}: matrix of size {n}×{n} ({dtype}) at batch index {_show(failed)} is not "
+        f"positive definite, even with {tried}. Increase the ridge (lam/alpha), use float64, "
+        "or check the matrix"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------
+def cholesky_ref(a: torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch lower Cholesky factor of ``a`` (..., n, n), lower triangle read."""
+    return torch.linalg.cholesky(a)
+
+
+# --------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------
+def cholesky_backward(lower: torch.Tensor, grad_lower: torch.Tensor) -> torch.Tensor:
+    """dA from dL for A = L·Lᵀ, symmetric (implicit-function formula, no re-factorisation).
+
+    dA = ½(S + Sᵀ), S = L⁻ᵀ·Φ(Lᵀ·dL)·L⁻¹, Φ = lower triangle with the diagonal halved.
+    """
+    phi = (lower.mT @ grad_lower).tril()
+    phi = phi - 0.5 * torch.diag_embed(phi.diagonal(dim1=-2, dim2=-1))
+    s = torch.linalg.solve_triangular(lower.mT, phi, upper=True, left=True)
+    s = torch.linalg.solve_triangular(lower, s, upper=False, left=False)
+    return 0.5 * (s + s.mT)
+
+
+class CholeskyFunction(torch.autograd.Function):
+    """L = chol(a + jitter·I) on one backend; jitter chosen in forward, constant in backward."""
+
+    @staticmethod
+    def forward(ctx, a, backend: str, jitter):  # type: ignore[override]
+        impl = ridge_backend_impl(backend)
+        zero = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
+
+        def run(index, shift):
+            return impl.factor(a[index], shift)
+
+        lower, _, _ = factor_with_jitter(
+            run, zero, mean_abs_diagonal(a), n=a.shape[-1], dtype=a.dtype, jitter=jitter,
+            what="cholesky",
+        )
+        note_backend("cholesky", backend)
+        ctx.save_for_backward(lower)
+        return lower
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lower):  # type: ignore[override]
+        (lower,) = ctx.saved_tensors
+        return cholesky_backward(lower, grad_lower.tril()), None, None
+
+
+# --------------------------------------------------------------------------------------
+# Public op
+# --------------------------------------------------------------------------------------
+def check_square(a: object, name: str) -> torch.Tensor:
+    """A float32/float64 tensor of shape (..., n, n)."""
+    a = check_tensor(a, name, min_ndim=2)
+    if a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{name}: expected square matrices (..., n, n), got {tuple(a.shape)}")
+    return a
+
+
+def cholesky(
+    a: torch.Tensor, *, jitter: str | float = "auto", backend: str = "auto"
+) -> torch.Tensor:
+    """Lower-triangular ``L`` with ``L @ L.mT == a`` (plus jitter where it was needed).
+
+    Args:
+        a: symmetric positive-definite matrices ``(..., n, n)``, float32 or float64; only the
+            lower triangle is read.
+        jitter: ``"auto"`` (the escalating policy in this module's docstring), a positive
+            float (the first jitter, absolute), or ``0`` to fail at once.
+        backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"torch"``.
+
+    Raises:
+        NotPSDError: a matrix stays indefinite with the jitter tried.
+        ValueError: non-finite entries, or not square.
+
+    Example:
+        >>> import torch, fastamort
+        >>> fastamort.cholesky(torch.tensor([[4.0, 2.0], [2.0, 5.0]]))
+        tensor([[2., 0.],
+                [1., 2.]])
+    """
+    a = check_square(a, "a")
+    check_finite(("a", a))
+    name = resolve_backend("cholesky", backend, a.device)
+    batch, n = a.shape[:-2], a.shape[-1]
+    a3 = a.reshape(-1, n, n)
+    lower = CholeskyFunction.apply(a3, name, jitter)
+    return lower.reshape(*batch, n, n)

@@ -1,0 +1,124 @@
+"""``ridge_solve``: X = (K + λI)⁻¹ B by one Cholesky factorisation, with autograd.
+
+Backward by the implicit-function formulas on the stored factor (no re-factorisation):
+with A = K + λI and X = A⁻¹B, for an upstream gradient Ḡ of X,
+    Ḃ = A⁻¹Ḡ (one more solve with the same factor),  K̄ = −½(ḂXᵀ + XḂᵀ),  λ̄ = −Σ Ḃ∘X.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._backends import note_backend, resolve_backend
+from .._checks import batch_shape, check_finite, check_same_kind, check_tensor, flatten_batch
+from .cholesky import check_square, factor_with_jitter, mean_abs_diagonal, ridge_backend_impl
+
+__all__ = ["ridge_solve", "ridge_solve_ref"]
+
+
+def ridge_solve_ref(k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch reference: ``torch.linalg.solve(k + lam·I, b)`` for (..., n, n), (..., n, p)."""
+    lam_t = torch.as_tensor(lam, dtype=k.dtype, device=k.device)
+    eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+    return torch.linalg.solve(k + lam_t[..., None, None] * eye, b)
+
+
+def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tensor:
+    """λ ≥ 0 as a tensor of ``like``'s dtype and device (gradients kept)."""
+    if isinstance(lam, torch.Tensor):
+        if not lam.is_floating_point():
+            raise TypeError(f"{name}: expected a floating tensor, got {lam.dtype}")
+        if lam.device != like.device:
+            raise ValueError(f"{name}: device {lam.device} differs from k's {like.device}")
+        lam_t = lam.to(like.dtype)
+    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
+        lam_t = torch.tensor(float(lam), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"{name}: expected a float or a tensor, got {type(lam).__name__}")
+    if lam_t.numel() > 0:
+        if not bool(torch.isfinite(lam_t).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
+        if bool((lam_t < 0).any()):
+            raise ValueError(f"{name}: must be >= 0, got a minimum of {float(lam_t.min())}")
+    return lam_t
+
+
+class RidgeSolveFunction(torch.autograd.Function):
+    """X = (K + λI)⁻¹ B on one backend, K (B, n, n), B (B, n, p), λ (B,)."""
+
+    @staticmethod
+    def forward(ctx, k, b, lam, backend: str):  # type: ignore[override]
+        impl = ridge_backend_impl(backend)
+
+        def run(index, shift):
+            return impl.ridge(k[index], b[index], shift)
+
+        x, lower, _, _ = factor_with_jitter(
+            run, lam.detach().double(), mean_abs_diagonal(k), n=k.shape[-1], dtype=k.dtype,
+            jitter="auto", what="ridge_solve",
+        )
+        note_backend("ridge_solve", backend)
+        ctx.save_for_backward(x, lower)
+        ctx.backend = backend
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x):  # type: ignore[override]
+        x, lower = ctx.saved_tensors
+        grad_b = ridge_backend_impl(ctx.backend).solve(lower, grad_x.contiguous())
+        note_backend("ridge_solve.backward", ctx.backend)
+        grad_k = grad_lam = None
+        if ctx.needs_input_grad[0]:
+            outer = grad_b @ x.mT
+            grad_k = -0.5 * (outer + outer.mT)
+        if ctx.needs_input_grad[2]:
+            grad_lam = -(grad_b * x).sum(dim=(-2, -1))
+        return grad_k, grad_b, grad_lam, None
+
+
+def ridge_solve(
+    k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
+    """Solves ``(k + lam·I) X = b`` through one Cholesky factorisation.
+
+    Args:
+        k: symmetric matrices ``(..., n, n)`` (lower triangle read), float32 or float64.
+        b: right-hand sides ``(..., n, p)``, or ``(..., n)`` when ``b.ndim == k.ndim - 1``.
+        lam: ridge λ ≥ 0: a float, or a tensor broadcastable to the batch shape ``(...)``.
+        backend: ``"auto"``, ``"triton"``, ``"cpp"`` or ``"torch"``.
+
+    Returns:
+        ``X`` with the shape of ``b`` (batch dimensions broadcast). Differentiable w.r.t.
+        ``k``, ``b`` and a tensor ``lam``. When ``k + lam·I`` is not numerically positive
+        definite, jitter is added to the failing members only (see
+        :mod:`fastamort.ops.cholesky`), with a ``NumericalWarning``; ``NotPSDError`` if that
+        does not help.
+
+    Example:
+        >>> import torch, fastamort
+        >>> k = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+        >>> fastamort.ridge_solve(k, torch.tensor([3.0, 3.0]), 1.0)
+        tensor([0.7500, 0.7500])
+    """
+    k = check_square(k, "k")
+    b = check_tensor(b, "b", min_ndim=1)
+    check_same_kind([("k", k), ("b", b)])
+    n = k.shape[-1]
+    vector = b.ndim == k.ndim - 1
+    b2 = b.unsqueeze(-1) if vector else b
+    if b2.ndim < 2 or b2.shape[-2] != n:
+        raise ValueError(
+            f"b: expected shape (..., {n}, p) or (..., {n}) to match k {tuple(k.shape)}, "
+            f"got {tuple(b.shape)}"
+        )
+    lam_t = check_lam(lam, k)
+    check_finite(("k", k), ("b", b))
+    name = resolve_backend("ridge_solve", backend, k.device)
+    batch = batch_shape(k.shape[:-2], b2.shape[:-2], lam_t.shape, names=("k", "b", "lam"))
+    p = b2.shape[-1]
+    k3, b3 = flatten_batch(k, batch), flatten_batch(b2, batch)
+    lam3 = lam_t.expand(batch).reshape(-1)
+    x = RidgeSolveFunction.apply(k3, b3, lam3, name).reshape(*batch, n, p)
+    return x.squeeze(-1) if vector else x

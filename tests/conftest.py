@@ -1,0 +1,63 @@
+"""Shared fixtures: devices and backends to test, float64 ground truth, tolerances."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastamort._backends import cpp_unavailable_reason, triton_unavailable_reason
+from fastamort.ops.kernel_math import kernel_from_s
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+
+def backends_for(device: str) -> list[str]:
+    """Backends that must be tested on ``device`` in this environment."""
+    out = ["torch"]
+    if device == "cpu" and cpp_unavailable_reason() is None:
+        out.append("cpp")
+    if triton_unavailable_reason() is None and (device == "cuda" or INTERPRETER):
+        out.append("triton")
+    return out
+
+
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in backends_for(d)]
+
+
+def backend_param(device: str, backend: str):
+    marks = [pytest.mark.triton] if backend == "triton" else []
+    if device == "cuda":
+        marks.append(pytest.mark.cuda)
+    return pytest.param(device, backend, marks=marks, id=f"{device}-{backend}")
+
+
+BACKEND_PARAMS = [backend_param(d, b) for d, b in DEVICE_BACKENDS]
+
+
+def exact_scaled_distance(
+    x: torch.Tensor, y: torch.Tensor, kernel: str, ell: float
+) -> torch.Tensor:
+    """float64 ground truth by direct differences (no GEMM-trick cancellation)."""
+    diff = x.double().unsqueeze(-2) - y.double().unsqueeze(-3)
+    if kernel == "laplacian":
+        return diff.abs().sum(-1) / ell
+    return diff.pow(2).sum(-1) / ell**2
+
+
+def exact_gram(x: torch.Tensor, y: torch.Tensor | None, kernel: str, ell: float) -> torch.Tensor:
+    return kernel_from_s(exact_scaled_distance(x, x if y is None else y, kernel, ell), kernel)
+
+
+# Error floors per dtype for the accuracy rule
+#   err(backend) <= 2 * err(torch reference in the same dtype) + FLOOR[dtype]
+FLOOR = {torch.float32: 2e-6, torch.float64: 1e-13}
+
+
+def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return float((a.double().cpu() - b.double().cpu()).abs().max())

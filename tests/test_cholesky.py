@@ -1,0 +1,117 @@
+"""cholesky: invariants, agreement with torch, jitter policy, errors, autograd, dispatch."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import BACKEND_PARAMS
+from torch.autograd import gradcheck
+
+from fastamort import NotPSDError, NumericalWarning, cholesky, record_backends
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: 2e-4, torch.float64: 1e-11}
+# 1, 2, primes, both sides of the C++ small-kernel/LAPACK split and of Triton's tiles, 2000
+SIZES = [1, 2, 7, 31, 33, 64, 65, 67, 257, 2000]
+TRITON_SIZES = [1, 2, 7, 16, 17, 33, 67]
+
+
+def spd(batch, n, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, n, n, generator=g, dtype=torch.float64)
+    a = a @ a.mT / n + torch.eye(n, dtype=torch.float64)
+    return a.to(dtype).to(device)
+
+
+def rel_residual(lower, a):
+    return float((lower @ lower.mT - a).abs().max() / a.abs().max())
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_invariant_and_agreement(device, backend, dtype):
+    for n in TRITON_SIZES if backend == "triton" else SIZES:
+        a = spd((), n, dtype, device, seed=n)
+        with record_backends() as ran:
+            lower = cholesky(a, backend=backend)
+        assert ran == [("cholesky", backend)]
+        assert torch.equal(lower, lower.tril()), "strict upper triangle must be zero"
+        assert rel_residual(lower, a) <= TOL[dtype] * max(1, n / 100), n
+        if dtype == torch.float64:
+            torch.testing.assert_close(lower, torch.linalg.cholesky(a), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_equals_looped(device, backend, dtype):
+    for batch, n in [((40,), 5), ((2, 3), 20), ((3,), 70)]:
+        a = spd(batch, n, dtype, device, seed=1)
+        lower = cholesky(a, backend=backend)
+        flat = a.reshape(-1, n, n)
+        looped = torch.stack([cholesky(m, backend=backend) for m in flat]).reshape(lower.shape)
+        torch.testing.assert_close(lower, looped, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_only_lower_triangle_is_read(device, backend):
+    a = spd((), 9, torch.float64, device)
+    garbage = a.tril() + torch.triu(torch.full_like(a, 1e3), diagonal=1)
+    torch.testing.assert_close(cholesky(garbage, backend=backend), torch.linalg.cholesky(a))
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rank_deficient_rescued_by_jitter_on_failing_members_only(device, backend, dtype):
+    good = spd((), 6, dtype, device)
+    v = torch.randn(6, 2, dtype=torch.float64).to(dtype).to(device)
+    deficient = v @ v.mT  # rank 2: positive semi-definite, not definite
+    a = torch.stack([good, deficient, good])
+    with pytest.warns(NumericalWarning, match=r"1 of 3 matrices.*batch indices 1"):
+        lower = cholesky(a, backend=backend)
+    # members that factorised are untouched: exactly the un-jittered factor
+    torch.testing.assert_close(lower[0], cholesky(good, backend=backend), rtol=0, atol=0)
+    assert rel_residual(lower[1], deficient) < 1e-3
+    assert torch.isfinite(lower).all()
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_indefinite_raises_not_psd_naming_size_dtype_index(device, backend):
+    a = spd((3,), 4, torch.float64, device)
+    a[2] = -a[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumericalWarning)
+        with pytest.raises(NotPSDError, match=r"4×4 \(torch.float64\) at batch index 2.*jitter up"):
+            cholesky(a, backend=backend)
+    with pytest.raises(NotPSDError, match="no jitter"):
+        cholesky(a, jitter=0, backend=backend)
+    assert issubclass(NotPSDError, ValueError)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_non_finite_is_not_reported_as_not_psd(device, backend):
+    a = spd((), 3, torch.float64, device)
+    a[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="a: contains NaN") as err:
+        cholesky(a, backend=backend)
+    assert not isinstance(err.value, NotPSDError)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_gradcheck_float64(device, backend):
+    a = spd((2,), 5, torch.float64, device).requires_grad_()
+    with record_backends() as ran:
+        assert gradcheck(lambda a: cholesky((a + a.mT) / 2, backend=backend), (a,))
+    assert ("cholesky", backend) in ran
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="a: expected square"):
+        cholesky(torch.randn(3, 4))
+    with pytest.raises(TypeError, match="a: expected dtype"):
+        cholesky(torch.eye(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="jitter: expected"):
+        cholesky(-torch.eye(2), jitter="lots")
+    assert cholesky(torch.zeros(0, 0)).shape == (0, 0)
+    assert cholesky(torch.zeros(4, 0, 0)).shape == (4, 0, 0)

@@ -1,0 +1,234 @@
+"""gram: every backend against float64 ground truth, autograd, batching, errors, dispatch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import BACKEND_PARAMS, FLOOR, exact_gram, max_abs_err
+from torch.autograd import gradcheck
+
+import fastamort
+from fastamort import BackendUnavailableError, gram, record_backends
+from fastamort.ops.gram import gram_ref
+from fastamort.ops.kernel_math import KERNEL_NAMES
+
+DTYPES = [torch.float32, torch.float64]
+
+# (M, N, D): 1s; primes; D on both sides of the direct/GEMM switch (4); sizes just past the
+# 256-row blocks of the C++ GEMM route and the 32/64 tiles of Triton; D = 784 (MNIST).
+SHAPES = [(1, 1, 1), (7, 5, 3), (37, 41, 5), (33, 65, 17), (257, 70, 40), (23, 29, 784)]
+TRITON_SHAPES = [(1, 1, 1), (7, 5, 3), (37, 41, 5), (33, 65, 17)]
+
+
+def _points(shape, dtype, device, seed=0, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) + offset).to(dtype).to(device)
+
+
+def _shapes(backend):
+    return TRITON_SHAPES if backend == "triton" else SHAPES
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_matches_float64_ground_truth(device, backend, dtype, kernel):
+    for m, n, d in _shapes(backend):
+        ell = 0.7 * d**0.5
+        # an offset far from the origin stresses the cancellation of the GEMM trick
+        x = _points((m, d), dtype, device, seed=1, offset=3.0)
+        y = _points((n, d), dtype, device, seed=2, offset=3.0)
+        truth = exact_gram(x, y, kernel, ell)
+        same_precision_torch = gram_ref(x, y, kernel, ell)
+        with record_backends() as ran:
+            k = gram(x, y, kernel=kernel, lengthscale=ell, backend=backend)
+        assert ran == [("gram", backend)]
+        assert k.shape == (m, n) and k.dtype == dtype and k.device.type == device
+        bound = 2 * max_abs_err(same_precision_torch, truth) + FLOOR[dtype]
+        assert max_abs_err(k, truth) <= bound, (m, n, d)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_symmetric_is_exact(device, backend, dtype, kernel):
+    for m, _, d in _shapes(backend):
+        x = _points((m, d), dtype, device, seed=3, offset=2.0)
+        k = gram(x, kernel=kernel, lengthscale=1.3, backend=backend)
+        assert torch.equal(k, k.T), "K(x, x) must be exactly symmetric"
+        assert torch.equal(torch.diagonal(k), torch.ones(m, dtype=dtype, device=device))
+        truth = exact_gram(x, None, kernel, 1.3)
+        bound = 2 * max_abs_err(gram_ref(x, None, kernel, 1.3), truth) + FLOOR[dtype]
+        assert max_abs_err(k, truth) <= bound
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_equals_looped(device, backend, dtype):
+    # many small problems (the C++ batch-parallel path) and a few larger ones
+    for b, m, n, d in [(9, 6, 5, 3), (3, 40, 33, 12)]:
+        x = _points((b, m, d), dtype, device, seed=4)
+        y = _points((b, n, d), dtype, device, seed=5)
+        for yy in (y, None):
+            batched = gram(x, yy, kernel="matern32", lengthscale=0.9, backend=backend)
+            looped = torch.stack(
+                [
+                    gram(
+                        x[i],
+                        None if yy is None else yy[i],
+                        kernel="matern32",
+                        lengthscale=0.9,
+                        backend=backend,
+                    )
+                    for i in range(b)
+                ]
+            )
+            torch.testing.assert_close(batched, looped, rtol=0, atol=FLOOR[dtype] * 10)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_batch_dimensions_broadcast(device, backend):
+    x = _points((2, 1, 7, 3), torch.float64, device, seed=6)
+    y = _points((3, 5, 3), torch.float64, device, seed=7)
+    k = gram(x, y, backend=backend)
+    assert k.shape == (2, 3, 7, 5)
+    torch.testing.assert_close(k[1, 2], exact_gram(x[1, 0], y[2], "gaussian", 1.0))
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["xy", "xx"])
+def test_gradcheck_float64(device, backend, kernel, symmetric):
+    x = _points((6, 3), torch.float64, device, seed=8).requires_grad_()
+    y = _points((5, 3), torch.float64, device, seed=9).requires_grad_()
+    ell = torch.tensor(1.3, dtype=torch.float64, device=device, requires_grad=True)
+    if symmetric:
+
+        def fn(x, ell):
+            return gram(x, kernel=kernel, lengthscale=ell, backend=backend)
+
+        inputs = (x, ell)
+    else:
+
+        def fn(x, y, ell):
+            return gram(x, y, kernel=kernel, lengthscale=ell, backend=backend)
+
+        inputs = (x, y, ell)
+    with record_backends() as ran:
+        assert gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+    assert ("gram", backend) in ran
+    if backend != "torch":
+        assert ("gram.backward", backend) in ran, "the backend's own backward must run"
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_non_contiguous_and_transposed_inputs(device, backend):
+    base = _points((4, 11), torch.float64, device, seed=10)
+    x = base.T  # (11, 4), transposed
+    y = _points((9, 8), torch.float64, device, seed=11)[:, ::2]  # strided columns
+    assert not x.is_contiguous() and not y.is_contiguous()
+    k = gram(x, y, kernel="matern52", lengthscale=2.0, backend=backend)
+    torch.testing.assert_close(k, exact_gram(x, y, "matern52", 2.0))
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_empty_inputs(device, backend):
+    x = torch.zeros(0, 3, dtype=torch.float64, device=device)
+    y = torch.ones(4, 3, dtype=torch.float64, device=device)
+    assert gram(x, y, backend=backend).shape == (0, 4)
+    assert gram(y, x, backend=backend).shape == (4, 0)
+    assert gram(x, backend=backend).shape == (0, 0)
+    assert gram(
+        torch.zeros(2, 0, 3, dtype=torch.float64, device=device), backend=backend
+    ).shape == (
+        2,
+        0,
+        0,
+    )
+
+
+def test_reference_clamps_and_centres():
+    # far from the origin and close together: the un-centred GEMM trick would go negative
+    x = torch.tensor([[1e4, 1e4], [1e4 + 1e-3, 1e4]], dtype=torch.float32)
+    k = gram_ref(x, x.clone(), "gaussian", 1e-3)
+    assert torch.all(k <= 1) and torch.all(k >= 0)
+    torch.testing.assert_close(k, exact_gram(x, x, "gaussian", 1e-3).float(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        ((torch.randn(3, 2), torch.randn(4, 3)), {}, ValueError, "y: feature dimension"),
+        ((torch.randn(3),), {}, ValueError, "x: expected at least 2 dimensions"),
+        ((torch.ones(3, 2, dtype=torch.int64),), {}, TypeError, "x: expected dtype"),
+        ((torch.ones(3, 2, dtype=torch.bool),), {}, TypeError, "x: expected dtype"),
+        ((torch.ones(3, 2, dtype=torch.complex64),), {}, TypeError, "x: expected dtype"),
+        ((torch.randn(3, 2), torch.randn(4, 2).double()), {}, TypeError, "y: dtype"),
+        ((torch.randn(3, 2),), {"lengthscale": 0.0}, ValueError, "lengthscale: must be positive"),
+        ((torch.randn(3, 2),), {"lengthscale": -1.0}, ValueError, "lengthscale"),
+        ((torch.randn(3, 2),), {"lengthscale": float("nan")}, ValueError, "lengthscale"),
+        ((torch.randn(3, 2),), {"lengthscale": float("inf")}, ValueError, "lengthscale"),
+        ((torch.randn(3, 2),), {"lengthscale": torch.ones(2)}, ValueError, "lengthscale"),
+        ((torch.randn(3, 2),), {"lengthscale": "1"}, TypeError, "lengthscale"),
+        ((torch.randn(3, 2),), {"kernel": "rbf"}, ValueError, "kernel: unknown kernel 'rbf'"),
+        ((torch.tensor([[0.0, float("nan")]]),), {}, ValueError, "x: contains NaN"),
+        ((torch.randn(3, 2), torch.tensor([[float("inf"), 0.0]])), {}, ValueError, "y: contains"),
+        (([[0.0, 1.0]],), {}, TypeError, "x: expected a torch.Tensor"),
+        ((torch.randn(2, 3, 2), torch.randn(4, 3, 2)), {}, ValueError, "batch dimensions"),
+        ((torch.randn(3, 2),), {"backend": "cuda"}, ValueError, "unknown backend"),
+    ],
+)
+def test_bad_input_names_the_argument(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        gram(*args, **kwargs)
+
+
+def test_mixed_devices_are_refused():
+    meta = torch.empty(3, 2, device="meta")
+    with pytest.raises(ValueError, match="y: device"):
+        gram(torch.randn(3, 2), meta.float())
+
+
+def test_explicit_backend_that_cannot_run_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        gram(torch.randn(3, 2), backend="triton")
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv("FASTAMORT_BACKEND", "torch")
+    with record_backends() as ran:
+        gram(torch.randn(3, 2))
+    assert ran == [("gram", "torch")]
+    monkeypatch.setenv("FASTAMORT_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="FASTAMORT_BACKEND"):
+        gram(torch.randn(3, 2))
+
+
+def test_auto_picks_cpp_on_cpu():
+    if "cpp" not in fastamort.backend_report() or fastamort.backend_report()["cpp"] != "available":
+        pytest.skip("extension not built")
+    with record_backends() as ran:
+        gram(torch.randn(3, 2))
+    assert ran == [("gram", "cpp")]
+
+
+@pytest.mark.skipif(fastamort.backend_report()["cpp"] != "available", reason="extension not built")
+def test_cpp_baseline_isa_matches():
+    """The portable (non-AVX2) element-wise kernels, forced by FASTAMORT_ISA=baseline."""
+    code = (
+        "import torch, fastamort; from fastamort import _C;"
+        "assert _C.simd_isa() == 'baseline', _C.simd_isa();"
+        "from fastamort.ops.gram import gram_ref;"
+        "g = torch.Generator().manual_seed(0);"
+        "x = torch.randn(50, 6, generator=g, dtype=torch.float64);"
+        "y = torch.randn(40, 6, generator=g, dtype=torch.float64);"
+        "[torch.testing.assert_close(fastamort.gram(x, y, kernel=k, backend='cpp'),"
+        " gram_ref(x, y, k, 1.0)) for k in fastamort.KERNEL_NAMES]"
+    )
+    env = {**os.environ, "FASTAMORT_ISA": "baseline"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
