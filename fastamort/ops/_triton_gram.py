@@ -1,0 +1,870 @@
+"""Triton kernels and launchers for stationary-kernel Gram matrices.
+
+Three launchers, all on 3-D batched float32 / float64 tensors (validated by the caller):
+
+* :func:`gram_forward`: ``K[b, i, j] = k(s(x_i, y_j))`` (``y=None``: exactly symmetric, unit
+  diagonal);
+* :func:`gram_matmul_forward`: ``K(x, y) @ v`` without ever storing ``K``;
+* :func:`gram_backward`: gradients of ``sum(G * K(x, y))`` with respect to ``x``, ``y`` and ``ℓ``,
+  with ``G`` given, or ``G = grad @ vᵀ`` built tile by tile.
+
+The kernel math (``s``, ``k(s)``, ``dk/ds``, the integer ids) is the one of
+:mod:`fastamort.ops.kernel_math`. Euclidean kernels get ``‖x − y‖²`` by the GEMM trick on centred
+data (``‖x‖² + ‖y‖² − 2 x·y``, norms from the launcher), the Laplacian by direct ``|x − y|`` sums.
+Accumulation is in the input dtype (fp32 or fp64); ``tl.dot`` always runs with
+``input_precision="ieee"`` (no TF32). ``ℓ`` is read from device memory inside the kernels, so no
+launcher synchronises with the host.
+
+Under ``TRITON_INTERPRET=1`` every autotuned kernel gets exactly one config: the interpreter cannot
+benchmark two or more ("0 active drivers").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+_LAPLACIAN_ID = 4
+_LAPLACIAN = tl.constexpr(_LAPLACIAN_ID)
+
+
+# --------------------------------------------------------------------------------------------
+# Autotune configurations
+# --------------------------------------------------------------------------------------------
+
+
+def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages
+    )
+
+
+_INTERPRETER_CONFIGS = [_cfg(32, 32, 16, 4, 1)]
+
+# Forward Gram tiles must be square (the symmetric launch stores each tile and its transpose).
+_GRAM_CONFIGS = {
+    "euclid": [
+        _cfg(64, 64, 16, 4, 2),
+        _cfg(64, 64, 32, 4, 3),
+        _cfg(128, 128, 16, 8, 2),
+        _cfg(128, 128, 32, 8, 3),
+    ],
+    # The Laplacian builds [BLOCK_M, BLOCK_N, BLOCK_K] broadcast tiles: keep them small.
+    "l1": [
+        _cfg(32, 32, 8, 4, 2),
+        _cfg(32, 32, 16, 8, 2),
+        _cfg(64, 64, 8, 8, 2),
+    ],
+}
+_MATMUL_CONFIGS = {
+    "euclid": [
+        _cfg(64, 64, 32, 4, 3),
+        _cfg(128, 64, 32, 8, 3),
+        _cfg(64, 128, 32, 4, 2),
+        _cfg(128, 128, 16, 8, 2),
+    ],
+    "l1": [
+        _cfg(32, 32, 8, 4, 2),
+        _cfg(64, 32, 8, 4, 2),
+        _cfg(64, 64, 8, 8, 2),
+    ],
+}
+_BACKWARD_CONFIGS = {
+    "euclid": [
+        _cfg(64, 64, 16, 4, 3),
+        _cfg(64, 64, 32, 4, 2),
+        _cfg(128, 64, 32, 8, 2),
+        _cfg(64, 128, 32, 8, 2),
+    ],
+    "l1": [
+        _cfg(32, 32, 8, 4, 2),
+        _cfg(64, 32, 8, 4, 2),
+        _cfg(32, 64, 8, 8, 2),
+    ],
+}
+
+
+def _configs(table: dict[str, list[triton.Config]], family: str) -> list[triton.Config]:
+    return _INTERPRETER_CONFIGS if INTERPRETER else table[family]
+
+
+def _tuned(fn: Callable, table: dict[str, list[triton.Config]], key: list[str]) -> dict:
+    """One autotuned wrapper of ``fn`` per kernel family (Euclidean, Laplacian)."""
+    return {
+        family: triton.autotune(configs=_configs(table, family), key=key)(fn) for family in table
+    }
+
+
+def _family(kernel: int) -> str:
+    return "l1" if kernel == _LAPLACIAN_ID else "euclid"
+
+
+def _min_block(configs: list[triton.Config], name: str) -> int:
+    return min(c.kwargs[name] for c in configs)
+
+
+def _pow2_block(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+# --------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _unflatten(pid, n_fast, n_mid):
+    """``(fast, mid, slow)`` indices of ``pid = (slow * n_mid + mid) * n_fast + fast``.
+
+    All grids are 1-D (axis 0 allows 2³¹ − 1 programs, axes 1 and 2 only 65535)."""
+    fast = pid % n_fast
+    rest = pid // n_fast
+    return fast, rest % n_mid, rest // n_mid
+
+
+@triton.jit
+def _tri_index(pid):
+    """Lower-triangle tile ``(tm, tn)``, ``tm >= tn``, of the linear index ``pid``."""
+    tm = ((tl.sqrt((8 * pid + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    tm = tl.where(tm * (tm + 1) // 2 > pid, tm - 1, tm)
+    tm = tl.where((tm + 1) * (tm + 2) // 2 <= pid, tm + 1, tm)
+    tn = pid - tm * (tm + 1) // 2
+    return tm, tn
+
+
+@triton.jit
+def _s_tile(
+    a_base,
+    c_base,
+    na_base,
+    nc_base,
+    offs_a,
+    offs_c,
+    mask_a,
+    mask_c,
+    stride_am,
+    stride_ad,
+    stride_cm,
+    stride_cd,
+    D,
+    ell,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Scaled distances ``s[BLOCK_A, BLOCK_C]`` between rows ``a`` and rows ``c`` (s = 0 on i == j
+    when ``SYMMETRIC``). Rows outside the masks read as zeros: their ``s`` is finite, not 0."""
+    dtype = a_base.dtype.element_ty
+    a_rows = a_base + offs_a.to(tl.int64) * stride_am
+    c_rows = c_base + offs_c.to(tl.int64) * stride_cm
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_A, BLOCK_C), dtype=dtype)
+    for k0 in range(0, D, BLOCK_K):
+        kk = k0 + offs_k
+        mask_k = kk < D
+        a = tl.load(
+            a_rows[:, None] + kk[None, :] * stride_ad,
+            mask=mask_a[:, None] & mask_k[None, :],
+            other=0.0,
+        )
+        if KERNEL == _LAPLACIAN:
+            c = tl.load(
+                c_rows[:, None] + kk[None, :] * stride_cd,
+                mask=mask_c[:, None] & mask_k[None, :],
+                other=0.0,
+            )
+            acc += tl.sum(tl.abs(a[:, None, :] - c[None, :, :]), axis=2)
+        else:
+            c_t = tl.load(
+                c_rows[None, :] + kk[:, None] * stride_cd,
+                mask=mask_k[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(a, c_t, acc, input_precision="ieee")
+    if KERNEL == _LAPLACIAN:
+        s = acc / ell
+    else:
+        na = tl.load(na_base + offs_a, mask=mask_a, other=0.0)
+        nc = tl.load(nc_base + offs_c, mask=mask_c, other=0.0)
+        s = tl.maximum(na[:, None] + nc[None, :] - 2.0 * acc, 0.0) / (ell * ell)
+    if SYMMETRIC:
+        s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
+    return s
+
+
+@triton.jit
+def _k_of_s(s, KERNEL: tl.constexpr):
+    """k(s) elementwise (ids of :mod:`fastamort.ops.kernel_math`)."""
+    if KERNEL == 0:
+        k = tl.exp(-0.5 * s)
+    elif KERNEL == 1:
+        k = tl.exp(-tl.sqrt(s))
+    elif KERNEL == 2:
+        a = tl.sqrt(3.0 * s)
+        k = (1.0 + a) * tl.exp(-a)
+    elif KERNEL == 3:
+        a = tl.sqrt(5.0 * s)
+        k = (1.0 + a + (5.0 / 3.0) * s) * tl.exp(-a)
+    else:
+        k = tl.exp(-s)
+    return k
+
+
+@triton.jit
+def _dk_of_s(s, KERNEL: tl.constexpr):
+    """dk/ds elementwise; 0 at s = 0 for matern12 (where k is not differentiable)."""
+    if KERNEL == 0:
+        dk = -0.5 * tl.exp(-0.5 * s)
+    elif KERNEL == 1:
+        positive = s > 0
+        r = tl.sqrt(tl.where(positive, s, 1.0))
+        dk = tl.where(positive, -0.5 * tl.exp(-r) / r, 0.0)
+    elif KERNEL == 2:
+        dk = -1.5 * tl.exp(-tl.sqrt(3.0 * s))
+    elif KERNEL == 3:
+        a = tl.sqrt(5.0 * s)
+        dk = -(5.0 / 6.0) * (1.0 + a) * tl.exp(-a)
+    else:
+        dk = -tl.exp(-s)
+    return dk
+
+
+@triton.jit
+def _g_tile(
+    u_base,
+    w_base,
+    offs_a,
+    offs_c,
+    mask_a,
+    mask_c,
+    stride_u1,
+    stride_u2,
+    stride_w1,
+    stride_w2,
+    P,
+    HAS_V: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Upstream-gradient tile ``G[BLOCK_A, BLOCK_C]`` (zero outside the masks).
+
+    ``HAS_V``: ``G = U Wᵀ`` with ``U[a, p]``, ``W[c, p]``, reduced over ``P`` in ``BLOCK_P`` chunks;
+    otherwise ``G[a, c] = U[a, c]`` read directly (strides ``stride_u1``, ``stride_u2``).
+    """
+    ra = offs_a.to(tl.int64)
+    rc = offs_c.to(tl.int64)
+    if HAS_V:
+        offs_p = tl.arange(0, BLOCK_P)
+        g = tl.zeros((BLOCK_A, BLOCK_C), dtype=u_base.dtype.element_ty)
+        for p0 in range(0, P, BLOCK_P):
+            pp = p0 + offs_p
+            mask_p = pp < P
+            u = tl.load(
+                u_base + ra[:, None] * stride_u1 + pp[None, :] * stride_u2,
+                mask=mask_a[:, None] & mask_p[None, :],
+                other=0.0,
+            )
+            w_t = tl.load(
+                w_base + rc[None, :] * stride_w1 + pp[:, None] * stride_w2,
+                mask=mask_p[:, None] & mask_c[None, :],
+                other=0.0,
+            )
+            g = tl.dot(u, w_t, g, input_precision="ieee")
+    else:
+        g = tl.load(
+            u_base + ra[:, None] * stride_u1 + rc[None, :] * stride_u2,
+            mask=mask_a[:, None] & mask_c[None, :],
+            other=0.0,
+        )
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gram_fwd_kernel(
+    x_ptr,
+    y_ptr,
+    nx_ptr,
+    ny_ptr,
+    ell_ptr,
+    out_ptr,
+    M,
+    N,
+    D,
+    # x (B, M, D)
+    stride_xb,
+    stride_xm,
+    stride_xd,
+    # y (B, N, D)
+    stride_yb,
+    stride_yn,
+    stride_yd,
+    # squared norms nx (B, M), ny (B, N), contiguous rows
+    stride_nxb,
+    stride_nyb,
+    # out (B, M, N)
+    stride_ob,
+    stride_om,
+    stride_on,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One ``[BLOCK_M, BLOCK_N]`` tile of ``K(x, y)`` per program (1-D grid: tiles × batch).
+
+    ``SYMMETRIC`` (y is x): programs cover only tiles ``tm >= tn`` and store each tile and its
+    transpose, so ``K`` is exactly symmetric; ``s = 0`` on ``i == j`` makes the diagonal exactly 1.
+    """
+    tl.static_assert((not SYMMETRIC) or (BLOCK_M == BLOCK_N))
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    if SYMMETRIC:
+        tile, _, pid_b = _unflatten(pid, num_m * (num_m + 1) // 2, 1)
+        tm, tn = _tri_index(tile)
+    else:
+        tn, tm, pid_b = _unflatten(pid, tl.cdiv(N, BLOCK_N), num_m)
+    pid_b = pid_b.to(tl.int64)
+    offs_m = tm * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tn * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    ell = tl.load(ell_ptr)
+
+    s = _s_tile(
+        x_ptr + pid_b * stride_xb,
+        y_ptr + pid_b * stride_yb,
+        nx_ptr + pid_b * stride_nxb,
+        ny_ptr + pid_b * stride_nyb,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        stride_xm,
+        stride_xd,
+        stride_yn,
+        stride_yd,
+        D,
+        ell,
+        KERNEL,
+        SYMMETRIC,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+    )
+    k = _k_of_s(s, KERNEL)
+
+    # output tile pointers (int64 row/column offsets)
+    out_base = out_ptr + pid_b * stride_ob
+    rm = offs_m.to(tl.int64)
+    rn = offs_n.to(tl.int64)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SYMMETRIC:
+        # Diagonal tile: (i, j) from the lower half, (j, i) from its transpose (strictly lower).
+        lower = offs_m[:, None] >= offs_n[None, :]
+        tl.store(out_base + rm[:, None] * stride_om + rn[None, :] * stride_on, k, mask=mask & lower)
+        mask_t = mask_n[:, None] & mask_m[None, :] & (offs_n[:, None] < offs_m[None, :])
+        tl.store(
+            out_base + rn[:, None] * stride_om + rm[None, :] * stride_on,
+            tl.trans(k),
+            mask=mask_t,
+        )
+    else:
+        tl.store(out_base + rm[:, None] * stride_om + rn[None, :] * stride_on, k, mask=mask)
+
+
+@triton.jit
+def _gram_matmul_kernel(
+    x_ptr,
+    y_ptr,
+    nx_ptr,
+    ny_ptr,
+    v_ptr,
+    ell_ptr,
+    out_ptr,
+    M,
+    N,
+    D,
+    P,
+    # x (B, M, D)
+    stride_xb,
+    stride_xm,
+    stride_xd,
+    # y (B, N, D)
+    stride_yb,
+    stride_yn,
+    stride_yd,
+    # squared norms nx (B, M), ny (B, N), contiguous rows
+    stride_nxb,
+    stride_nyb,
+    # v (B, N, P)
+    stride_vb,
+    stride_vn,
+    stride_vp,
+    # out (B, M, P)
+    stride_ob,
+    stride_om,
+    stride_op,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """``out[BLOCK_M, BLOCK_P] = K(x_rows, y) @ v[:, p-block]``; loops over ``N`` in ``BLOCK_N``
+    chunks, the ``K`` tile lives only in registers (1-D grid: row blocks × P blocks × batch)."""
+    pid_m, pid_p, pid_b = _unflatten(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(P, BLOCK_P))
+    pid_b = pid_b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_m = offs_m < M
+    mask_p = offs_p < P
+    ell = tl.load(ell_ptr)
+
+    # per-batch bases
+    x_base = x_ptr + pid_b * stride_xb
+    y_base = y_ptr + pid_b * stride_yb
+    nx_base = nx_ptr + pid_b * stride_nxb
+    ny_base = ny_ptr + pid_b * stride_nyb
+    v_base = v_ptr + pid_b * stride_vb
+
+    acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=x_ptr.dtype.element_ty)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        s = _s_tile(
+            x_base,
+            y_base,
+            nx_base,
+            ny_base,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            stride_xm,
+            stride_xd,
+            stride_yn,
+            stride_yd,
+            D,
+            ell,
+            KERNEL,
+            SYMMETRIC,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        k = tl.where(mask_n[None, :], _k_of_s(s, KERNEL), 0.0)
+        v = tl.load(
+            v_base + offs_n.to(tl.int64)[:, None] * stride_vn + offs_p[None, :] * stride_vp,
+            mask=mask_n[:, None] & mask_p[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(k, v, acc, input_precision="ieee")
+
+    # out (B, M, P)
+    out = out_ptr + pid_b * stride_ob
+    out += offs_m.to(tl.int64)[:, None] * stride_om + offs_p[None, :] * stride_op
+    tl.store(out, acc, mask=mask_m[:, None] & mask_p[None, :])
+
+
+@triton.jit
+def _gram_bwd_kernel(
+    a_ptr,
+    c_ptr,
+    na_ptr,
+    nc_ptr,
+    u_ptr,
+    w_ptr,
+    ell_ptr,
+    da_ptr,
+    dell_ptr,
+    MA,
+    MC,
+    D,
+    P,
+    # a (B, MA, D): the rows whose gradient this launch computes
+    stride_ab,
+    stride_am,
+    stride_ad,
+    # c (B, MC, D): the other side
+    stride_cb,
+    stride_cm,
+    stride_cd,
+    # squared norms na (B, MA), nc (B, MC), contiguous rows
+    stride_nab,
+    stride_ncb,
+    # u: G itself (B, MA, MC) or, with HAS_V, the row factor (B, MA, P)
+    stride_ub,
+    stride_u1,
+    stride_u2,
+    # w: with HAS_V, the column factor (B, MC, P): G = u @ wᵀ
+    stride_wb,
+    stride_w1,
+    stride_w2,
+    # da (B, MA, D)
+    stride_dab,
+    stride_dam,
+    stride_dad,
+    # dell partial sums (B, n_slots): one slot per row block
+    stride_dellb,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    HAS_V: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Row-side gradient of ``L = Σ G ⊙ K(a, c)``: ``da`` for ``BLOCK_M`` rows of ``a`` and a
+    ``BLOCK_D`` block of coordinates, looping over ``c`` in ``BLOCK_N`` chunks (1-D grid: row
+    blocks × D blocks × batch). ``s`` and ``w = G · dk/ds`` are recomputed per tile, never stored.
+
+    The column-side gradient is the same kernel with the roles of the two sides swapped (``G``
+    transposed through its strides, or ``u``/``w`` exchanged). Programs of D block 0 also write
+    their partial ``dL/dℓ``.
+    """
+    pid_m, pid_d, pid_b = _unflatten(tl.program_id(0), tl.cdiv(MA, BLOCK_M), tl.cdiv(D, BLOCK_D))
+    pid_b = pid_b.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_m = offs_m < MA
+    mask_d = offs_d < D
+    ell = tl.load(ell_ptr)
+
+    # per-batch bases
+    a_base = a_ptr + pid_b * stride_ab
+    c_base = c_ptr + pid_b * stride_cb
+    na_base = na_ptr + pid_b * stride_nab
+    nc_base = nc_ptr + pid_b * stride_ncb
+    u_base = u_ptr + pid_b * stride_ub
+    w_base = w_ptr + pid_b * stride_wb
+
+    # this program's rows of a, restricted to its D block
+    a_blk = tl.load(
+        a_base + offs_m.to(tl.int64)[:, None] * stride_am + offs_d[None, :] * stride_ad,
+        mask=mask_m[:, None] & mask_d[None, :],
+        other=0.0,
+    )
+    dtype = a_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=dtype)
+    row_w = tl.zeros((BLOCK_M,), dtype=dtype)
+    row_ws = tl.zeros((BLOCK_M,), dtype=dtype)
+    for n0 in range(0, MC, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < MC
+        s = _s_tile(
+            a_base,
+            c_base,
+            na_base,
+            nc_base,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            stride_am,
+            stride_ad,
+            stride_cm,
+            stride_cd,
+            D,
+            ell,
+            KERNEL,
+            SYMMETRIC,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        g = _g_tile(
+            u_base,
+            w_base,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            stride_u1,
+            stride_u2,
+            stride_w1,
+            stride_w2,
+            P,
+            HAS_V,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_P,
+        )
+        w = tl.where(mask_m[:, None] & mask_n[None, :], g * _dk_of_s(s, KERNEL), 0.0)
+        if SYMMETRIC:
+            w = tl.where(offs_m[:, None] == offs_n[None, :], 0.0, w)
+        row_ws += tl.sum(w * s, axis=1)
+        c_blk = tl.load(
+            c_base + offs_n.to(tl.int64)[:, None] * stride_cm + offs_d[None, :] * stride_cd,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        if KERNEL == _LAPLACIAN:
+            diff = a_blk[:, None, :] - c_blk[None, :, :]
+            sign = (diff > 0).to(dtype) - (diff < 0).to(dtype)
+            acc += tl.sum(w[:, :, None] * sign, axis=1)
+        else:
+            row_w += tl.sum(w, axis=1)
+            acc = tl.dot(w, c_blk, acc, input_precision="ieee")
+
+    if KERNEL == _LAPLACIAN:
+        da = acc / ell
+        dell = -tl.sum(row_ws, axis=0) / ell
+    else:
+        da = (2.0 / (ell * ell)) * (row_w[:, None] * a_blk - acc)
+        dell = -2.0 * tl.sum(row_ws, axis=0) / ell
+
+    # da (B, MA, D)
+    da_out = da_ptr + pid_b * stride_dab
+    da_out += offs_m.to(tl.int64)[:, None] * stride_dam + offs_d[None, :] * stride_dad
+    tl.store(da_out, da, mask=mask_m[:, None] & mask_d[None, :])
+    if pid_d == 0:
+        tl.store(dell_ptr + pid_b * stride_dellb + pid_m, dell)
+
+
+_gram_fwd = _tuned(_gram_fwd_kernel, _GRAM_CONFIGS, key=["M", "N", "D", "KERNEL", "SYMMETRIC"])
+_gram_matmul = _tuned(
+    _gram_matmul_kernel, _MATMUL_CONFIGS, key=["M", "N", "D", "P", "KERNEL", "SYMMETRIC"]
+)
+_gram_bwd = _tuned(
+    _gram_bwd_kernel, _BACKWARD_CONFIGS, key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V"]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(x: Tensor, y: Tensor | None, kernel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Contiguous (centred, for Euclidean kernels) ``x``, ``y`` and their squared norms.
+
+    ``y=None`` returns ``x`` as ``y``. The Laplacian needs no norms: ``x`` stands in for them (the
+    kernels never read them).
+    """
+    x = x.contiguous()
+    y = x if y is None else y.contiguous()
+    if kernel == _LAPLACIAN_ID:
+        return x, y, x, y
+    if y is x:
+        mean = x.mean(dim=1, keepdim=True)
+        x = y = (x - mean).contiguous()
+        nx = ny = (x * x).sum(-1).contiguous()
+    else:
+        total = x.sum(dim=1, keepdim=True) + y.sum(dim=1, keepdim=True)
+        mean = total / (x.shape[1] + y.shape[1])
+        x = (x - mean).contiguous()
+        y = (y - mean).contiguous()
+        nx = (x * x).sum(-1).contiguous()
+        ny = (y * y).sum(-1).contiguous()
+    return x, y, nx, ny
+
+
+def _norm_stride(n: Tensor) -> int:
+    """Batch stride of a (B, M) norm vector; 0 for the Laplacian's placeholder."""
+    return n.stride(0) if n.dim() == 2 else 0
+
+
+def gram_forward(x: Tensor, y: Tensor | None, kernel: int, ell: Tensor) -> Tensor:
+    """Gram matrix ``K (B, M, N)`` of ``x (B, M, D)`` and ``y (B, N, D)`` (``None``: ``y = x``).
+
+    ``ell`` is a 0-d tensor (same dtype and device), ``> 0``. With ``y=None`` the result is exactly
+    symmetric with exactly 1.0 on the diagonal.
+    """
+    symmetric = y is None
+    B, M, D = x.shape
+    N = M if y is None else y.shape[1]
+    out = torch.empty((B, M, N), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    xc, yc, nx, ny = _prepare(x, y, kernel)
+    ell = ell.contiguous()
+
+    def grid(meta: dict) -> tuple[int]:
+        tm = triton.cdiv(M, meta["BLOCK_M"])
+        if symmetric:
+            return (B * (tm * (tm + 1) // 2),)
+        return (B * tm * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    _gram_fwd[_family(kernel)][grid](
+        xc,
+        yc,
+        nx,
+        ny,
+        ell,
+        out,
+        M,
+        N,
+        D,
+        *xc.stride(),
+        *yc.stride(),
+        _norm_stride(nx),
+        _norm_stride(ny),
+        *out.stride(),
+        KERNEL=kernel,
+        SYMMETRIC=symmetric,
+    )
+    return out
+
+
+def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell: Tensor) -> Tensor:
+    """``out (B, M, P) = K(x, y) @ v`` with ``v (B, N, P)``, never storing the ``(M, N)`` matrix.
+
+    ``x (B, M, D)``, ``y (B, N, D)`` or ``None`` (``y = x``, unit diagonal), ``ell`` 0-d, ``> 0``.
+    """
+    symmetric = y is None
+    B, M, D = x.shape
+    N, P = v.shape[1], v.shape[2]
+    if M == 0 or P == 0 or N == 0:
+        return torch.zeros((B, M, P), dtype=x.dtype, device=x.device)
+    out = torch.empty((B, M, P), dtype=x.dtype, device=x.device)
+    xc, yc, nx, ny = _prepare(x, y, kernel)
+    v = v.contiguous()
+    ell = ell.contiguous()
+    block_p = _pow2_block(P, 16, 64)
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(P, block_p) * B,)
+
+    _gram_matmul[_family(kernel)][grid](
+        xc,
+        yc,
+        nx,
+        ny,
+        v,
+        ell,
+        out,
+        M,
+        N,
+        D,
+        P,
+        *xc.stride(),
+        *yc.stride(),
+        _norm_stride(nx),
+        _norm_stride(ny),
+        *v.stride(),
+        *out.stride(),
+        KERNEL=kernel,
+        SYMMETRIC=symmetric,
+        BLOCK_P=block_p,
+    )
+    return out
+
+
+def _side_grad(
+    a: Tensor,
+    c: Tensor,
+    na: Tensor,
+    nc: Tensor,
+    u: Tensor,
+    u_strides: tuple[int, int, int],
+    w: Tensor,
+    ell: Tensor,
+    kernel: int,
+    symmetric: bool,
+    has_v: bool,
+) -> tuple[Tensor, Tensor]:
+    """One launch of the backward kernel: ``(da (B, MA, D), dell partial sums (B, slots))``."""
+    B, MA, D = a.shape
+    MC = c.shape[1]
+    P = u.shape[2] if has_v else 0
+    family = _family(kernel)
+    slots = triton.cdiv(MA, _min_block(_configs(_BACKWARD_CONFIGS, family), "BLOCK_M"))
+    da = torch.empty_like(a)
+    dell = torch.zeros((B, slots), dtype=a.dtype, device=a.device)
+    if kernel == _LAPLACIAN_ID:
+        block_d = _pow2_block(D, 4, 16)  # last axis of [BLOCK_M, BLOCK_N, BLOCK_D] sign tiles
+    else:
+        block_d = _pow2_block(D, 16, 64)  # N axis of tl.dot(w, c_block)
+    block_p = _pow2_block(P, 16, 32)
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(MA, meta["BLOCK_M"]) * triton.cdiv(D, block_d) * B,)
+
+    _gram_bwd[family][grid](
+        a,
+        c,
+        na,
+        nc,
+        u,
+        w,
+        ell,
+        da,
+        dell,
+        MA,
+        MC,
+        D,
+        P,
+        *a.stride(),
+        *c.stride(),
+        _norm_stride(na),
+        _norm_stride(nc),
+        *u_strides,
+        *w.stride(),
+        *da.stride(),
+        dell.stride(0),
+        KERNEL=kernel,
+        SYMMETRIC=symmetric,
+        HAS_V=has_v,
+        BLOCK_D=block_d,
+        BLOCK_P=block_p,
+    )
+    return da, dell
+
+
+def gram_backward(
+    x: Tensor,
+    y: Tensor | None,
+    grad: Tensor,
+    v: Tensor | None,
+    kernel: int,
+    ell: Tensor,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradients of ``L = sum(G * K(x, y))`` with respect to ``x``, ``y`` and ``ℓ``.
+
+    ``G = grad (B, M, N)`` when ``v`` is None, else ``G = grad (B, M, P) @ v (B, N, P)ᵀ``, built
+    in tiles and never stored. Returns ``(dx (B, M, D), dy (B, N, D) or None when y is None,
+    dell (0-d, summed over the batch))``. With ``y=None`` ``dx`` is the total gradient of ``x``
+    in both roles; the (constant) diagonal contributes nothing.
+    """
+    symmetric = y is None
+    has_v = v is not None
+    B, M, D = x.shape
+    N = M if y is None else y.shape[1]
+    if B * M * N * D == 0:
+        dy = None if symmetric else torch.zeros_like(y)
+        return torch.zeros_like(x), dy, torch.zeros((), dtype=x.dtype, device=x.device)
+    xc, yc, nx, ny = _prepare(x, y, kernel)
+    grad = grad.contiguous()
+    v = v.contiguous() if has_v else grad
+    ell = ell.contiguous()
+    gs = grad.stride()
+
+    # rows of x against y: G[i, j]
+    dx, dell = _side_grad(xc, yc, nx, ny, grad, gs, v, ell, kernel, symmetric, has_v)
+    # rows of y against x: Gᵀ[j, i] (the transposed grad, or v and grad exchanged)
+    if has_v:
+        dy, _ = _side_grad(yc, xc, ny, nx, v, v.stride(), grad, ell, kernel, symmetric, True)
+    else:
+        gt = (gs[0], gs[2], gs[1])
+        dy, _ = _side_grad(yc, xc, ny, nx, grad, gt, grad, ell, kernel, symmetric, False)
+    if symmetric:
+        return dx + dy, None, dell.sum()
+    return dx, dy, dell.sum()
