@@ -327,17 +327,23 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
   const Blocking bl = blocking<T>(pr.direct(), m, n, kTileCols);
   const int rb = bl.rows, tc = bl.cols;
   const int nblocks = (m + rb - 1) / rb;
-  double sum_ws = 0.0;
-  // Column panels one after another; inside a panel threads take row blocks, own their dx
-  // rows, and add their share of the panel's dy at the end.
+  // Column panels one after another; inside a panel threads take row blocks (static
+  // schedule), own their dx rows, and keep their share of the panel's dy and of Σ w·s apart.
+  // The shares are added in thread order afterwards, so results are bit-for-bit reproducible.
+  const int n_threads = pr.blas() ? omp_get_max_threads() : 1;
+  std::vector<double> ws_parts(n_threads, 0.0);
+  std::vector<std::vector<T>> dy_parts(n_threads);
   for (int j0 = 0; j0 < n; j0 += tc) {
     const int cols = std::min(tc, n - j0);
-#pragma omp parallel if (pr.blas()) reduction(+ : sum_ws)
+    for (auto& part : dy_parts) part.clear();  // a thread the runtime did not start adds nothing
+#pragma omp parallel num_threads(n_threads) if (pr.blas())
     {
+      const int tid = omp_get_thread_num();
       std::vector<T> buf(static_cast<size_t>(rb) * tc);
       std::vector<T> gbuf(v != nullptr ? static_cast<size_t>(rb) * tc : 0);
-      std::vector<T> dy_local(static_cast<size_t>(cols) * lda, T(0));  // Laplacian: d × cols
-#pragma omp for schedule(dynamic)
+      std::vector<T>& dy_local = dy_parts[tid];
+      dy_local.assign(static_cast<size_t>(cols) * lda, T(0));  // Laplacian: d × cols
+#pragma omp for schedule(static)
       for (int blk = 0; blk < nblocks; ++blk) {
         const int i0 = blk * rb, rows = std::min(rb, m - i0);
         pr.fill_s(buf.data(), tc, i0, rows, j0, cols);
@@ -350,8 +356,9 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
           ldg = tc;
         }
         for (int r = 0; r < rows; ++r)
-          sum_ws += pr.ops().kernel_grad_from_s(buf.data() + static_cast<long>(r) * tc,
-                                                gt + static_cast<long>(r) * ldg, cols, p.kernel);
+          ws_parts[tid] += pr.ops().kernel_grad_from_s(buf.data() + static_cast<long>(r) * tc,
+                                                       gt + static_cast<long>(r) * ldg, cols,
+                                                       p.kernel);
         if (pr.symmetric()) {  // k(x_i, x_i) = 1 depends on nothing
           for (int r = 0; r < rows; ++r) {
             const int c = i0 + r - j0;
@@ -368,19 +375,22 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
                              dy_local.data());
         }
       }
-#pragma omp critical(fastamort_gram_backward)
-      {
-        if (euclid) {
-          T* dst = dya.data() + static_cast<long>(j0) * lda;
-          for (long idx = 0; idx < static_cast<long>(cols) * lda; ++idx) dst[idx] += dy_local[idx];
-        } else {
-          for (int k = 0; k < d; ++k)
-            for (int c = 0; c < cols; ++c)
-              dya[static_cast<long>(j0 + c) * lda + k] += dy_local[static_cast<long>(k) * cols + c];
-        }
+    }
+    for (int tid = 0; tid < n_threads; ++tid) {
+      const std::vector<T>& part = dy_parts[tid];
+      if (part.empty()) continue;
+      if (euclid) {
+        T* dst = dya.data() + static_cast<long>(j0) * lda;
+        for (long idx = 0; idx < static_cast<long>(cols) * lda; ++idx) dst[idx] += part[idx];
+      } else {
+        for (int k = 0; k < d; ++k)
+          for (int c = 0; c < cols; ++c)
+            dya[static_cast<long>(j0 + c) * lda + k] += part[static_cast<long>(k) * cols + c];
       }
     }
   }
+  double sum_ws = 0.0;
+  for (double part : ws_parts) sum_ws += part;
 
   const T ell = p.lengthscale;
   // Euclidean: ds/dx_i = 2(x_i − y_j)/ℓ², ds/dℓ = −2s/ℓ.  Laplacian: ds/dx = sign/ℓ, ds/dℓ = −s/ℓ.

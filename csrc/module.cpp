@@ -8,12 +8,14 @@ namespace py = pybind11;
 
 namespace fastamort {
 void bind_gram(py::module_& m);
+void bind_ridge(py::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastamort CPU kernels: Gram matrices, fused Gram-matmul, ridge solves.";
   fastamort::blas::load();
   fastamort::bind_gram(m);
+  fastamort::bind_ridge(m);
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the kernels.");
   m.def("blas_source", []() { return fastamort::blas::describe(); });
 #ifdef FASTAMORT_VERSION

@@ -83,4 +83,4 @@ def batch_shape(*shapes: torch.Size, names: Sequence[str]) -> torch.Size:
 
 def flatten_batch(t: torch.Tensor, batch: torch.Size) -> torch.Tensor:
     """(…, A, B) broadcast to ``batch`` and flattened to (prod(batch), A, B)."""
-    return t.expand(*batch, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
+    return t.expand(*batch, *t.shape[-2:]).reshape(batch.numel(), *t.shape[-2:])

@@ -95,7 +95,7 @@ def test_gradcheck_float64(device, backend):
         ((torch.eye(3, dtype=torch.int64), torch.ones(3, 1), 1.0), TypeError, "k: expected dtype"),
         ((torch.eye(3), torch.ones(3, 1), "1"), TypeError, "lam: expected a float"),
         ((torch.eye(3), torch.full((3, 1), float("inf")), 1.0), ValueError, "b: contains NaN"),
-        ((torch.eye(3).expand(3, 3, 3), torch.ones(3, 1), torch.ones(2)), ValueError, "batch dim"),
+        ((torch.eye(3).expand(3, 3, 3), torch.ones(3, 3, 1), torch.ones(2)), ValueError, "batch"),
     ],
 )
 def test_bad_input_names_the_argument(args, exc, match):

@@ -285,6 +285,6 @@ def cholesky(
     check_finite(("a", a))
     name = resolve_backend("cholesky", backend, a.device)
     batch, n = a.shape[:-2], a.shape[-1]
-    a3 = a.reshape(-1, n, n)
+    a3 = a.reshape(batch.numel(), n, n)
     lower = CholeskyFunction.apply(a3, name, jitter)
     return lower.reshape(*batch, n, n)

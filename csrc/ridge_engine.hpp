@@ -1,0 +1,55 @@
+// The CPU Cholesky / ridge-solve engine.
+//
+// Layout (row-major, C-contiguous): a, k, L (N×N), b, x (N×P), points x (N×D), x_new (M×D),
+// pred (M×P); a call takes `count` consecutive problems of a batch (problem i at
+// a + i·N·N, ...), with shift and info given per problem. Only the lower triangle of a / k is
+// read (as LAPACK does); L is lower triangular with exact zeros above the diagonal. info
+// follows LAPACK: 0 on success, k > 0 (1-based) when the leading minor of order k is not
+// positive definite or its pivot is not finite; x, alpha and pred are then NaN and L is
+// unspecified.
+//
+// Two routes, chosen per call from N, P and count (own_route in ridge_engine.cpp):
+//   - own kernels (small N, few right-hand sides): up to group_size(N) problems at once, one
+//     per SIMD lane, serial and without BLAS; meant to run in parallel over the groups;
+//   - LAPACK potrf + trsm through blas.hpp, one problem after another inside the call:
+//     threaded by OpenBLAS when the caller runs its calls one after another, single-threaded
+//     when it runs them in parallel and holds blas::SingleThreaded.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace fastamort::ridge {
+
+// How many consecutive problems of order n one call should take (at most).
+int group_size(int n);
+
+// Per-thread scratch, grown on demand and reused across the calls of a batch.
+template <class T>
+struct Workspace {
+  std::vector<T> w, t, k;
+};
+
+// l = chol(a + shift·I).
+template <class T>
+void cholesky(int n, int count, const T* a, const double* shift, T* l, int32_t* info,
+              Workspace<T>& ws);
+
+// x = (l·lᵀ)⁻¹ b, reading the lower triangle of l.
+template <class T>
+void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, Workspace<T>& ws);
+
+// l = chol(k + shift·I) and x = (k + shift·I)⁻¹ b in one pass.
+template <class T>
+void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* shift, T* x,
+                 T* l, int32_t* info, Workspace<T>& ws);
+
+// Kernel ridge regression: alpha = (K(x, x) + shift·I)⁻¹ y with K built by gram::forward
+// (exactly symmetric, unit diagonal) in ws, never in a caller's array; and when
+// x_new != nullptr, pred = K(x_new, x)·alpha (x_new: M×D per problem).
+template <class T>
+void kernel_ridge(int n, int d, int p, int m, int count, const T* x, const T* y,
+                  const double* shift, int kernel, T lengthscale, const T* x_new, T* alpha,
+                  T* pred, int32_t* info, bool inner_parallel, Workspace<T>& ws);
+
+}  // namespace fastamort::ridge

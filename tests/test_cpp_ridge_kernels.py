@@ -1,0 +1,404 @@
+"""fastamort._C ridge engine called directly: cholesky_forward, cholesky_solve,
+ridge_solve_forward and kernel_ridge_batched against numpy/scipy float64 references.
+
+Sizes cover both routes of the engine: the own lane-interleaved kernels (n <= 128 and at most
+64 right-hand sides, groups of 8 problems; a group of fewer than 4 problems takes LAPACK) and
+LAPACK (n > 128).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+C = pytest.importorskip("fastamort._C")
+
+DTYPES = [np.float32, np.float64]
+# Relative tolerances (to the largest entry involved) per dtype.
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+OWN_MAX_N = 128  # the own/LAPACK split in csrc/ridge_engine.cpp
+KERNELS = {0: "gaussian", 1: "matern12", 2: "matern32", 3: "matern52", 4: "laplacian"}
+
+
+def _spd(rng, batch, n, dtype):
+    """Well-conditioned SPD matrices G·Gᵀ/n + I."""
+    g = rng.standard_normal((batch, n, n))
+    return (g @ g.transpose(0, 2, 1) / max(n, 1) + np.eye(n)).astype(dtype)
+
+
+def _rhs(rng, batch, n, p, dtype):
+    return rng.standard_normal((batch, n, p)).astype(dtype)
+
+
+def _tol(dtype, *arrays):
+    scale = max([1.0] + [float(np.abs(a).max()) for a in arrays if a.size])
+    return RTOL[dtype] * scale
+
+
+def _check_factor(a, shift, l, info, dtype):
+    n = a.shape[-1]
+    assert l.dtype == dtype and info.dtype == np.int32
+    assert np.all(info == 0)
+    assert np.all(np.triu(l, 1) == 0), "L must have exact zeros above the diagonal"
+    target = np.tril(a).astype(np.float64)
+    target = target + np.tril(target, -1).transpose(0, 2, 1) + shift[:, None, None] * np.eye(n)
+    l64 = l.astype(np.float64)
+    err = np.abs(l64 @ l64.transpose(0, 2, 1) - target).max(initial=0.0)
+    assert err <= _tol(dtype, target) * n
+
+
+def _check_solve(a, shift, x, b, dtype):
+    n = a.shape[-1]
+    if n == 0:
+        return
+    a64 = a.astype(np.float64) + shift[:, None, None] * np.eye(n)
+    resid = a64 @ x.astype(np.float64) - b
+    xmax = float(np.abs(x).max(initial=1.0))
+    assert np.abs(resid).max(initial=0.0) <= _tol(dtype, a64) * n * xmax
+    ref = np.linalg.solve(a64, b.astype(np.float64))
+    assert np.abs(x - ref).max(initial=0.0) <= 50 * _tol(dtype, ref) * n
+
+
+# (batch, n, p): n = 0, 1, 2, primes, the split point and just past it, one large problem;
+# batches of 1-3 (LAPACK route), 5, 8 and 13 (own groups, one partial), 11 (8 own + 3 LAPACK).
+CASES = [
+    (3, 0, 2),
+    (1, 1, 1),
+    (13, 1, 3),
+    (5, 2, 1),
+    (11, 7, 2),
+    (13, 31, 1),
+    (8, 67, 5),
+    (8, 5, 70),
+    (2, 67, 3),
+    (9, OWN_MAX_N, 2),
+    (9, OWN_MAX_N + 1, 2),
+    (3, 300, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "n", "p"), CASES)
+def test_factor_and_solve_invariants(dtype, batch, n, p):
+    rng = np.random.default_rng(n * 100 + batch)
+    a = _spd(rng, batch, n, dtype)
+    b = _rhs(rng, batch, n, p, dtype)
+    shift = rng.uniform(0.0, 2.0, batch)  # per batch member
+    l, info = C.cholesky_forward(a, shift)
+    assert l.shape == (batch, n, n) and info.shape == (batch,)
+    _check_factor(a, shift, l, info, dtype)
+    x, l2, info2 = C.ridge_solve_forward(a, b, shift)
+    assert x.shape == (batch, n, p) and x.dtype == dtype
+    assert np.all(info2 == 0)
+    assert np.abs(l2 - l).max(initial=0.0) <= _tol(dtype, l)
+    _check_solve(a, shift, x, b, dtype)
+    x2 = C.cholesky_solve(l, b)
+    assert x2.shape == x.shape and x2.dtype == dtype
+    assert np.abs(x2 - x).max(initial=0.0) <= 50 * _tol(dtype, x) * max(n, 1)
+
+
+def test_large_float64_against_scipy():
+    rng = np.random.default_rng(7)
+    n = 2000
+    r = rng.uniform(-1.0, 1.0, (n, n))
+    a = ((r + r.T) / 2 + 100.0 * np.eye(n))[None]  # eigenvalues within 100 ± 40: SPD, O(n²)
+    b = _rhs(rng, 1, n, 2, np.float64)
+    shift = np.array([0.1])
+    x, l, info = C.ridge_solve_forward(a, b, shift)
+    assert info[0] == 0
+    ref_l = scipy.linalg.cholesky(a[0] + 0.1 * np.eye(n), lower=True)
+    assert np.abs(l[0] - ref_l).max() <= 1e-11
+    assert np.all(np.triu(l[0], 1) == 0)
+    ref_x = scipy.linalg.cho_solve((ref_l, True), b[0])
+    assert np.abs(x[0] - ref_x).max() <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_numpy_float64(dtype):
+    rng = np.random.default_rng(3)
+    for batch, n in [(16, 5), (2, 31), (8, 100), (2, 200)]:
+        a = _spd(rng, batch, n, dtype)
+        b = _rhs(rng, batch, n, 3, dtype)
+        shift = np.full(batch, 0.25)
+        x, l, _ = C.ridge_solve_forward(a, b, shift)
+        a64 = a.astype(np.float64) + 0.25 * np.eye(n)
+        ref_l = np.linalg.cholesky(a64)
+        ref_x = np.linalg.solve(a64, b.astype(np.float64))
+        assert np.abs(l - ref_l).max() <= 20 * _tol(dtype, ref_l)
+        assert np.abs(x - ref_x).max() <= 50 * _tol(dtype, ref_x) * n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [3, 31, 130])
+def test_batched_equals_looped(dtype, n):
+    rng = np.random.default_rng(n)
+    batch = 11
+    a = _spd(rng, batch, n, dtype)
+    b = _rhs(rng, batch, n, 2, dtype)
+    shift = rng.uniform(0.0, 1.0, batch)
+    x, l, info = C.ridge_solve_forward(a, b, shift)
+    lc, _ = C.cholesky_forward(a, shift)
+    xs = C.cholesky_solve(l, b)
+    for i in range(batch):
+        xi, li, infoi = C.ridge_solve_forward(a[i : i + 1], b[i : i + 1], shift[i : i + 1])
+        assert infoi[0] == info[i] == 0
+        assert np.abs(li[0] - l[i]).max() <= _tol(dtype, li)
+        assert np.abs(lc[i] - l[i]).max() <= _tol(dtype, li)
+        assert np.abs(xi[0] - x[i]).max() <= 50 * _tol(dtype, xi) * n
+        assert np.abs(C.cholesky_solve(l[i : i + 1], b[i : i + 1])[0] - xs[i]).max() <= (
+            50 * _tol(dtype, xi) * n
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reads_only_the_lower_triangle(dtype):
+    rng = np.random.default_rng(5)
+    for batch, n in [(8, 9), (1, 9), (2, 150)]:
+        a = _spd(rng, batch, n, dtype)
+        b = _rhs(rng, batch, n, 1, dtype)
+        shift = np.zeros(batch)
+        junk = a.copy()
+        junk[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] = np.nan
+        x, l, _ = C.ridge_solve_forward(a, b, shift)
+        xj, lj, infoj = C.ridge_solve_forward(junk, b, shift)
+        assert np.all(infoj == 0)
+        np.testing.assert_array_equal(lj, l)
+        np.testing.assert_array_equal(xj, x)
+        l_only, _ = C.cholesky_forward(junk, shift)
+        np.testing.assert_array_equal(l_only, l)
+        lj_upper = l.copy()
+        lj_upper[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] = 7.0
+        np.testing.assert_array_equal(C.cholesky_solve(lj_upper, b), C.cholesky_solve(l, b))
+
+
+def _rank_deficient(n, k, dtype):
+    """PSD of rank k whose pivot k + 1 is exactly zero: [[S, 0], [0, 0]] or all ones (k=1)."""
+    if k == 1:
+        return np.ones((n, n), dtype)
+    rng = np.random.default_rng(n)
+    out = np.zeros((n, n))
+    out[:k, :k] = _spd(rng, 1, k, np.float64)[0]
+    return out.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("n", "k", "batch"), [(5, 1, 1), (5, 1, 8), (12, 4, 8), (150, 1, 2), (150, 60, 1)]
+)
+def test_rank_deficient_psd(dtype, n, k, batch):
+    a = np.broadcast_to(_rank_deficient(n, k, dtype), (batch, n, n)).copy()
+    b = np.ones((batch, n, 1), dtype)
+    _, info = C.cholesky_forward(a, np.zeros(batch))
+    np.testing.assert_array_equal(info, k + 1)
+    x, _, info = C.ridge_solve_forward(a, b, np.zeros(batch))
+    np.testing.assert_array_equal(info, k + 1)
+    assert np.all(np.isnan(x))
+    shift = np.full(batch, 1e-2)
+    x, l, info = C.ridge_solve_forward(a, b, shift)
+    assert np.all(info == 0)
+    _check_factor(a, shift, l, info, dtype)
+    assert np.all(np.isfinite(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [6, 140])
+def test_indefinite_gives_info_and_nan(dtype, n):
+    rng = np.random.default_rng(11)
+    batch = 9
+    a = _spd(rng, batch, n, dtype)
+    b = _rhs(rng, batch, n, 2, dtype)
+    bad = [1, 4, 8]
+    for i in bad:
+        a[i, 3, 3] = -50.0  # the leading minor of order 4 is indefinite
+    shift = np.zeros(batch)
+    x, _, info = C.ridge_solve_forward(a, b, shift)
+    good = [i for i in range(batch) if i not in bad]
+    np.testing.assert_array_equal(info[bad], 4)
+    np.testing.assert_array_equal(info[good], 0)
+    assert np.all(np.isnan(x[bad]))
+    _check_solve(a[good], shift[good], x[good], b[good], dtype)
+    _, info_c = C.cholesky_forward(a, shift)
+    np.testing.assert_array_equal(info_c, info)
+    # a shift can make it definite again, or break a definite matrix (per batch member)
+    shift = np.where(np.isin(np.arange(batch), bad), 100.0, -1e3)
+    _, _, info = C.ridge_solve_forward(a, b, shift)
+    assert np.all(info[bad] == 0) and np.all(info[good] == 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [5, 70, 160])
+def test_non_finite_input_reports_failure(dtype, n):
+    rng = np.random.default_rng(13)
+    batch = 8
+    a = _spd(rng, batch, n, dtype)
+    b = _rhs(rng, batch, n, 1, dtype)
+    a[0, 3, 1] = np.nan  # lower triangle: row 4 fails
+    a[1, 2, 2] = np.nan  # a NaN pivot
+    a[2, n - 1, n - 1] = np.inf  # an infinite last pivot (LAPACK would accept it)
+    a[3, 4, 0] = np.inf
+    a[4] = np.nan
+    shift = np.zeros(batch)
+    shift[5] = np.nan
+    x, _, info = C.ridge_solve_forward(a, b, shift)
+    assert np.all(info[:6] > 0) and np.all(info[6:] == 0)
+    assert info[0] == 4 and info[1] == 3 and info[2] == n and info[4] == 1 and info[5] == 1
+    assert np.all(np.isnan(x[:6])) and np.all(np.isfinite(x[6:]))
+    _, info_c = C.cholesky_forward(a, shift)
+    np.testing.assert_array_equal(info_c, info)
+
+
+def _gram_ref(x, y, kernel, ell):
+    diff = x[:, :, None, :].astype(np.float64) - y[:, None, :, :].astype(np.float64)
+    if kernel == 4:
+        return np.exp(-np.abs(diff).sum(-1) / ell)
+    r = np.sqrt((diff**2).sum(-1)) / ell
+    if kernel == 0:
+        return np.exp(-0.5 * r**2)
+    if kernel == 1:
+        return np.exp(-r)
+    if kernel == 2:
+        a = np.sqrt(3.0) * r
+        return (1.0 + a) * np.exp(-a)
+    a = np.sqrt(5.0) * r
+    return (1.0 + a + a**2 / 3.0) * np.exp(-a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize(("batch", "n", "m", "d", "p"), [(11, 20, 7, 3, 2), (2, 140, 9, 5, 1)])
+def test_kernel_ridge_batched(dtype, kernel, batch, n, m, d, p):
+    rng = np.random.default_rng(kernel)
+    x = rng.standard_normal((batch, n, d)).astype(dtype)
+    y = rng.standard_normal((batch, n, p)).astype(dtype)
+    x_new = rng.standard_normal((batch, m, d)).astype(dtype)
+    shift = rng.uniform(0.1, 0.5, batch)
+    ell = 1.3
+    k = _gram_ref(x, x, kernel, ell) + shift[:, None, None] * np.eye(n)
+    alpha_ref = np.linalg.solve(k, y.astype(np.float64))
+    pred_ref = _gram_ref(x_new, x, kernel, ell) @ alpha_ref
+    tol = {np.float32: 2e-3, np.float64: 1e-9}[dtype]
+    for xn in (None, x_new):
+        alpha, pred, info = C.kernel_ridge_batched(x, y, shift, kernel, ell, xn)
+        assert alpha.shape == (batch, n, p) and alpha.dtype == dtype
+        assert np.all(info == 0) and info.dtype == np.int32
+        assert np.abs(alpha - alpha_ref).max() <= tol * np.abs(alpha_ref).max()
+        if xn is None:
+            assert pred is None
+        else:
+            assert pred.shape == (batch, m, p) and pred.dtype == dtype
+            assert np.abs(pred - pred_ref).max() <= tol * np.abs(alpha_ref).max()
+    # the same Gram matrix as gram_forward, factored like ridge_solve_forward
+    kg = C.gram_forward(x, None, kernel, ell)
+    ridge_x, _, _ = C.ridge_solve_forward(kg, y, shift)
+    assert np.abs(alpha - ridge_x).max() <= 10 * _tol(dtype, ridge_x) * n
+
+
+@pytest.mark.parametrize("n", [4, 140])
+def test_kernel_ridge_failure_gives_nan(n):
+    batch = 9
+    x = np.zeros((batch, n, 2))  # all points equal: K is all ones, rank one
+    x[1:] = np.random.default_rng(0).standard_normal((batch - 1, n, 2))
+    y = np.ones((batch, n, 1))
+    shift = np.full(batch, 0.1)
+    shift[0] = 0.0
+    alpha, pred, info = C.kernel_ridge_batched(x, y, shift, 0, 1.0, np.ascontiguousarray(x[:, :3]))
+    assert info[0] == 2 and np.all(info[1:] == 0)
+    assert np.all(np.isnan(alpha[0])) and np.all(np.isnan(pred[0]))
+    assert np.all(np.isfinite(alpha[1:])) and np.all(np.isfinite(pred[1:]))
+
+
+def test_empty_batches_and_sizes():
+    for batch, n, p in [(0, 4, 2), (2, 0, 3), (2, 3, 0), (9, 3, 0)]:
+        a = np.broadcast_to(np.eye(n), (batch, n, n)).copy()
+        b = np.ones((batch, n, p))
+        x, l, info = C.ridge_solve_forward(a, b, np.ones(batch))
+        assert x.shape == (batch, n, p) and l.shape == (batch, n, n) and info.shape == (batch,)
+        assert np.all(info == 0)
+        assert C.cholesky_solve(l, b).shape == (batch, n, p)
+    alpha, pred, info = C.kernel_ridge_batched(
+        np.zeros((2, 3, 1)), np.ones((2, 3, 1)), np.ones(2), 0, 1.0, np.zeros((2, 0, 1))
+    )
+    assert alpha.shape == (2, 3, 1) and pred.shape == (2, 0, 1) and np.all(info == 0)
+
+
+def test_errors():
+    a = np.broadcast_to(np.eye(3), (2, 3, 3)).copy()
+    b = np.ones((2, 3, 1))
+    s = np.zeros(2)
+    x = np.zeros((2, 3, 2))
+    with pytest.raises(ValueError, match="a:"):
+        C.cholesky_forward(a[0], s[:1])
+    with pytest.raises(ValueError, match="a: expected square"):
+        C.cholesky_forward(np.ones((2, 3, 4)), s)
+    with pytest.raises(TypeError, match="a:"):
+        C.cholesky_forward(a.astype(np.int64), s)
+    with pytest.raises(ValueError, match="a: expected a C-contiguous"):
+        C.cholesky_forward(np.asfortranarray(a), s)
+    with pytest.raises(TypeError, match="shift:"):
+        C.cholesky_forward(a, s.astype(np.float32))
+    with pytest.raises(ValueError, match="shift:"):
+        C.cholesky_forward(a, np.zeros(3))
+    with pytest.raises(ValueError, match="shift:"):
+        C.ridge_solve_forward(a, b, np.zeros((2, 1)))
+    with pytest.raises(TypeError, match="b:"):
+        C.ridge_solve_forward(a, b.astype(np.float32), s)
+    with pytest.raises(ValueError, match="b:"):
+        C.ridge_solve_forward(a, np.ones((2, 4, 1)), s)
+    with pytest.raises(ValueError, match="b:"):
+        C.ridge_solve_forward(a, np.ones((3, 3, 1)), s)
+    with pytest.raises(ValueError, match="k:"):
+        C.ridge_solve_forward(np.ones((2, 3, 2)), b, s)
+    with pytest.raises(ValueError, match="L:"):
+        C.cholesky_solve(a[:, :2], b)
+    with pytest.raises(TypeError, match="b:"):
+        C.cholesky_solve(a, b.astype(np.float32))
+    with pytest.raises(ValueError, match="b:"):
+        C.cholesky_solve(a, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="kernel:"):
+        C.kernel_ridge_batched(x, b, s, 5, 1.0, None)
+    with pytest.raises(ValueError, match="lengthscale:"):
+        C.kernel_ridge_batched(x, b, s, 0, 0.0, None)
+    with pytest.raises(ValueError, match="lengthscale:"):
+        C.kernel_ridge_batched(x, b, s, 0, float("nan"), None)
+    with pytest.raises(ValueError, match="y:"):
+        C.kernel_ridge_batched(x, np.ones((2, 4, 1)), s, 0, 1.0, None)
+    with pytest.raises(TypeError, match="y:"):
+        C.kernel_ridge_batched(x, b.astype(np.float32), s, 0, 1.0, None)
+    with pytest.raises(ValueError, match="x_new:"):
+        C.kernel_ridge_batched(x, b, s, 0, 1.0, np.zeros((2, 5, 3)))
+    with pytest.raises(TypeError, match="x_new:"):
+        C.kernel_ridge_batched(x, b, s, 0, 1.0, np.zeros((2, 5, 2), np.float32))
+    with pytest.raises(ValueError, match="x:"):
+        C.kernel_ridge_batched(x[0], b, s, 0, 1.0, None)
+
+
+_BASELINE_SCRIPT = """
+import numpy as np
+import fastamort._C as C
+assert C.simd_isa() != "avx2+fma", C.simd_isa()
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float32, 1e-3), (np.float64, 1e-10)):
+    g = rng.standard_normal((9, 20, 20))
+    a = (g @ g.transpose(0, 2, 1) / 20 + np.eye(20)).astype(dtype)
+    b = rng.standard_normal((9, 20, 5)).astype(dtype)
+    x, l, info = C.ridge_solve_forward(a, b, np.zeros(9))
+    ref = np.linalg.solve(a.astype(np.float64), b.astype(np.float64))
+    assert np.all(info == 0) and np.abs(x - ref).max() <= tol * np.abs(ref).max()
+    assert np.abs(C.cholesky_solve(l, b) - ref).max() <= tol * np.abs(ref).max()
+print("ok")
+"""
+
+
+def test_baseline_isa_kernels():
+    """The own kernels are compiled twice; FASTAMORT_ISA=baseline selects the portable copy."""
+    env = dict(os.environ, FASTAMORT_ISA="baseline")
+    out = subprocess.run(
+        [sys.executable, "-c", _BASELINE_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
