@@ -6,7 +6,12 @@ the C++ extension (CPU) or the pure-PyTorch reference; see :mod:`fastamort._back
 
 from __future__ import annotations
 
+from . import kernels, models
 from ._backends import BACKENDS, BackendUnavailableError, backend_report, record_backends
+from .estimator import AmortisedEstimate, amortised_estimate, amortised_objective
+from .kernel_learning import kernel_loss
+from .learner import AmortisedLearner, NonFiniteError
+from .models.base import ExpFamModel, GenerativeModel
 from .ops import (
     KERNEL_NAMES,
     KernelRidgeResult,
@@ -24,16 +29,26 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "KERNEL_NAMES",
+    "AmortisedEstimate",
+    "AmortisedLearner",
     "BackendUnavailableError",
+    "ExpFamModel",
+    "GenerativeModel",
     "KernelRidgeResult",
+    "NonFiniteError",
     "NotPSDError",
     "NumericalWarning",
     "__version__",
+    "amortised_estimate",
+    "amortised_objective",
     "backend_report",
     "cholesky",
     "gram",
     "gram_matmul",
+    "kernel_loss",
     "kernel_ridge_batched",
+    "kernels",
+    "models",
     "record_backends",
     "ridge_solve",
 ]

@@ -111,23 +111,23 @@ def ridge_backend_impl(backend: str) -> SimpleNamespace:
 def factor_with_jitter(
     run: Callable[[torch.Tensor, torch.Tensor], tuple],
     shift: torch.Tensor,
-    diag: torch.Tensor,
+    diag: Callable[[], torch.Tensor],
     *,
     n: int,
     dtype: torch.dtype,
     jitter: str | float | None,
     what: str,
 ) -> tuple:
-    """Runs ``run(index, shift)``, which factorises the batch members ``index`` with
-    ``shift`` (float64) added to their diagonals, and retries the failed ones with jitter.
+    """Runs ``run(index, shift)``, which factorises the batch members ``index`` (None: all)
+    with ``shift`` (float64) added to their diagonals, and retries the failed ones with jitter.
 
-    ``diag`` (B,) is each matrix's mean absolute diagonal (the jitter's scale). ``run``
+    ``diag()`` gives each matrix's mean absolute diagonal (B,), the jitter's scale; it is
+    only called when a factorisation failed. ``run``
     returns a tuple whose last element is ``info`` (B',), non-zero where it failed. Returns
     that tuple for the whole batch, plus the jitter finally used per member (float64, (B,)).
     """
     n_batch = shift.shape[0]
-    everyone = torch.arange(n_batch, device=shift.device)
-    out = list(run(everyone, shift))
+    out = list(run(None, shift))
     used = torch.zeros(n_batch, dtype=torch.float64, device=shift.device)
     if n_batch == 0 or n == 0:
         return (*out, used)
@@ -137,7 +137,7 @@ def factor_with_jitter(
     if jitter is None or jitter is False or (not isinstance(jitter, str) and float(jitter) == 0):
         _raise_not_psd(n, dtype, failed, None, what)
     if jitter == "auto":
-        scale = diag.detach().double().abs() + shift.abs()
+        scale = diag().detach().double().abs() + shift.abs()
         start = JITTER_START[dtype] * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
     else:
         if isinstance(jitter, str) or not float(jitter) > 0:
@@ -189,8 +189,10 @@ def _show(index: torch.Tensor, limit: int = 8) -> str:
 
 
 def _raise_not_psd(n, dtype, failed, jitter_tried, what):
-    tried = "no jitter (jitter=0)" if jitter_tried is None else (
-        f"jitter up to {float(jitter_tried.max()):.3g} on the diagonal"
+    tried = (
+        "no jitter (jitter=0)"
+        if jitter_tried is None
+        else (f"jitter up to {float(jitter_tried.max()):.3g} on the diagonal")
     )
     raise NotPSDError(
         f"{what}: matrix of size {n}×{n} ({dtype}) at batch index {_show(failed)} is not "
@@ -231,10 +233,15 @@ class CholeskyFunction(torch.autograd.Function):
         zero = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
 
         def run(index, shift):
-            return impl.factor(a[index], shift)
+            return impl.factor(a if index is None else a[index], shift)
 
         lower, _, _ = factor_with_jitter(
-            run, zero, mean_abs_diagonal(a), n=a.shape[-1], dtype=a.dtype, jitter=jitter,
+            run,
+            zero,
+            lambda: mean_abs_diagonal(a),
+            n=a.shape[-1],
+            dtype=a.dtype,
+            jitter=jitter,
             what="cholesky",
         )
         note_backend("cholesky", backend)

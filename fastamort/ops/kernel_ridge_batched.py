@@ -133,13 +133,19 @@ def kernel_ridge_batched(
         fused = _fused_impl(name)
 
         def run(index, shift):
-            return fused(x3[index], y3[index], shift, kid, ell.detach(),
-                         None if xn3 is None else xn3[index])
+            return fused(
+                x3[index], y3[index], shift, kid, ell.detach(), None if xn3 is None else xn3[index]
+            )
 
         # k(x, x) = 1 on the diagonal for every kernel here: the jitter's scale is 1
-        ones = torch.ones_like(lam3)
         alpha, pred, _, _ = factor_with_jitter(
-            run, lam3, ones, n=n, dtype=x.dtype, jitter="auto", what="kernel_ridge_batched"
+            run,
+            lam3,
+            lambda: torch.ones_like(lam3),
+            n=n,
+            dtype=x.dtype,
+            jitter="auto",
+            what="kernel_ridge_batched",
         )
         note_backend("kernel_ridge_batched", name)
         alpha = alpha.reshape(*batch, n, p)
@@ -149,4 +155,3 @@ def kernel_ridge_batched(
         alpha = alpha.squeeze(-1)
         pred = None if pred is None else pred.squeeze(-1)
     return KernelRidgeResult(alpha, pred)
-

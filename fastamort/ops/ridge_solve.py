@@ -52,11 +52,18 @@ class RidgeSolveFunction(torch.autograd.Function):
         impl = ridge_backend_impl(backend)
 
         def run(index, shift):
+            if index is None:
+                return impl.ridge(k, b, shift)
             return impl.ridge(k[index], b[index], shift)
 
         x, lower, _, _ = factor_with_jitter(
-            run, lam.detach().double(), mean_abs_diagonal(k), n=k.shape[-1], dtype=k.dtype,
-            jitter="auto", what="ridge_solve",
+            run,
+            lam.detach().double(),
+            lambda: mean_abs_diagonal(k),
+            n=k.shape[-1],
+            dtype=k.dtype,
+            jitter="auto",
+            what="ridge_solve",
         )
         note_backend("ridge_solve", backend)
         ctx.save_for_backward(x, lower)

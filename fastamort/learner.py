@@ -1,0 +1,368 @@
+"""The training loop: amortised learning by wake-sleep, with kernel learning and safe checkpoints.
+
+Each step of :meth:`AmortisedLearner.fit`:
+
+1. kernel step (if ``learn_kernel``): fresh sleep set (M) and held-out set (M'), one optimiser
+   step on :func:`fastamort.kernel_loss` w.r.t. the kernel's parameters and log λ;
+2. model step: fresh sleep set, Ĵ on the wake batch (:func:`fastamort.amortised_estimate`),
+   one optimiser step on −Ĵ w.r.t. the model's parameters.
+
+At the first step the lengthscale is set by the median heuristic and λ by leave-one-out
+(unless given). Checkpoints are written atomically (temporary file + rename) and hold the
+model, kernel, λ, optimisers, RNG states, step, epoch and history, so ``resume=True``
+continues bit for bit. A non-finite objective or gradient stops training with
+:class:`NonFiniteError` naming the step and the parameter, before any parameter changes; the
+last checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .estimator import (
+    amortised_estimate,
+    choose_lambda,
+    draw_sleep,
+    regression_targets,
+    resolve_estimator,
+)
+from .kernel_learning import kernel_loss
+from .kernels import Gaussian, Kernel
+from .models.base import check_model
+
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite objective or gradient."""
+
+
+class AmortisedLearner:
+    """Trains a model by amortised learning.
+
+    Args:
+        model: a model following :mod:`fastamort.models.base`.
+        kernel: a :class:`fastamort.kernels.Kernel` (default Gaussian, median heuristic).
+        n_sleep: sleep samples M per regression.
+        n_held_out: held-out sleep samples M' for the kernel step.
+        lr, kernel_lr: Adam learning rates of the model and of the kernel (and log λ).
+        optimizer: a ready optimiser over the model's parameters (overrides ``lr``).
+        kernel_optimizer: a ready optimiser over the kernel's parameters and ``log_lam``.
+        lam: initial ridge λ (default: leave-one-out choice at the first step).
+        estimator: "auto", "generic" or "expfam".
+        learn_kernel: whether to run kernel steps.
+        seed: seeds the data order (per epoch); sampling uses the global torch RNG.
+        max_grad_norm: clip the model gradient to this norm (None: no clipping).
+
+    Example:
+        >>> import torch, fastamort
+        >>> from fastamort.models import FactorAnalysis
+        >>> _ = torch.manual_seed(0)
+        >>> data = FactorAnalysis(3, 1).sample(200)[1]
+        >>> learner = fastamort.AmortisedLearner(FactorAnalysis(3, 1), n_sleep=200, n_held_out=50)
+        >>> history = learner.fit(data, epochs=1, batch_size=100, progress=False)
+        >>> len(history)
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        kernel: Kernel | None = None,
+        n_sleep: int = 2000,
+        n_held_out: int = 200,
+        lr: float = 1e-3,
+        kernel_lr: float = 1e-2,
+        optimizer: torch.optim.Optimizer | None = None,
+        kernel_optimizer: torch.optim.Optimizer | None = None,
+        lam: float | None = None,
+        estimator: str = "auto",
+        learn_kernel: bool = True,
+        seed: int = 0,
+        max_grad_norm: float | None = None,
+    ):
+        check_model(model)
+        if n_sleep < 2:
+            raise ValueError(f"n_sleep: need at least 2 sleep samples, got {n_sleep}")
+        if learn_kernel and n_held_out < 1:
+            raise ValueError(f"n_held_out: need at least 1 held-out sample, got {n_held_out}")
+        if lam is not None and not lam > 0:
+            raise ValueError(f"lam: must be > 0, got {lam}")
+        self.model = model
+        self.estimator = resolve_estimator(model, estimator)
+        device = _device_of(model)
+        self.kernel = (kernel if kernel is not None else Gaussian()).to(device)
+        self.log_lam = nn.Parameter(
+            torch.tensor(
+                math.log(lam) if lam is not None else 0.0, dtype=torch.float64, device=device
+            )
+        )
+        self._lam_given = lam is not None
+        self.n_sleep, self.n_held_out = n_sleep, n_held_out
+        self.learn_kernel, self.seed, self.max_grad_norm = learn_kernel, seed, max_grad_norm
+        self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        self.kernel_optimizer = kernel_optimizer or torch.optim.Adam(
+            [p for p in self.kernel.parameters() if p.requires_grad] + [self.log_lam], lr=kernel_lr
+        )
+        self.step_count = 0
+        self.history: list[dict[str, Any]] = []
+        self.initialised = False
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        return float(self.log_lam.detach().exp())
+
+    def initialise(self) -> None:
+        """Median-heuristic lengthscale and leave-one-out λ from one sleep set (once)."""
+        if self.initialised:
+            return
+        z, x = draw_sleep(self.model, self.n_sleep)
+        if not bool(self.kernel.initialised):
+            self.kernel.init_from(x)
+        if not self._lam_given:
+            with torch.no_grad():
+                targets, stats = regression_targets(self.model, z, x, self.estimator)
+                lam = choose_lambda(self.kernel.features(x), self.kernel, targets, stats)
+                self.log_lam.fill_(math.log(lam))
+        self.initialised = True
+
+    def step(self, x_batch: torch.Tensor, *, epoch: int = 0) -> dict[str, Any]:
+        """One kernel step and one model step on a wake batch; returns the step's record."""
+        start = time.perf_counter()
+        self.initialise()
+        step = self.step_count + 1
+        record: dict[str, Any] = {"step": step, "epoch": epoch}
+        if self.learn_kernel:
+            fit = draw_sleep(self.model, self.n_sleep)
+            held = draw_sleep(self.model, self.n_held_out)
+            loss = kernel_loss(
+                self.model, self.kernel, fit, held, self.log_lam.exp(), estimator=self.estimator
+            )
+            _check_finite_value(loss, "kernel loss", step)
+            self.kernel_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _check_finite_grads(self._kernel_named_parameters(), step)
+            self.kernel_optimizer.step()
+            record["kernel_loss"] = float(loss.detach())
+        est = amortised_estimate(
+            self.model,
+            x_batch,
+            n_sleep=self.n_sleep,
+            kernel=self.kernel,
+            lam=self.lam,
+            estimator=self.estimator,
+        )
+        _check_finite_value(est.objective, "objective", step)
+        self.optimizer.zero_grad(set_to_none=True)
+        (-est.objective).backward()
+        _check_finite_grads(self.model.named_parameters(), step)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.step_count = step
+        record.update(
+            objective=float(est.objective.detach()),
+            lengthscale=float(self.kernel.lengthscale.detach()),
+            lam=self.lam,
+            seconds=time.perf_counter() - start,
+        )
+        self.history.append(record)
+        return record
+
+    def _kernel_named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        yield from (("kernel." + n, p) for n, p in self.kernel.named_parameters())
+        yield "log_lam", self.log_lam
+
+    # ----------------------------------------------------------------------------------
+    def fit(
+        self,
+        data: torch.Tensor | np.ndarray,
+        *,
+        epochs: int = 1,
+        batch_size: int = 100,
+        progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 50,
+        resume: bool = False,
+        callbacks: Sequence[Callable[[AmortisedLearner, dict[str, Any]], Any]] = (),
+    ) -> list[dict[str, Any]]:
+        """Runs ``epochs`` passes over ``data`` (N, *obs_shape) in shuffled mini-batches.
+
+        Args:
+            checkpoint: path of the checkpoint file, written every ``checkpoint_every`` steps
+                and at the end (atomically).
+            resume: continue from ``checkpoint`` if it exists (bit-exact continuation).
+            callbacks: called as ``cb(learner, record)`` after every step; returning True stops.
+
+        Returns:
+            the history: one dict per step (step, epoch, objective, kernel_loss, lengthscale,
+            lam, seconds).
+        """
+        data = _as_data(data, self.model)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if epochs < 0:
+            raise ValueError(f"epochs: expected >= 0, got {epochs}")
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path")
+        if resume and Path(checkpoint).exists():
+            self.load_checkpoint(checkpoint)
+        n = data.shape[0]
+        per_epoch = math.ceil(n / batch_size)
+        total = epochs * per_epoch
+        bar = _progress_bar(total, self.step_count, progress)
+        stop = False
+        try:
+            while self.step_count < total and not stop:
+                epoch, index = divmod(self.step_count, per_epoch)
+                order = _epoch_order(n, self.seed, epoch)
+                batch = data[order[index * batch_size : (index + 1) * batch_size].to(data.device)]
+                record = self.step(batch, epoch=epoch)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        objective=f"{record['objective']:.4g}",
+                        lengthscale=f"{record['lengthscale']:.3g}",
+                    )
+                for cb in callbacks:
+                    stop = bool(cb(self, record)) or stop
+                if checkpoint is not None and (
+                    self.step_count % checkpoint_every == 0 or self.step_count == total or stop
+                ):
+                    self.save_checkpoint(checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    # ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "kernel": self.kernel.state_dict(),
+            "log_lam": self.log_lam.detach().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "kernel_optimizer": self.kernel_optimizer.state_dict(),
+            "step": self.step_count,
+            "initialised": self.initialised,
+            "history": list(self.history),
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint: unsupported version {state.get('version')!r}")
+        self.model.load_state_dict(state["model"])
+        self.kernel.load_state_dict(state["kernel"])
+        with torch.no_grad():
+            self.log_lam.copy_(state["log_lam"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kernel_optimizer.load_state_dict(state["kernel_optimizer"])
+        self.step_count = int(state["step"])
+        self.initialised = bool(state["initialised"])
+        self.history = list(state["history"])
+        _set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Writes the full training state atomically (a crash leaves the old file intact)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(self.state_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        state = torch.load(path, map_location=_device_of(self.model), weights_only=False)
+        self.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _as_data(data: object, model: nn.Module) -> torch.Tensor:
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data: expected a tensor or a NumPy array, got {type(data).__name__}")
+    if data.ndim == 0 or data.shape[0] == 0:
+        raise ValueError(f"data: empty (shape {tuple(data.shape)})")
+    if not data.is_floating_point():
+        data = data.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(data).all()):
+        raise ValueError("data: contains NaN or infinite values")
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        data = data.to(device=param.device, dtype=param.dtype)
+    return data
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", desc="amortised learning")
+
+
+def _check_finite_value(value: torch.Tensor, what: str, step: int) -> None:
+    if not bool(torch.isfinite(value.detach()).all()):
+        raise NonFiniteError(f"step {step}: the {what} is not finite ({float(value.detach())})")
+
+
+def _check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
+    for name, p in named:
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            raise NonFiniteError(
+                f"step {step}: the gradient of parameter '{name}' is not finite; "
+                "no parameter was changed"
+            )
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 - user models may use the legacy global RNG
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

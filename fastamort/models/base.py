@@ -1,0 +1,96 @@
+"""The model protocol of the amortised learner.
+
+A *model* is any ``torch.nn.Module`` with
+
+``sample(n) -> (z, x)``
+    draws n latents and observations from the model ("sleep"); no gradient is needed or used:
+    the estimator treats the samples as constants (no reparameterisation).
+``log_joint(z, x) -> Tensor[n]``
+    log p_θ(z, x) per sample, differentiable in the parameters θ.
+
+The exponential-family form p_θ(x|z) = h(x)·exp(η_θ(z)·S(x) − Ψ_θ(z)) additionally provides
+``sufficient_stats(x) -> (n, P)``, ``natural_params(z) -> (n, P)``, ``log_normaliser(z) -> (n,)``,
+``log_prior(z) -> (n,)`` and optionally ``log_base_measure(x) -> (n,)``; the estimator then
+uses the lower-variance form (see :func:`fastamort.amortised_objective`).
+
+Latents may be anything the model's own methods accept (tensors, tuples, dicts): the estimator
+never looks inside ``z``. Observations are flattened to feature vectors for the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+Latent = Any  # a tensor, or any structure of tensors the model understands
+
+EXPFAM_METHODS = ("sufficient_stats", "natural_params", "log_normaliser", "log_prior")
+
+
+def is_expfam(model: object) -> bool:
+    """True when ``model`` provides the exponential-family methods."""
+    return all(callable(getattr(model, name, None)) for name in EXPFAM_METHODS)
+
+
+def check_model(model: object) -> None:
+    """``TypeError`` unless ``model`` follows the protocol (names what is missing)."""
+    missing = [m for m in ("sample", "log_joint") if not callable(getattr(model, m, None))]
+    if not isinstance(model, nn.Module):
+        missing.insert(0, "torch.nn.Module base class")
+    if missing:
+        raise TypeError(
+            f"model: {type(model).__name__} is not a fastamort model; missing {', '.join(missing)} "
+            "(see fastamort.GenerativeModel)"
+        )
+
+
+class GenerativeModel(nn.Module):
+    """Optional base class documenting the protocol (subclasses implement both methods)."""
+
+    def sample(self, n: int) -> tuple[Latent, torch.Tensor]:
+        """Draws ``(z, x)``, ``n`` samples from p_θ(z) p_θ(x|z); x has shape (n, *obs_shape)."""
+        raise NotImplementedError
+
+    def log_joint(self, z: Latent, x: torch.Tensor) -> torch.Tensor:
+        """log p_θ(z, x), shape (n,), differentiable in the parameters."""
+        raise NotImplementedError
+
+
+class ExpFamModel(GenerativeModel):
+    """Base class for models whose likelihood is an exponential family in x.
+
+    Subclasses implement ``sample``, ``sufficient_stats``, ``natural_params``,
+    ``log_normaliser`` and ``log_prior``; ``log_joint`` follows from them.
+    """
+
+    def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
+        """S(x), shape (n, P)."""
+        raise NotImplementedError
+
+    def natural_params(self, z: Latent) -> torch.Tensor:
+        """η_θ(z), shape (n, P)."""
+        raise NotImplementedError
+
+    def log_normaliser(self, z: Latent) -> torch.Tensor:
+        """Ψ_θ(z), shape (n,)."""
+        raise NotImplementedError
+
+    def log_prior(self, z: Latent) -> torch.Tensor:
+        """log p_θ(z), shape (n,)."""
+        raise NotImplementedError
+
+    def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
+        """log h(x), shape (n,); zero unless overridden."""
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def log_joint(self, z: Latent, x: torch.Tensor) -> torch.Tensor:
+        eta = self.natural_params(z)
+        stats = self.sufficient_stats(x)
+        return (
+            (eta * stats).sum(-1)
+            - self.log_normaliser(z)
+            + self.log_prior(z)
+            + self.log_base_measure(x)
+        )

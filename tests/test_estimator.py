@@ -1,0 +1,230 @@
+"""amortised_objective against exact gradients (factor analysis, mixtures) and the KRR formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.functional import cosine_similarity
+
+import fastamort
+from fastamort import amortised_estimate, amortised_objective
+from fastamort.kernels import Gaussian, Matern52
+from fastamort.models import CircleModel, FactorAnalysis, GaussianMixture, GenerativeModel
+
+
+def _grad_vector(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def _exact_gradient(model, x):
+    model.zero_grad()
+    model.exact_log_likelihood(x).backward()
+    return _grad_vector(model)
+
+
+def _estimated_gradient(model, x, **kwargs):
+    model.zero_grad()
+    amortised_objective(model, x, **kwargs).backward()
+    return _grad_vector(model)
+
+
+def _fa_problem(seed, n=100):
+    torch.manual_seed(seed)
+    truth = FactorAnalysis(5, 2).double()
+    x = truth.sample(n)[1]
+    return FactorAnalysis(5, 2).double(), x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["expfam", "generic"])
+def test_factor_analysis_defaults_reach_cosine_098(estimator):
+    """D = 5, k = 2, N = 100, M = 2000 and nothing else: mean cosine over 5 seeds ≥ 0.98."""
+    cosines = []
+    for seed in range(5):
+        model, x = _fa_problem(seed)
+        exact = _exact_gradient(model, x)
+        torch.manual_seed(100 + seed)
+        est = _estimated_gradient(model, x, n_sleep=2000, estimator=estimator)
+        cosines.append(float(cosine_similarity(exact, est, dim=0)))
+    assert sum(cosines) / len(cosines) >= 0.98, cosines
+
+
+@pytest.mark.slow
+def test_error_shrinks_as_sleep_set_grows():
+    errors = {}
+    for m in (250, 1000, 4000):
+        errs = []
+        for seed in range(3):
+            model, x = _fa_problem(seed)
+            exact = _exact_gradient(model, x)
+            torch.manual_seed(200 + seed)
+            est = _estimated_gradient(model, x, n_sleep=m)
+            errs.append(float((est - exact).norm() / exact.norm()))
+        errors[m] = sum(errs) / len(errs)
+    assert errors[4000] < errors[1000] < errors[250], errors
+
+
+def _direct_gaussian_gram(a, b, ell):
+    d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+    return torch.exp(-0.5 * d2 / ell**2)
+
+
+@pytest.mark.parametrize("estimator", ["expfam", "generic"])
+@pytest.mark.parametrize("n_wake", [40, 5], ids=["fused-product", "fewer-wake-than-stats"])
+def test_equals_the_krr_formula_in_float64(estimator, n_wake):
+    model, x = _fa_problem(3, n=n_wake)
+    torch.manual_seed(7)
+    z, xs = model.sample(300)
+    kernel, lam = Gaussian(2.5), 0.05
+    est = amortised_estimate(model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator)
+    model.zero_grad()
+    est.objective.backward()
+    ours = _grad_vector(model)
+
+    k = _direct_gaussian_gram(xs, xs, 2.5)
+    k_sw = _direct_gaussian_gram(xs, x, 2.5)
+    a = k + lam * torch.eye(300, dtype=torch.float64)
+    n = x.shape[0]
+    model.zero_grad()
+    if estimator == "generic":
+        beta = torch.linalg.solve(a, k_sw @ torch.full((n,), 1.0 / n, dtype=torch.float64))
+        formula = (beta * model.log_joint(z, xs)).sum()
+    else:
+        beta = torch.linalg.solve(a, k_sw.sum(1) / n)
+        coeffs = torch.linalg.solve(a, k_sw @ model.sufficient_stats(x) / n)
+        psi = model.log_normaliser(z) - model.log_prior(z)
+        formula = (coeffs * model.natural_params(z)).sum() - (beta * psi).sum()
+    formula.backward()
+    reference = _grad_vector(model)
+    torch.testing.assert_close(est.objective.detach(), formula.detach(), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_discrete_latent_mixture_cosine_095():
+    cosines = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x = GaussianMixture(2, 3).double().sample(100)[1]
+        model = GaussianMixture(2, 3).double()
+        exact = _exact_gradient(model, x)
+        est = _estimated_gradient(model, x, n_sleep=2000)
+        cosines.append(float(cosine_similarity(exact, est, dim=0)))
+    assert sum(cosines) / len(cosines) >= 0.95, cosines
+
+
+def test_generic_and_expfam_agree_with_each_other():
+    model, x = _fa_problem(5)
+    torch.manual_seed(1)
+    sleep = model.sample(1500)
+    kernel = Matern52().init_from(sleep[1])
+    g1 = _estimated_gradient(model, x, sleep=sleep, kernel=kernel, lam=0.1, estimator="generic")
+    g2 = _estimated_gradient(model, x, sleep=sleep, kernel=kernel, lam=0.1, estimator="expfam")
+    assert float(cosine_similarity(g1, g2, dim=0)) > 0.95
+
+
+def test_structured_latents_are_never_looked_inside():
+    class TupleLatent(GenerativeModel):
+        def __init__(self):
+            super().__init__()
+            self.mu = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+        def sample(self, n):
+            a = torch.randn(n, 2, dtype=torch.float64)
+            return (a, {"scale": torch.ones(n, dtype=torch.float64)}), a + self.mu.detach()
+
+        def log_joint(self, z, x):
+            a, extra = z
+            return -0.5 * ((x - a - self.mu) ** 2).sum(-1) * extra["scale"] - 0.5 * (a**2).sum(-1)
+
+    model = TupleLatent()
+    obj = amortised_objective(model, torch.randn(20, 2, dtype=torch.float64) + 1.0, n_sleep=200)
+    obj.backward()
+    assert model.mu.grad is not None and torch.isfinite(model.mu.grad).all()
+
+
+def test_circle_latent_estimates_the_gradient():
+    torch.manual_seed(0)
+    x = CircleModel(4, init_std=0.3).double().sample(100)[1]
+    model = CircleModel(4).double()
+    exact = _exact_gradient(model, x)
+    est = _estimated_gradient(model, x, n_sleep=1500)
+    assert float(cosine_similarity(exact, est, dim=0)) > 0.9
+
+
+def test_float32_models_work():
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2)
+    x = model.sample(50)[1]
+    obj = amortised_objective(model, x, n_sleep=500)
+    assert obj.dtype == torch.float32
+    obj.backward()
+    assert torch.isfinite(model.weight.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (
+            lambda m: amortised_objective(m, torch.randn(10, 3, dtype=torch.float64)),
+            ValueError,
+            "x_wake: observations of shape",
+        ),
+        (
+            lambda m: amortised_objective(m, torch.full((10, 4), math.nan, dtype=torch.float64)),
+            ValueError,
+            "x_wake: contains NaN",
+        ),
+        (
+            lambda m: amortised_objective(m, torch.zeros(0, 4, dtype=torch.float64)),
+            ValueError,
+            "x_wake: empty",
+        ),
+        (
+            lambda m: amortised_objective(m, torch.randn(10, 4, dtype=torch.float64), n_sleep=1),
+            ValueError,
+            "n_sleep",
+        ),
+        (
+            lambda m: amortised_objective(
+                m, torch.randn(10, 4, dtype=torch.float64), estimator="x"
+            ),
+            ValueError,
+            "estimator",
+        ),
+        (
+            lambda m: amortised_objective(m, torch.randn(10, 4, dtype=torch.float64), kernel="rbf"),
+            TypeError,
+            "kernel",
+        ),
+        (lambda m: amortised_objective(m, [[0.0] * 4]), TypeError, "x_wake"),
+        (
+            lambda m: amortised_objective(torch.nn.Linear(2, 2), torch.randn(3, 2)),
+            TypeError,
+            "not a fastamort model",
+        ),
+        (
+            lambda m: amortised_objective(m, torch.randn(10, 4, dtype=torch.float64), lam=-1.0),
+            ValueError,
+            "lam",
+        ),
+    ],
+)
+def test_bad_input_gives_a_clear_error(call, exc, match):
+    model = FactorAnalysis(4, 2).double()
+    with pytest.raises(exc, match=match):
+        call(model)
+
+
+def test_expfam_requested_on_a_generic_model():
+    class Plain(GenerativeModel):
+        def sample(self, n):
+            return torch.zeros(n, 1), torch.randn(n, 2)
+
+        def log_joint(self, z, x):
+            return -(x**2).sum(-1)
+
+    with pytest.raises(ValueError, match="expfam"):
+        fastamort.amortised_objective(Plain(), torch.randn(5, 2), estimator="expfam")

@@ -1,0 +1,52 @@
+"""Kernel modules: median heuristic, learnable lengthscale, feature networks in eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import pdist
+
+import fastamort
+from fastamort.kernels import KERNEL_CLASSES, Gaussian, Laplacian, Matern32, median_distance
+
+
+def test_median_heuristic_matches_scipy():
+    x = torch.randn(300, 5, dtype=torch.float64)
+    assert median_distance(x) == pytest.approx(np.median(pdist(x.numpy())))
+    assert median_distance(x, p=1.0) == pytest.approx(np.median(pdist(x.numpy(), "cityblock")))
+    k = Gaussian().init_from(x.reshape(300, 5, 1))  # observations are flattened
+    assert float(k.lengthscale) == pytest.approx(np.median(pdist(x.numpy())))
+    assert float(Laplacian().init_from(x).lengthscale) == pytest.approx(
+        np.median(pdist(x.numpy(), "cityblock"))
+    )
+    assert bool(k.initialised)
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_CLASSES))
+def test_modules_wrap_the_engine_and_carry_gradients(name):
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    k = KERNEL_CLASSES[name](1.7)
+    out = k(x, y)
+    torch.testing.assert_close(out, fastamort.gram(x, y, kernel=name, lengthscale=1.7))
+    out.sum().backward()
+    assert k.log_lengthscale.grad is not None and torch.isfinite(k.log_lengthscale.grad)
+
+
+def test_feature_network_runs_in_eval_mode_for_prediction():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).double()
+    k = Matern32(1.0, features=net)
+    net.train()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    with torch.no_grad():
+        net(torch.randn(50, 3, dtype=torch.float64) + 2.0)  # running stats != batch stats
+    eval_out = net.eval()(x).detach()
+    net.train()
+    torch.testing.assert_close(k.features(x), eval_out)
+    assert net.training, "the caller's mode is restored"
+    assert not torch.allclose(k.features(x, train=True), eval_out)
+
+
+def test_bad_lengthscale():
+    with pytest.raises(ValueError, match="lengthscale"):
+        Gaussian(-1.0)
