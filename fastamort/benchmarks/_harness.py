@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
 import gc
@@ -18,6 +19,20 @@ import numpy as np
 import torch
 
 import fastamort
+
+
+def available_backends(op: str, device: torch.device) -> list[str]:
+    """Compiled backends that can run ``op`` on ``device`` (the torch reference is timed apart)."""
+    from fastamort._backends import BackendUnavailableError, resolve_backend
+
+    out = []
+    for name in ("triton", "cpp"):
+        try:
+            resolve_backend(op, name, device)
+        except BackendUnavailableError:
+            continue
+        out.append(name)
+    return out
 
 
 def sync(device: torch.device) -> None:
@@ -165,3 +180,28 @@ def write_results(
             if not exists:
                 writer.writeheader()
             writer.writerows(full)
+
+
+def bench_main(
+    name: str,
+    doc: str,
+    run: Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]],
+    plot: Callable[[Sequence[dict[str, Any]], str], None],
+    columns: Sequence[str],
+    argv: Sequence[str] | None,
+) -> int:
+    """The command line shared by every benchmark: run, print a table, write files."""
+    parser = argparse.ArgumentParser(prog=f"fastamort bench {name}", description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--json", default=None, help="write the results as JSON here")
+    parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
+    parser.add_argument("--plot", default=None, help="write a PNG plot here")
+    args = parser.parse_args(argv)
+    rows, env = run(quick=args.quick, device=args.device)
+    print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
+    print_table(rows, columns)
+    write_results(rows, env, json_path=args.json, csv_path=args.csv)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0

@@ -15,17 +15,15 @@ Run as ``fastamort bench gram [--quick] [--json PATH] [--csv PATH] [--plot PATH]
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 import fastamort
-from fastamort._backends import BackendUnavailableError, resolve_backend
 from fastamort.ops.gram import gram_ref
 
-from ._harness import environment, measure, peak_extra_memory, print_table, write_results
+from ._harness import available_backends, bench_main, environment, measure, peak_extra_memory
 
 FULL_SIZES = (256, 1024, 4096)
 FULL_DIMS = (2, 32, 784)
@@ -34,18 +32,6 @@ QUICK_DIMS = (2, 32)
 P_COLUMNS = 16
 GPU_TARGET_SIZES = (16384, 32768)
 GPU_TARGET_DIM = 64
-
-
-def available_backends(device: torch.device) -> list[str]:
-    """Compiled backends that can run on ``device`` (the torch reference is timed apart)."""
-    out = []
-    for name in ("triton", "cpp"):
-        try:
-            resolve_backend("gram", name, device)
-        except BackendUnavailableError:
-            continue
-        out.append(name)
-    return out
 
 
 def _cdist_gaussian(x: torch.Tensor, y: torch.Tensor, ell: float) -> torch.Tensor:
@@ -130,7 +116,7 @@ def run(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
     dims = dims or (QUICK_DIMS if quick else FULL_DIMS)
-    backends = available_backends(dev)
+    backends = available_backends("gram", dev)
     rows: list[dict[str, Any]] = []
     for dtype in dtypes:
         for d in dims:
@@ -178,36 +164,21 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+COLUMNS = [
+    "op",
+    "dtype",
+    "M",
+    "D",
+    "backend",
+    "time_s",
+    "torch_ref_s",
+    "speedup",
+    "gemm_s",
+    "x_gemm",
+    "gflops",
+    "memory_ratio",
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fastamort bench gram", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--json", default=None, help="write the results as JSON here")
-    parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
-    parser.add_argument("--plot", default=None, help="write a PNG plot here")
-    args = parser.parse_args(argv)
-    rows, env = run(quick=args.quick, device=args.device)
-    print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
-    print_table(
-        rows,
-        [
-            "op",
-            "dtype",
-            "M",
-            "D",
-            "backend",
-            "time_s",
-            "torch_ref_s",
-            "speedup",
-            "gemm_s",
-            "x_gemm",
-            "gflops",
-            "memory_ratio",
-        ],
-    )
-    write_results(rows, env, json_path=args.json, csv_path=args.csv)
-    if args.plot:
-        plot(rows, args.plot)
-    return 0
+    return bench_main("gram", __doc__, run, plot, COLUMNS, argv)

@@ -15,7 +15,6 @@ Run as ``fastamort bench ridge [--quick] [--json PATH] [--csv PATH] [--plot PATH
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,23 +22,11 @@ import scipy.linalg
 import torch
 
 import fastamort
-from fastamort._backends import BackendUnavailableError, resolve_backend
 from fastamort.ops.kernel_ridge_batched import kernel_ridge_batched_ref
 
-from ._harness import environment, measure, print_table, write_results
+from ._harness import available_backends, bench_main, environment, measure
 
 LAM = 0.1
-
-
-def available_backends(device: torch.device) -> list[str]:
-    out = []
-    for name in ("triton", "cpp"):
-        try:
-            resolve_backend("ridge_solve", name, device)
-        except BackendUnavailableError:
-            continue
-        out.append(name)
-    return out
 
 
 def _spd(batch: tuple[int, ...], n: int, dtype, device, seed: int = 0) -> torch.Tensor:
@@ -153,7 +140,7 @@ def _dt(dtype: torch.dtype) -> str:
 
 def run(*, quick: bool = False, device: str | None = None):
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backends = available_backends(dev)
+    backends = available_backends("ridge_solve", dev)
     singles = [256, 1024] if quick else [256, 1024, 2048, 4096]
     smalls = [8, 32] if quick else [8, 16, 32, 64]
     batch = 1024 if quick else 4096
@@ -206,35 +193,20 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+COLUMNS = [
+    "case",
+    "dtype",
+    "B",
+    "n",
+    "p",
+    "backend",
+    "time_s",
+    "torch_s",
+    "speedup",
+    "gflops",
+    "potrf_gflops",
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fastamort bench ridge", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--json", default=None, help="write the results as JSON here")
-    parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
-    parser.add_argument("--plot", default=None, help="write a PNG plot here")
-    args = parser.parse_args(argv)
-    rows, env = run(quick=args.quick, device=args.device)
-    print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
-    print_table(
-        rows,
-        [
-            "case",
-            "dtype",
-            "B",
-            "n",
-            "p",
-            "backend",
-            "time_s",
-            "torch_s",
-            "speedup",
-            "gflops",
-            "potrf_gflops",
-        ],
-    )
-    write_results(rows, env, json_path=args.json, csv_path=args.csv)
-    if args.plot:
-        plot(rows, args.plot)
-    return 0
+    return bench_main("ridge", __doc__, run, plot, COLUMNS, argv)

@@ -17,7 +17,6 @@ Run as ``fastamort bench step [--quick] [--json PATH] [--csv PATH] [--plot PATH]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import time
@@ -33,7 +32,7 @@ from fastamort import kernel_learning as kernel_learning_module
 from fastamort import kernels as kernels_module
 from fastamort.models import FactorAnalysis
 
-from ._harness import environment, print_table, sync, write_results
+from ._harness import bench_main, environment, sync
 
 N_WAKE = 100
 
@@ -241,34 +240,19 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+COLUMNS = [
+    "M",
+    "D",
+    "impl",
+    "time_s",
+    "sleep_s",
+    "gram_s",
+    "solve_s",
+    "rest_s",
+    "speedup_vs_torch",
+    "speedup_vs_authors",
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="fastamort bench step", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="M ≤ 2000, D ≤ 64")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--json", default=None, help="write the results as JSON here")
-    parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
-    parser.add_argument("--plot", default=None, help="write a PNG plot here")
-    args = parser.parse_args(argv)
-    rows, env = run(quick=args.quick, device=args.device)
-    print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
-    print_table(
-        rows,
-        [
-            "M",
-            "D",
-            "impl",
-            "time_s",
-            "sleep_s",
-            "gram_s",
-            "solve_s",
-            "rest_s",
-            "speedup_vs_torch",
-            "speedup_vs_authors",
-        ],
-    )
-    write_results(rows, env, json_path=args.json, csv_path=args.csv)
-    if args.plot:
-        plot(rows, args.plot)
-    return 0
+    return bench_main("step", __doc__, run, plot, COLUMNS, argv)

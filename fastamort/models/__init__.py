@@ -1,6 +1,12 @@
 """Generative models for the amortised learner: the protocol and ready-made models."""
 
-from .base import ExpFamModel, GenerativeModel, check_model, is_expfam
+from .base import (
+    ExpFamModel,
+    GaussianObservationModel,
+    GenerativeModel,
+    check_model,
+    is_expfam,
+)
 from .circle import CircleModel
 from .factor_analysis import FactorAnalysis
 from .mixture import GaussianMixture
@@ -10,6 +16,7 @@ __all__ = [
     "ExpFamModel",
     "FactorAnalysis",
     "GaussianMixture",
+    "GaussianObservationModel",
     "GenerativeModel",
     "check_model",
     "is_expfam",

@@ -94,3 +94,33 @@ class ExpFamModel(GenerativeModel):
             + self.log_prior(z)
             + self.log_base_measure(x)
         )
+
+
+class GaussianObservationModel(ExpFamModel):
+    """An :class:`ExpFamModel` whose x | z is Gaussian with mean ``self.mean(z)`` and the noise
+    of ``self.likelihood`` (a :class:`fastamort.likelihoods.GaussianLikelihood`).
+
+    Subclasses define ``likelihood``, ``mean(z)``, ``sample_latent(n)`` and ``log_prior(z)``.
+    """
+
+    likelihood: nn.Module
+
+    def mean(self, z: Latent) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample_latent(self, n: int) -> Latent:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[Latent, torch.Tensor]:
+        z = self.sample_latent(n)
+        return z, self.likelihood.sample(self.mean(z))
+
+    def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.sufficient_stats(x)
+
+    def natural_params(self, z: Latent) -> torch.Tensor:
+        return self.likelihood.natural_params(self.mean(z))
+
+    def log_normaliser(self, z: Latent) -> torch.Tensor:
+        return self.likelihood.log_normaliser(self.mean(z))

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ..likelihoods import GaussianLikelihood
-from .base import ExpFamModel
+from .base import GaussianObservationModel
 
 
-class CircleModel(ExpFamModel):
+class CircleModel(GaussianObservationModel):
     """Linear-Gaussian observations of a point on the unit circle."""
 
     def __init__(self, obs_dim: int, *, init_std: float = 1.0, weight_scale: float = 1.0):
@@ -28,20 +28,9 @@ class CircleModel(ExpFamModel):
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.weight.T + self.bias
 
-    @torch.no_grad()
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_latent(self, n: int) -> torch.Tensor:
         a = 2 * math.pi * torch.rand(n, dtype=self.weight.dtype, device=self.weight.device)
-        z = torch.stack([a.cos(), a.sin()], dim=-1)
-        return z, self.likelihood.sample(self.mean(z))
-
-    def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.sufficient_stats(x)
-
-    def natural_params(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.natural_params(self.mean(z))
-
-    def log_normaliser(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.log_normaliser(self.mean(z))
+        return torch.stack([a.cos(), a.sin()], dim=-1)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         # uniform angle: density 1/(2π) with respect to arc length

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..likelihoods import GaussianLikelihood
-from .base import ExpFamModel
+from .base import GaussianObservationModel
 
 
-class FactorAnalysis(ExpFamModel):
+class FactorAnalysis(GaussianObservationModel):
     """Linear-Gaussian latent model with per-dimension noise.
 
     Args:
@@ -38,19 +38,8 @@ class FactorAnalysis(ExpFamModel):
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.weight.T + self.bias
 
-    @torch.no_grad()
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(n, self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
-        return z, self.likelihood.sample(self.mean(z))
-
-    def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.sufficient_stats(x)
-
-    def natural_params(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.natural_params(self.mean(z))
-
-    def log_normaliser(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.log_normaliser(self.mean(z))
+    def sample_latent(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (z * z).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)

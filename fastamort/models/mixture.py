@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ..likelihoods import GaussianLikelihood
-from .base import ExpFamModel
+from .base import GaussianObservationModel
 
 
-class GaussianMixture(ExpFamModel):
+class GaussianMixture(GaussianObservationModel):
     """K-component isotropic Gaussian mixture with learned weights, means and one σ."""
 
     def __init__(
@@ -27,19 +27,11 @@ class GaussianMixture(ExpFamModel):
         self.means = nn.Parameter(mean_scale * torch.randn(n_components, obs_dim))
         self.likelihood = GaussianLikelihood(None, init_std=init_std)
 
-    @torch.no_grad()
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.multinomial(torch.softmax(self.logits, 0), n, replacement=True)
-        return z, self.likelihood.sample(self.means[z])
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self.means[z]
 
-    def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.sufficient_stats(x)
-
-    def natural_params(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.natural_params(self.means[z])
-
-    def log_normaliser(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.log_normaliser(self.means[z])
+    def sample_latent(self, n: int) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(self.logits, 0), n, replacement=True)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.logits, 0)[z]
