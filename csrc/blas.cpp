@@ -180,6 +180,17 @@ void trsm_left_lower(char trans, int n, int nrhs, T alpha, const T* l, int ldl, 
   g_table.trsm[slot<T>()](&side, &uplo, &t, &diag, &nrhs, &n, &alpha, l, &ldl, b, &ldb);
 }
 
+template <class T>
+void trsm_right_lower(char trans, int m, int n, T alpha, const T* l, int ldl, T* b, int ldb) {
+  if (m == 0 || n == 0) return;
+  // Row-major X·op(L) = B  <=>  column-major op(L)ᵀ·Xᵀ = Bᵀ (Bᵀ: N×M, leading dimension
+  // ldb), and the column-major view of the row-major lower L is U = Lᵀ. So op(L)ᵀ is
+  // U (op(L) = L) or Uᵀ (op(L) = Lᵀ): a left-side solve with the same flag.
+  const char side = 'L', uplo = 'U', diag = 'N';
+  const char t = (trans == 'N' || trans == 'n') ? 'N' : 'T';
+  g_table.trsm[slot<T>()](&side, &uplo, &t, &diag, &n, &m, &alpha, l, &ldl, b, &ldb);
+}
+
 template void gemm<float>(char, char, int, int, int, float, const float*, int, const float*, int,
                           float, float*, int);
 template void gemm<double>(char, char, int, int, int, double, const double*, int, const double*,
@@ -192,5 +203,8 @@ template int potrs_lower<float>(int, int, const float*, int, float*, int);
 template int potrs_lower<double>(int, int, const double*, int, double*, int);
 template void trsm_left_lower<float>(char, int, int, float, const float*, int, float*, int);
 template void trsm_left_lower<double>(char, int, int, double, const double*, int, double*, int);
+template void trsm_right_lower<float>(char, int, int, float, const float*, int, float*, int);
+template void trsm_right_lower<double>(char, int, int, double, const double*, int, double*,
+                                       int);
 
 }  // namespace fastamort::blas

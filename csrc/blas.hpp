@@ -60,4 +60,10 @@ int potrs_lower(int n, int nrhs, const T* l, int ldl, T* b, int ldb);
 template <class T>
 void trsm_left_lower(char trans, int n, int nrhs, T alpha, const T* l, int ldl, T* b, int ldb);
 
+// Solves X·op(L) = alpha·B in place (right side), L lower triangular row-major N×N,
+// B row-major M×N, op = 'N' (L) or 'T' (Lᵀ). With op = 'T' this is the panel step of a
+// right-looking Cholesky: L_ik = A_ik·L_kk⁻ᵀ.
+template <class T>
+void trsm_right_lower(char trans, int m, int n, T alpha, const T* l, int ldl, T* b, int ldb);
+
 }  // namespace fastamort::blas

@@ -9,7 +9,6 @@
 #include <climits>
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,11 +22,13 @@ namespace py = pybind11;
 namespace fastamort {
 namespace {
 
-// Order up to which a batch always runs in parallel over its problems (own kernels, or
-// LAPACK pinned to one thread); larger problems do so only when the batch has a problem for
-// every thread, else they run one after another with OpenBLAS threaded. Measured on the
-// 2-core dev VM: at n = 256 (B = 32) and 512 (B = 8) batch-parallel is 2.0-2.7× faster
-// than threaded potrf one problem at a time, which gains only 1.3× over one thread.
+// Order up to which a batch always runs in parallel over its problems (own kernels, or one
+// single-threaded potrf each); larger problems do so only when the batch has a problem for
+// every thread, else they run one after another, each factored by the tiled Cholesky on our
+// threads (ridge_engine.cpp). Measured on the 2-core dev VM (before the tiled path): at
+// n = 256 (B = 32) and 512 (B = 8) batch-parallel was 2.0-2.7× faster than threaded potrf one
+// problem at a time; the tiled factorisation gains 1.6× at n = 256 over one thread, less
+// than the 2× of the batch split. Every entry point holds blas::SingleThreaded throughout.
 constexpr long kBatchParallelMaxN = 512;
 
 int checked_int(long v, const char* name) {
@@ -72,16 +73,15 @@ void check_kernel(int kernel, double lengthscale) {
 }
 
 // Runs body(first, count, inner_parallel, workspace) over the batch in groups of
-// ridge::group_size(n) consecutive problems, in parallel over the groups (with the BLAS
-// pinned to one thread) or one group after another; see kBatchParallelMaxN.
+// ridge::group_size(n) consecutive problems, in parallel over the groups or one group after
+// another (inner_parallel: the engine may use our threads inside); see kBatchParallelMaxN.
+// The caller holds blas::SingleThreaded.
 template <class T, class F>
 void run_batch(long batch, long n, F&& body) {
   const long group = ridge::group_size(static_cast<int>(n));
   const long units = (batch + group - 1) / group;
   const bool parallel = units > 1 && (n <= kBatchParallelMaxN || units >= omp_get_max_threads());
   std::vector<ridge::Workspace<T>> ws(std::max(1, omp_get_max_threads()));
-  std::optional<blas::SingleThreaded> pin;
-  if (parallel) pin.emplace();
   for_each_in_batch(units, parallel, [&](long u, bool inner) {
     const long first = u * group;
     body(first, static_cast<int>(std::min(group, batch - first)), inner, ws[omp_get_thread_num()]);
@@ -100,9 +100,10 @@ py::tuple cholesky_forward_t(const py::array& a, const py::array& shift) {
   int32_t* ip = info.mutable_data();
   {
     py::gil_scoped_release release;
-    run_batch<T>(batch, n, [&](long b, int count, bool, ridge::Workspace<T>& ws) {
+    blas::SingleThreaded single_threaded_blas;
+    run_batch<T>(batch, n, [&](long b, int count, bool inner, ridge::Workspace<T>& ws) {
       ridge::cholesky<T>(static_cast<int>(n), count, ap + b * n * n, sh + b, lp + b * n * n,
-                         ip + b, ws);
+                         ip + b, inner, ws);
     });
   }
   return py::make_tuple(l, info);
@@ -119,9 +120,10 @@ py::array cholesky_solve_t(const py::array& l, const py::array& b) {
   T* xp = x.mutable_data();
   {
     py::gil_scoped_release release;
-    run_batch<T>(batch, n, [&](long i, int count, bool, ridge::Workspace<T>& ws) {
+    blas::SingleThreaded single_threaded_blas;
+    run_batch<T>(batch, n, [&](long i, int count, bool inner, ridge::Workspace<T>& ws) {
       ridge::cholesky_solve<T>(static_cast<int>(n), static_cast<int>(p), count, lp + i * n * n,
-                               bp + i * n * p, xp + i * n * p, ws);
+                               bp + i * n * p, xp + i * n * p, inner, ws);
     });
   }
   return x;
@@ -143,9 +145,11 @@ py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py
   int32_t* ip = info.mutable_data();
   {
     py::gil_scoped_release release;
-    run_batch<T>(batch, n, [&](long i, int count, bool, ridge::Workspace<T>& ws) {
+    blas::SingleThreaded single_threaded_blas;
+    run_batch<T>(batch, n, [&](long i, int count, bool inner, ridge::Workspace<T>& ws) {
       ridge::ridge_solve<T>(static_cast<int>(n), static_cast<int>(p), count, kp + i * n * n,
-                            bp + i * n * p, sh + i, xp + i * n * p, lp + i * n * n, ip + i, ws);
+                            bp + i * n * p, sh + i, xp + i * n * p, lp + i * n * n, ip + i,
+                            inner, ws);
     });
   }
   return py::make_tuple(x, l, info);
@@ -188,6 +192,7 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
   int32_t* ip = info.mutable_data();
   {
     py::gil_scoped_release release;
+    blas::SingleThreaded single_threaded_blas;
     run_batch<T>(batch, n, [&](long b, int count, bool inner, ridge::Workspace<T>& ws) {
       ridge::kernel_ridge<T>(static_cast<int>(n), static_cast<int>(d), static_cast<int>(p),
                              static_cast<int>(m), count, xp + b * n * d, yp + b * n * p, sh + b,
@@ -199,9 +204,70 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
   return py::make_tuple(alpha, pred_obj, info);
 }
 
+// Testing hooks: one problem through the tiled factorisation and blocked solve with a given
+// tile order; and the row-major right-side trsm wrapper.
+template <class T>
+py::tuple tiled_ridge_solve_t(const py::array& k, const py::array& b, double shift, int tile) {
+  const int kind = sizeof(T) == 8;
+  const auto ks = checked_shape(k, "k", 2, kind);
+  const auto bs = checked_shape(b, "b", 2, kind);
+  if (ks[0] != ks[1] || bs[0] != ks[0]) throw py::value_error("expected k (N, N) and b (N, P)");
+  if (tile < 1) throw py::value_error("tile: must be positive");
+  const int n = checked_int(ks[0], "k"), p = checked_int(bs[1], "b");
+  py::array_t<T> x({static_cast<long>(n), static_cast<long>(p)});
+  py::array_t<T> l({static_cast<long>(n), static_cast<long>(n)});
+  const T* kp = const_data<T>(k);
+  const T* bp = const_data<T>(b);
+  T* xp = x.mutable_data();
+  T* lp = l.mutable_data();
+  int info = 0;
+  {
+    py::gil_scoped_release release;
+    blas::SingleThreaded single_threaded_blas;
+    info = ridge::tiled_ridge_solve<T>(n, p, kp, bp, shift, xp, lp, tile);
+  }
+  return py::make_tuple(x, l, info);
+}
+
+template <class T>
+py::array trsm_right_lower_t(const std::string& trans, const py::array& l, const py::array& b,
+                             double alpha) {
+  const int kind = sizeof(T) == 8;
+  const auto ls = checked_shape(l, "L", 2, kind);
+  const auto bs = checked_shape(b, "b", 2, kind);
+  if (ls[0] != ls[1] || bs[1] != ls[0]) throw py::value_error("expected L (N, N) and b (M, N)");
+  if (trans != "N" && trans != "T") throw py::value_error("trans: 'N' or 'T'");
+  py::array_t<T> x({bs[0], bs[1]});
+  std::copy(const_data<T>(b), const_data<T>(b) + bs[0] * bs[1], x.mutable_data());
+  blas::SingleThreaded single_threaded_blas;
+  blas::trsm_right_lower<T>(trans[0], checked_int(bs[0], "b"), checked_int(bs[1], "b"),
+                            static_cast<T>(alpha), const_data<T>(l), checked_int(ls[0], "L"),
+                            x.mutable_data(), checked_int(bs[1], "b"));
+  return x;
+}
+
 }  // namespace
 
 void bind_ridge(py::module_& m) {
+  m.def(
+      "_tiled_ridge_solve",
+      [](const py::array& k, const py::array& b, double shift, int tile) -> py::tuple {
+        return float_kind(k, "k") == 0 ? tiled_ridge_solve_t<float>(k, b, shift, tile)
+                                       : tiled_ridge_solve_t<double>(k, b, shift, tile);
+      },
+      py::arg("k"), py::arg("b"), py::arg("shift"), py::arg("tile"),
+      "Testing hook: (x, L, info) of ridge_solve_forward for one problem k (N, N), b (N, P),\n"
+      "forced through the tiled Cholesky and the blocked solve with the given tile order.");
+  m.def(
+      "_trsm_right_lower",
+      [](const std::string& trans, const py::array& l, const py::array& b,
+         double alpha) -> py::array {
+        return float_kind(l, "L") == 0 ? trsm_right_lower_t<float>(trans, l, b, alpha)
+                                       : trsm_right_lower_t<double>(trans, l, b, alpha);
+      },
+      py::arg("trans"), py::arg("L"), py::arg("b"), py::arg("alpha") = 1.0,
+      "Testing hook: X with X op(L) = alpha b, L (N, N) lower triangular (lower triangle\n"
+      "read), b (M, N), op = 'N' or 'T' (blas::trsm_right_lower).");
   m.def(
       "cholesky_forward",
       [](const py::array& a, const py::array& shift) -> py::tuple {

@@ -5,7 +5,9 @@
 // so every scalar step of the algorithm is one SIMD operation across kLanes problems.
 // Row-by-row kernels on one small problem spend their time in short, ragged vector loops
 // (measured: no faster than LAPACK per problem at N = 8..64); the interleaved ones do not.
-// Everything else goes to LAPACK (potrf, then potrs as two trsm) through blas.hpp.
+// Everything else goes to the BLAS through blas.hpp, single-threaded: one potrf call per
+// problem, or for a large one with our threads allowed, the tiled factorisation below; the
+// solves are blocked substitutions (gemm + small trsm), see solve_in_place.
 //
 // The factorisation works on W = [U | B] with rows N + P long, U = Lᵀ (the lower triangle
 // of the input, transposed): right-looking, every update is "row i −= u·row k". Because the
@@ -18,11 +20,14 @@
 // run time as the Gram engine's row kernels are.
 #include "ridge_engine.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <optional>
+#include <vector>
 
 #include "blas.hpp"
 #include "gram_engine.hpp"
@@ -383,46 +388,192 @@ void own_solve(int n, int p, int count, const T* l, const T* b, T* x, Workspace<
 
 // ---- LAPACK route ---------------------------------------------------------------------------
 
-// Index (1-based) of the first diagonal entry of L that is not positive and finite, or 0.
+// Index (1-based) of the first of the first `count` diagonal entries of a (stride lda) that
+// is not positive and finite, or 0.
 template <class T>
-int first_bad_pivot(int n, const T* l) {
-  for (long k = 0; k < n; ++k)
-    if (!good_pivot(l[k * n + k])) return static_cast<int>(k) + 1;
+int first_bad_pivot(int count, const T* a, long lda) {
+  for (long k = 0; k < count; ++k)
+    if (!good_pivot(a[k * lda + k])) return static_cast<int>(k) + 1;
   return 0;
 }
 
-// chol(l) in place, lower triangle; potrf's info, or the first non-finite pivot.
+// chol(a) in place (lower triangle, one BLAS thread): LAPACK's info, or the first pivot that
+// is not finite, whichever comes first (OpenBLAS's potrf lets NaN pivots through).
 template <class T>
-int lapack_potrf(int n, T* l) {
-  const int info = blas::potrf_lower<T>(n, l, n);
-  return info != 0 ? info : first_bad_pivot(n, l);
+int checked_potrf(int n, T* a, long lda) {
+  const int info = blas::potrf_lower<T>(n, a, static_cast<int>(lda));
+  const int bad = first_bad_pivot(info > 0 ? info - 1 : n, a, lda);
+  return bad != 0 ? bad : info;
 }
 
-// l = chol(a + shift·I): a's lower triangle copied with zeros above, then potrf in place.
+// ---- tiled Cholesky and blocked solves (one large problem, our own threads) -----------------
+//
+// Right-looking tiled Cholesky on the row-major lower triangle, tiles of nb×nb (tile_for; the
+// last row/column of tiles ragged): for each block column k,
+//   potrf(A_kk);  A_ik = A_ik·L_kk⁻ᵀ (i > k);  A_ij −= L_ik·L_jkᵀ (i ≥ j > k, syrk when i = j),
+// each step one OpenMP task on one tile calling the single-threaded BLAS (the callers hold
+// blas::SingleThreaded), ordered by task dependencies on the tiles. The dependencies give the
+// look-ahead for free: potrf(A_k+1,k+1) starts as soon as its own update is done, while the
+// other threads still update the rest of the trailing matrix, so the serial diagonal steps
+// mostly hide behind the parallel ones. (A parallel for over each step's tiles, with
+// barriers and no look-ahead, measured the same on 2 cores: n = 4096, 313 / 317 ms float64,
+// 200 / 218 float32; the look-ahead matters more with more threads.) The first failing pivot
+// (potrf's info or a non-finite pivot, see checked_potrf) stops the remaining tasks' work and
+// gives info = k·nb + the tile's info, as one potrf call would. Single-threaded, the tiles
+// gain nothing over one potrf call (measured n = 256..2048), so the batch-parallel path keeps
+// that.
+
+// Order from which one problem is factored with our threads rather than one potrf call.
+// Measured on the 2-core dev VM (µs, one potrf call / tiled on 2 threads): n = 128: 115 / 83
+// (float64, tiles of 32), n = 192: 215 / 157, n = 256: 585 / 365 (tiles of 64).
+constexpr int kTiledMinN = 192;
+
+// Tile order. Large problems: 256 (a 256³ gemm already runs at the single-threaded BLAS's
+// full rate, ~52 GFlop/s float64 and ~100 float32; measured n = 1536..4096, tiles
+// 128/192/256/320/384/512: 256 best or within 3% for float64, float32 gains 5-8% from 384
+// at n >= 3072, where the tiles are as many bytes as float64's). Smaller problems take about
+// n/5 so that there are enough tiles to keep both threads busy (best measured: n = 256: 48-64,
+// 384: 64-128, 512: 64-128, 768: 192).
 template <class T>
-int lapack_factor(int n, const T* a, T shift, T* l) {
+int tile_for(int n) {
+  if (sizeof(T) == sizeof(float) && n >= 3072) return 384;
+  return std::clamp((n / 5 + 31) / 32 * 32, 64, 256);
+}
+
+bool use_threads(bool parallel) { return parallel && omp_get_max_threads() > 1; }
+
+template <class T>
+int tiled_potrf(int n, T* a, long lda, int nb) {
+  const int nt = (n + nb - 1) / nb;
+  const auto size = [=](int i) { return std::min(nb, n - i * nb); };
+  const auto tile = [=](int i, int j) {
+    return a + static_cast<long>(i) * nb * lda + static_cast<long>(j) * nb;
+  };
+  const int ld = static_cast<int>(lda);
+  std::vector<char> tokens(static_cast<size_t>(nt) * nt);  // one dependency address per tile
+  char* dep = tokens.data();
+  std::atomic<int> info{0};
+#pragma omp parallel
+#pragma omp single
+  for (int k = 0; k < nt; ++k) {
+    const int mk = size(k);
+#pragma omp task depend(inout : dep[k * nt + k]) shared(info)
+    if (info.load(std::memory_order_relaxed) == 0) {
+      const int r = checked_potrf(mk, tile(k, k), lda);
+      if (r != 0) info.store(k * nb + r, std::memory_order_relaxed);
+    }
+    for (int i = k + 1; i < nt; ++i) {
+#pragma omp task depend(in : dep[k * nt + k]) depend(inout : dep[i * nt + k]) shared(info)
+      if (info.load(std::memory_order_relaxed) == 0)
+        blas::trsm_right_lower<T>('T', size(i), mk, T(1), tile(k, k), ld, tile(i, k), ld);
+    }
+    // Column k + 1 first: its diagonal tile is the next step's critical path.
+    for (int j = k + 1; j < nt; ++j) {
+#pragma omp task depend(in : dep[j * nt + k]) depend(inout : dep[j * nt + j]) shared(info)
+      if (info.load(std::memory_order_relaxed) == 0)
+        blas::syrk_lower<T>(size(j), mk, T(-1), tile(j, k), ld, T(1), tile(j, j), ld);
+      for (int i = j + 1; i < nt; ++i) {
+#pragma omp task depend(in : dep[i * nt + k], dep[j * nt + k]) depend(inout : dep[i * nt + j]) \
+    shared(info)
+        if (info.load(std::memory_order_relaxed) == 0)
+          blas::gemm<T>('N', 'T', size(i), size(j), mk, T(-1), tile(i, k), ld, tile(j, k), ld,
+                        T(1), tile(i, j), ld);
+      }
+    }
+  }
+  return info.load();
+}
+
+// chol(l) in place: tiled with our threads for large n when allowed, else one potrf call.
+template <class T>
+int factor_in_place(int n, T* l, bool parallel) {
+  if (use_threads(parallel) && n >= kTiledMinN) return tiled_potrf(n, l, n, tile_for<T>(n));
+  return checked_potrf(n, l, n);
+}
+
+// Order from which one solve is split over our threads, and the block order of the split.
+// The blocked solve beats one potrs call from n = 128 up (potrs on a row-major right-hand
+// side is a right-side trsm of one row for p = 1, a slow path of OpenBLAS). Measured (2
+// threads, ms, potrs / blocked): n = 256, p = 1: 0.08 / 0.02 (float64); n = 4096, p = 17:
+// 42 / 15.5; p = 256: 207 / 107. Blocks of about n/16 (at least 32, at most 128; 128 for
+// many right-hand sides, where the gemm calls want the width) were best or within noise.
+constexpr int kParallelSolveMinN = 128;
+
+int solve_block_for(int n, int p) {
+  return p > 64 ? 128 : std::clamp((n / 16 + 31) / 32 * 32, 32, 128);
+}
+
+// x = (L·Lᵀ)⁻¹ x in place, x row-major n×p: blocked forward and back substitution, each
+// block's update (a gemm against the solved part) split over the threads (when allowed) by
+// rows (forward) or columns (back) of the block row of L, so that L is read once per pass in
+// all; the diagonal blocks' trsm calls are serial and small. Single-threaded it still beats
+// potrs (measured n = 4096, p = 1: 9 / 23 ms float64).
+template <class T>
+void blocked_solve(int n, int p, const T* l, T* x, int nb, bool threads_allowed) {
+  if (n == 0 || p == 0) return;
+  const int nt = (n + nb - 1) / nb;
+#pragma omp parallel if (threads_allowed)
+  {
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    for (int bi = 0; bi < nt; ++bi) {  // L·Y = B
+      const long r0 = static_cast<long>(bi) * nb;
+      const int rows = std::min(nb, n - static_cast<int>(r0));
+      if (bi > 0) {
+        const long a0 = r0 + rows * t / threads, a1 = r0 + rows * (t + 1) / threads;
+        blas::gemm<T>('N', 'N', static_cast<int>(a1 - a0), p, static_cast<int>(r0), T(-1),
+                      l + a0 * n, n, x, p, T(1), x + a0 * p, p);
+#pragma omp barrier
+      }
+#pragma omp single
+      blas::trsm_left_lower<T>('N', rows, p, T(1), l + r0 * n + r0, n, x + r0 * p, p);
+    }
+    for (int bi = nt - 1; bi >= 0; --bi) {  // Lᵀ·X = Y
+      const long r0 = static_cast<long>(bi) * nb;
+      const int rows = std::min(nb, n - static_cast<int>(r0));
+#pragma omp single
+      blas::trsm_left_lower<T>('T', rows, p, T(1), l + r0 * n + r0, n, x + r0 * p, p);
+      if (bi > 0) {
+        const long c0 = r0 * t / threads, c1 = r0 * (t + 1) / threads;
+        blas::gemm<T>('T', 'N', static_cast<int>(c1 - c0), p, rows, T(-1), l + r0 * n + c0, n,
+                      x + r0 * p, p, T(1), x + c0 * p, p);
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+template <class T>
+void solve_in_place(int n, int p, const T* l, T* x, bool parallel) {
+  if (n >= kParallelSolveMinN) {
+    blocked_solve(n, p, l, x, solve_block_for(n, p), use_threads(parallel));
+  } else {
+    blas::potrs_lower<T>(n, p, l, n, x, p);
+  }
+}
+
+// l = a's lower triangle + shift·I with zeros above (rows in parallel when allowed).
+template <class T>
+void copy_lower(int n, const T* a, T shift, T* l, bool parallel) {
+#pragma omp parallel for schedule(static) if (use_threads(parallel) && n >= kTiledMinN)
   for (long i = 0; i < n; ++i) {
     T* li = l + i * n;
     std::memcpy(li, a + i * n, (i + 1) * sizeof(T));
     li[i] += shift;
     std::fill(li + i + 1, li + n, T(0));
   }
-  return lapack_potrf(n, l);
+}
+
+// l = chol(a + shift·I).
+template <class T>
+int lapack_factor(int n, const T* a, T shift, T* l, bool parallel) {
+  copy_lower(n, a, shift, l, parallel);
+  return factor_in_place(n, l, parallel);
 }
 
 template <class T>
-void lapack_solve(int n, int p, const T* l, const T* b, T* x) {
+void lapack_solve(int n, int p, const T* l, const T* b, T* x, bool parallel) {
   std::memcpy(x, b, static_cast<size_t>(n) * p * sizeof(T));
-  blas::potrs_lower<T>(n, p, l, n, x, p);
-}
-
-// Scopes blas::SingleThreaded to the Gram engine's calls: its own threads call the BLAS on
-// their tiles, while the LAPACK route wants the BLAS threaded again.
-template <class F>
-void with_gram_threads(bool inner_parallel, F&& f) {
-  std::optional<blas::SingleThreaded> pin;
-  if (inner_parallel) pin.emplace();
-  f();
+  solve_in_place(n, p, l, x, parallel);
 }
 
 }  // namespace
@@ -449,27 +600,30 @@ int group_size(int n) { return own_kernel(n) ? kLanes : 1; }
 
 template <class T>
 void cholesky(int n, int count, const T* a, const double* shift, T* l, int32_t* info,
-              Workspace<T>& ws) {
+              bool inner_parallel, Workspace<T>& ws) {
   if (own_route(n, 0, count)) {
     own_ridge<T>(n, 0, count, a, nullptr, shift, nullptr, l, info, ws);
     return;
   }
   for (long i = 0; i < count; ++i)
-    info[i] = lapack_factor(n, a + i * n * n, static_cast<T>(shift[i]), l + i * n * n);
+    info[i] = lapack_factor(n, a + i * n * n, static_cast<T>(shift[i]), l + i * n * n,
+                            inner_parallel);
 }
 
 template <class T>
-void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, Workspace<T>& ws) {
+void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, bool inner_parallel,
+                    Workspace<T>& ws) {
   if (own_route(n, p, count)) {
     own_solve(n, p, count, l, b, x, ws);
     return;
   }
-  for (long i = 0; i < count; ++i) lapack_solve(n, p, l + i * n * n, b + i * n * p, x + i * n * p);
+  for (long i = 0; i < count; ++i)
+    lapack_solve(n, p, l + i * n * n, b + i * n * p, x + i * n * p, inner_parallel);
 }
 
 template <class T>
 void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* shift, T* x,
-                 T* l, int32_t* info, Workspace<T>& ws) {
+                 T* l, int32_t* info, bool inner_parallel, Workspace<T>& ws) {
   if (own_route(n, p, count)) {
     own_ridge(n, p, count, k, b, shift, x, l, info, ws);
     return;
@@ -477,13 +631,26 @@ void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* 
   for (long i = 0; i < count; ++i) {
     T* li = l + i * n * n;
     T* xi = x + i * n * p;
-    info[i] = lapack_factor(n, k + i * n * n, static_cast<T>(shift[i]), li);
+    info[i] = lapack_factor(n, k + i * n * n, static_cast<T>(shift[i]), li, inner_parallel);
     if (info[i] != 0) {
       fill_nan(xi, static_cast<long>(n) * p);
     } else {
-      lapack_solve(n, p, li, b + i * n * p, xi);
+      lapack_solve(n, p, li, b + i * n * p, xi, inner_parallel);
     }
   }
+}
+
+template <class T>
+int tiled_ridge_solve(int n, int p, const T* k, const T* b, double shift, T* x, T* l, int tile) {
+  copy_lower(n, k, static_cast<T>(shift), l, false);
+  const int info = n == 0 ? 0 : tiled_potrf(n, l, n, tile);
+  if (info != 0) {
+    fill_nan(x, static_cast<long>(n) * p);
+  } else {
+    std::memcpy(x, b, static_cast<size_t>(n) * p * sizeof(T));
+    blocked_solve(n, p, l, x, tile, true);
+  }
+  return info;
 }
 
 template <class T>
@@ -492,7 +659,7 @@ void kernel_ridge(int n, int d, int p, int m, int count, const T* x, const T* y,
                   T* pred, int32_t* info, bool inner_parallel, Workspace<T>& ws) {
   auto gram_into = [&](long i, T* k) {
     const gram::Problem<T> gp{x + i * n * d, nullptr, n, n, d, kernel, lengthscale};
-    with_gram_threads(inner_parallel, [&] { gram::forward<T>(gp, k, inner_parallel); });
+    gram::forward<T>(gp, k, inner_parallel);
   };
   const long nn = static_cast<long>(n) * n;
   if (own_route(n, p, count)) {  // the group's Gram matrices side by side, then interleaved
@@ -507,11 +674,11 @@ void kernel_ridge(int n, int d, int p, int m, int count, const T* x, const T* y,
     for (long i = 0; i < count; ++i) {
       gram_into(i, k);
       for (long r = 0; r < n; ++r) k[r * n + r] += static_cast<T>(shift[i]);
-      info[i] = lapack_potrf(n, k);
+      info[i] = factor_in_place(n, k, inner_parallel);
       if (info[i] != 0) {
         fill_nan(alpha + i * n * p, static_cast<long>(n) * p);
       } else {
-        lapack_solve(n, p, k, y + i * n * p, alpha + i * n * p);
+        lapack_solve(n, p, k, y + i * n * p, alpha + i * n * p, inner_parallel);
       }
     }
   }
@@ -523,17 +690,17 @@ void kernel_ridge(int n, int d, int p, int m, int count, const T* x, const T* y,
       continue;
     }
     const gram::Problem<T> cross{x_new + i * m * d, x + i * n * d, m, n, d, kernel, lengthscale};
-    with_gram_threads(inner_parallel, [&] {
-      gram::matmul_forward<T>(cross, alpha + i * n * p, p, pi, inner_parallel);
-    });
+    gram::matmul_forward<T>(cross, alpha + i * n * p, p, pi, inner_parallel);
   }
 }
 
 #define FASTAMORT_RIDGE_INSTANTIATE(T)                                                         \
-  template void cholesky<T>(int, int, const T*, const double*, T*, int32_t*, Workspace<T>&);   \
-  template void cholesky_solve<T>(int, int, int, const T*, const T*, T*, Workspace<T>&);       \
+  template void cholesky<T>(int, int, const T*, const double*, T*, int32_t*, bool,             \
+                            Workspace<T>&);                                                    \
+  template void cholesky_solve<T>(int, int, int, const T*, const T*, T*, bool, Workspace<T>&); \
   template void ridge_solve<T>(int, int, int, const T*, const T*, const double*, T*, T*,       \
-                               int32_t*, Workspace<T>&);                                       \
+                               int32_t*, bool, Workspace<T>&);                                 \
+  template int tiled_ridge_solve<T>(int, int, const T*, const T*, double, T*, T*, int);        \
   template void kernel_ridge<T>(int, int, int, int, int, const T*, const T*, const double*,    \
                                 int, T, const T*, T*, T*, int32_t*, bool, Workspace<T>&);
 FASTAMORT_RIDGE_INSTANTIATE(float)

@@ -11,9 +11,12 @@
 // Two routes, chosen per call from N, P and count (own_route in ridge_engine.cpp):
 //   - own kernels (small N, few right-hand sides): up to group_size(N) problems at once, one
 //     per SIMD lane, serial and without BLAS; meant to run in parallel over the groups;
-//   - LAPACK potrf + trsm through blas.hpp, one problem after another inside the call:
-//     threaded by OpenBLAS when the caller runs its calls one after another, single-threaded
-//     when it runs them in parallel and holds blas::SingleThreaded.
+//   - BLAS/LAPACK through blas.hpp, one problem after another inside the call, always with the
+//     BLAS single-threaded (the bindings hold blas::SingleThreaded: OpenBLAS's own thread pool
+//     busy-waits after each call and fights ours and torch's for the cores). With
+//     inner_parallel (the caller runs its calls one after another), a large problem is
+//     factored by a tiled Cholesky on our OpenMP threads and solved by a blocked substitution
+//     split over them; without it (the caller runs calls in parallel), one potrf call each.
 #pragma once
 
 #include <cstdint>
@@ -30,19 +33,25 @@ struct Workspace {
   std::vector<T> w, t, k;
 };
 
-// l = chol(a + shift·I).
+// l = chol(a + shift·I). inner_parallel: the call may use OpenMP threads (see above).
 template <class T>
 void cholesky(int n, int count, const T* a, const double* shift, T* l, int32_t* info,
-              Workspace<T>& ws);
+              bool inner_parallel, Workspace<T>& ws);
 
 // x = (l·lᵀ)⁻¹ b, reading the lower triangle of l.
 template <class T>
-void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, Workspace<T>& ws);
+void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, bool inner_parallel,
+                    Workspace<T>& ws);
 
 // l = chol(k + shift·I) and x = (k + shift·I)⁻¹ b in one pass.
 template <class T>
 void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* shift, T* x,
-                 T* l, int32_t* info, Workspace<T>& ws);
+                 T* l, int32_t* info, bool inner_parallel, Workspace<T>& ws);
+
+// ridge_solve of one problem forced through the tiled factorisation and the blocked solve with
+// tile order `tile`, whatever n (for the tests); returns info.
+template <class T>
+int tiled_ridge_solve(int n, int p, const T* k, const T* b, double shift, T* x, T* l, int tile);
 
 // Kernel ridge regression: alpha = (K(x, x) + shift·I)⁻¹ y with K built by gram::forward
 // (exactly symmetric, unit diagonal) in ws, never in a caller's array; and when

@@ -3,7 +3,11 @@ ridge_solve_forward and kernel_ridge_batched against numpy/scipy float64 referen
 
 Sizes cover both routes of the engine: the own lane-interleaved kernels (n <= 128 and at most
 64 right-hand sides, groups of 8 problems; a group of fewer than 4 problems takes LAPACK) and
-LAPACK (n > 128).
+LAPACK (n > 128). On the LAPACK route a problem that a call runs alone (a batch of one, or
+fewer problems than threads) with n >= 192 is factored by the tiled Cholesky on OpenMP threads
+(tiles of about n/5, 64..256) and solved by the blocked substitution; the private hook
+``_tiled_ridge_solve`` forces that path with any tile order, so that small sizes can probe the
+tile boundaries.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ DTYPES = [np.float32, np.float64]
 # Relative tolerances (to the largest entry involved) per dtype.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 OWN_MAX_N = 128  # the own/LAPACK split in csrc/ridge_engine.cpp
+TILED_MIN_N = 192  # kTiledMinN: one problem from this order up is factored in tiles
 KERNELS = {0: "gaussian", 1: "matern12", 2: "matern32", 3: "matern52", 4: "laplacian"}
 
 
@@ -158,7 +163,7 @@ def test_batched_equals_looped(dtype, n):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reads_only_the_lower_triangle(dtype):
     rng = np.random.default_rng(5)
-    for batch, n in [(8, 9), (1, 9), (2, 150)]:
+    for batch, n in [(8, 9), (1, 9), (2, 150), (1, 400)]:
         a = _spd(rng, batch, n, dtype)
         b = _rhs(rng, batch, n, 1, dtype)
         shift = np.zeros(batch)
@@ -252,6 +257,204 @@ def test_non_finite_input_reports_failure(dtype, n):
     np.testing.assert_array_equal(info_c, info)
 
 
+# ---- the tiled factorisation and the blocked solve (one large problem) ----------------------
+
+
+def _ref_factor_solve(a, shift, b):
+    """float64 references: scipy's L of a + shift·I (lower triangle read) and the solution."""
+    n = a.shape[-1]
+    a64 = np.tril(a.astype(np.float64))
+    a64 = a64 + np.tril(a64, -1).T + shift * np.eye(n)
+    ref_l = scipy.linalg.cholesky(a64, lower=True)
+    return ref_l, scipy.linalg.cho_solve((ref_l, True), b.astype(np.float64))
+
+
+def _check_against_scipy(a, shift, b, x, l, dtype):
+    ref_l, ref_x = _ref_factor_solve(a, shift, b)
+    n = a.shape[-1]
+    assert l.dtype == dtype and x.dtype == dtype
+    assert np.all(np.triu(l, 1) == 0)
+    assert np.abs(l - ref_l).max(initial=0.0) <= 20 * _tol(dtype, ref_l) * max(1, n // 64)
+    assert np.abs(x - ref_x).max(initial=0.0) <= 50 * _tol(dtype, ref_x) * n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans", ["N", "T"])
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (5, 7), (33, 16), (3, 130)])
+def test_trsm_right_lower(dtype, trans, m, n):
+    """X·op(L) = alpha·B, row-major, reading only the lower triangle of L."""
+    rng = np.random.default_rng(m * 31 + n)
+    lower = (np.tril(rng.standard_normal((n, n))) / np.sqrt(n) + 2 * np.eye(n)).astype(dtype)
+    b = rng.standard_normal((m, n)).astype(dtype)
+    junk = lower + np.triu(np.full((n, n), np.nan), 1).astype(dtype)
+    x = C._trsm_right_lower(trans, junk, b, 0.5)
+    assert x.shape == (m, n) and x.dtype == dtype
+    op = lower.astype(np.float64)
+    op = op if trans == "N" else op.T
+    ref = np.linalg.solve(op.T, 0.5 * b.astype(np.float64).T).T
+    assert np.abs(x - ref).max() <= 50 * _tol(dtype, ref) * n
+
+
+# (n, tile): one tile, a tile ± 1, 2·tile + 3, ragged last tiles, and tiles of the real sizes.
+TILED_CASES = [
+    (1, 16),
+    (15, 16),
+    (16, 16),
+    (17, 16),
+    (35, 16),
+    (64, 7),
+    (127, 128),
+    (128, 128),
+    (129, 128),
+    (259, 128),
+    (300, 256),
+    (513, 256),
+    (800, 384),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "tile"), TILED_CASES)
+def test_tiled_against_scipy(dtype, n, tile):
+    rng = np.random.default_rng(n + tile)
+    a = _spd(rng, 1, n, dtype)[0]
+    a[np.triu_indices(n, 1)] = np.nan  # only the lower triangle is read
+    b = _rhs(rng, 1, n, 3, dtype)[0]
+    x, l, info = C._tiled_ridge_solve(a, b, 0.3, tile)
+    assert info == 0 and x.shape == (n, 3) and l.shape == (n, n)
+    _check_against_scipy(a, 0.3, b, x, l, dtype)
+    x0, _, info = C._tiled_ridge_solve(a, b[:, :0].copy(), 0.3, tile)
+    assert info == 0 and x0.shape == (n, 0)
+
+
+# Through the public entry points with a batch of one: 191 takes one potrf call, from 192 on
+# the tiled path (tiles of 64, 64, 224 and 256 at 192, 300, 1000 and 1500, ragged but 192).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("n", "p"), [(TILED_MIN_N - 1, 2), (TILED_MIN_N, 1), (300, 17), (1000, 1), (1500, 70)]
+)
+def test_single_large_problem(dtype, n, p):
+    rng = np.random.default_rng(n)
+    a = _spd(rng, 1, n, dtype)
+    b = _rhs(rng, 1, n, p, dtype)
+    shift = np.array([0.2])
+    x, l, info = C.ridge_solve_forward(a, b, shift)
+    assert info[0] == 0
+    _check_against_scipy(a[0], 0.2, b[0], x[0], l[0], dtype)
+    l2, info2 = C.cholesky_forward(a, shift)
+    assert info2[0] == 0
+    np.testing.assert_array_equal(l2, l)  # the same tiles and the same order of operations
+    x2 = C.cholesky_solve(l, b)
+    np.testing.assert_array_equal(x2, x)
+
+
+def _lapack_info(a):
+    """LAPACK's info for the lower Cholesky of a (float64, reference potrf)."""
+    return scipy.linalg.lapack.dpotrf(a.astype(np.float64), lower=1, clean=0)[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("n", "tile", "bad"),
+    [
+        (40, 16, [0, 15, 16, 17, 32, 39]),
+        (259, 128, [127, 128, 258]),
+        (1000, None, [0, 223, 224, 500, 999]),
+    ],
+)
+def test_tiled_indefinite_info_matches_lapack(dtype, n, tile, bad):
+    """A negative pivot at j: info = j + 1 (1-based), as LAPACK's, in any tile."""
+    rng = np.random.default_rng(n)
+    base = _spd(rng, 1, n, dtype)[0]
+    b = _rhs(rng, 1, n, 2, dtype)[0]
+    for j in bad:
+        a = base.copy()
+        a[j, j] = -50.0
+        assert _lapack_info(a) == j + 1
+        if tile is None:  # the public route (tiles of 224)
+            x, _, info = C.ridge_solve_forward(a[None], b[None], np.zeros(1))
+            _, info_c = C.cholesky_forward(a[None], np.zeros(1))
+            assert info[0] == info_c[0] == j + 1
+            x = x[0]
+        else:
+            x, _, info = C._tiled_ridge_solve(a, b, 0.0, tile)
+            assert info == j + 1
+        assert np.all(np.isnan(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "tile"), [(40, 16), (259, 128), (400, None)])
+def test_tiled_non_finite_pivots(dtype, n, tile):
+    """OpenBLAS's potrf passes NaN pivots with info = 0; the tiled path scans each diagonal tile."""
+    rng = np.random.default_rng(n)
+    base = _spd(rng, 1, n, dtype)[0]
+    b = _rhs(rng, 1, n, 1, dtype)[0]
+    cases = [
+        ((n // 2, n // 2), np.nan, n // 2 + 1),  # a NaN pivot
+        ((n - 1, n - 1), np.inf, n),  # an infinite last pivot (LAPACK accepts it)
+        ((n - 1, 3), np.nan, n),  # NaN in the lower triangle: the pivot of its row fails
+        ((17, 17), -np.inf, 18),
+    ]
+    for (i, j), value, expected in cases:
+        a = base.copy()
+        a[i, j] = value
+        if tile is None:
+            x, _, info = C.ridge_solve_forward(a[None], b[None], np.zeros(1))
+            x, info = x[0], info[0]
+        else:
+            x, _, info = C._tiled_ridge_solve(a, b, 0.0, tile)
+        assert info == expected, (i, j, value)
+        assert np.all(np.isnan(x))
+
+
+_THREADS_SCRIPT = """
+import sys
+import numpy as np, scipy.linalg, torch
+import fastamort._C as C
+# torch caps OMP_NUM_THREADS at the core count on import; C shares torch's OpenMP runtime
+torch.set_num_threads(int(sys.argv[1]))
+if C.num_threads() != int(sys.argv[1]):
+    print("skip", C.num_threads())
+    sys.exit(0)
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float32, 2e-3), (np.float64, 1e-9)):
+    for batch, n, p in ((3, 600, 2), (1, 700, 1)):
+        g = rng.standard_normal((batch, n, n))
+        a = (g @ g.transpose(0, 2, 1) / n + np.eye(n)).astype(dtype)
+        b = rng.standard_normal((batch, n, p)).astype(dtype)
+        shift = np.array([0.0, 0.5, 3.0])[:batch]  # per batch member
+        a[-1, 5, 5] = -100.0  # the last member: indefinite at order 6
+        x, l, info = C.ridge_solve_forward(a, b, shift)
+        assert info[-1] == 6 and np.all(np.isnan(x[-1])), info
+        assert np.all(info[:-1] == 0), info
+        _, info_c = C.cholesky_forward(a, shift)
+        assert np.array_equal(info_c, info)
+        for i in range(batch - 1):
+            a64 = a[i].astype(np.float64) + shift[i] * np.eye(n)
+            ref = np.linalg.solve(a64, b[i].astype(np.float64))
+            assert np.abs(x[i] - ref).max() <= tol * np.abs(ref).max()
+            ref_l = scipy.linalg.cholesky(a64, lower=True)
+            assert np.abs(l[i] - ref_l).max() <= tol * np.abs(ref_l).max()
+            xs = C.cholesky_solve(l[i : i + 1], b[i : i + 1])[0]
+            assert np.abs(xs - ref).max() <= tol * np.abs(ref).max()
+print(C.num_threads())
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_thread_counts(threads):
+    """One thread: one potrf call per problem. Four threads and a batch of three 600×600
+    problems: fewer problems than threads run one after another, each factored in tiles on
+    the threads, with per-member shifts and one member failing."""
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, str(threads)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("skip"):
+        pytest.skip(f"the extension's OpenMP runtime is not torch's ({out.stdout.strip()})")
+    assert out.stdout.strip() == str(threads)
+
+
 def _gram_ref(x, y, kernel, ell):
     diff = x[:, :, None, :].astype(np.float64) - y[:, None, :, :].astype(np.float64)
     if kernel == 4:
@@ -270,7 +473,9 @@ def _gram_ref(x, y, kernel, ell):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
-@pytest.mark.parametrize(("batch", "n", "m", "d", "p"), [(11, 20, 7, 3, 2), (2, 140, 9, 5, 1)])
+@pytest.mark.parametrize(
+    ("batch", "n", "m", "d", "p"), [(11, 20, 7, 3, 2), (2, 140, 9, 5, 1), (1, 260, 4, 2, 3)]
+)
 def test_kernel_ridge_batched(dtype, kernel, batch, n, m, d, p):
     rng = np.random.default_rng(kernel)
     x = rng.standard_normal((batch, n, d)).astype(dtype)
@@ -375,6 +580,10 @@ def test_errors():
         C.kernel_ridge_batched(x, b, s, 0, 1.0, np.zeros((2, 5, 2), np.float32))
     with pytest.raises(ValueError, match="x:"):
         C.kernel_ridge_batched(x[0], b, s, 0, 1.0, None)
+    with pytest.raises(ValueError, match="tile"):
+        C._tiled_ridge_solve(a[0], b[0], 0.0, 0)
+    with pytest.raises(ValueError, match="trans"):
+        C._trsm_right_lower("X", a[0], b[0, :, 0][None])
 
 
 _BASELINE_SCRIPT = """

@@ -16,7 +16,7 @@ def test_median_heuristic_matches_scipy():
     assert median_distance(x) == pytest.approx(np.median(pdist(x.numpy())))
     assert median_distance(x, p=1.0) == pytest.approx(np.median(pdist(x.numpy(), "cityblock")))
     k = Gaussian().init_from(x.reshape(300, 5, 1))  # observations are flattened
-    assert float(k.lengthscale) == pytest.approx(np.median(pdist(x.numpy())))
+    assert float(k.lengthscale.detach()) == pytest.approx(np.median(pdist(x.numpy())))
     assert float(Laplacian().init_from(x).lengthscale) == pytest.approx(
         np.median(pdist(x.numpy(), "cityblock"))
     )

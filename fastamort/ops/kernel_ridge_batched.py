@@ -133,9 +133,10 @@ def kernel_ridge_batched(
         fused = _fused_impl(name)
 
         def run(index, shift):
-            return fused(
-                x3[index], y3[index], shift, kid, ell.detach(), None if xn3 is None else xn3[index]
-            )
+            if index is None:
+                return fused(x3, y3, shift, kid, ell.detach(), xn3)
+            xn = None if xn3 is None else xn3[index]
+            return fused(x3[index], y3[index], shift, kid, ell.detach(), xn)
 
         # k(x, x) = 1 on the diagonal for every kernel here: the jitter's scale is 1
         alpha, pred, _, _ = factor_with_jitter(
