@@ -54,36 +54,38 @@ void l1_direct(T* __restrict row, const T* __restrict xi, const T* __restrict yt
   for (int j = 0; j < n; ++j) row[j] *= scale;
 }
 
+// k(s) for one kernel, inlined into the vector loops below.
+template <int K, class T>
+inline T k_of_s(T s) {
+  if constexpr (K == kGaussian) {
+    return exp_nonpos<T>(T(-0.5) * s);
+  } else if constexpr (K == kMatern12) {
+    return exp_nonpos<T>(-vsqrt(s));
+  } else if constexpr (K == kMatern32) {
+    const T a = vsqrt(T(3) * s);
+    return (T(1) + a) * exp_nonpos<T>(-a);
+  } else if constexpr (K == kMatern52) {
+    const T a = vsqrt(T(5) * s);
+    return (T(1) + a + T(5.0 / 3.0) * s) * exp_nonpos<T>(-a);
+  } else {  // kLaplacian
+    return exp_nonpos<T>(-s);
+  }
+}
+
+template <int K, class T>
+void kernel_from_s_k(T* __restrict row, int n) {
+#pragma omp simd
+  for (int j = 0; j < n; ++j) row[j] = k_of_s<K, T>(row[j]);
+}
+
 template <class T>
 void kernel_from_s(T* __restrict row, int n, int kernel) {
   switch (kernel) {
-    case kGaussian:
-#pragma omp simd
-      for (int j = 0; j < n; ++j) row[j] = exp_nonpos<T>(T(-0.5) * row[j]);
-      break;
-    case kMatern12:
-#pragma omp simd
-      for (int j = 0; j < n; ++j) row[j] = exp_nonpos<T>(-vsqrt(row[j]));
-      break;
-    case kMatern32:
-#pragma omp simd
-      for (int j = 0; j < n; ++j) {
-        const T a = vsqrt(T(3) * row[j]);
-        row[j] = (T(1) + a) * exp_nonpos<T>(-a);
-      }
-      break;
-    case kMatern52:
-#pragma omp simd
-      for (int j = 0; j < n; ++j) {
-        const T s = row[j];
-        const T a = vsqrt(T(5) * s);
-        row[j] = (T(1) + a + T(5.0 / 3.0) * s) * exp_nonpos<T>(-a);
-      }
-      break;
-    default:  // kLaplacian
-#pragma omp simd
-      for (int j = 0; j < n; ++j) row[j] = exp_nonpos<T>(-row[j]);
-      break;
+    case kGaussian: return kernel_from_s_k<kGaussian>(row, n);
+    case kMatern12: return kernel_from_s_k<kMatern12>(row, n);
+    case kMatern32: return kernel_from_s_k<kMatern32>(row, n);
+    case kMatern52: return kernel_from_s_k<kMatern52>(row, n);
+    default: return kernel_from_s_k<kLaplacian>(row, n);
   }
 }
 

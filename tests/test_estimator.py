@@ -228,3 +228,22 @@ def test_expfam_requested_on_a_generic_model():
 
     with pytest.raises(ValueError, match="expfam"):
         fastamort.amortised_objective(Plain(), torch.randn(5, 2), estimator="expfam")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_estimate_on_cuda_matches_cpu():
+    model, x = _fa_problem(0)
+    torch.manual_seed(3)
+    sleep = model.sample(500)
+    kernel = Gaussian(2.0)
+    cpu = _estimated_gradient(model, x, sleep=sleep, kernel=kernel, lam=0.1)
+    model_gpu = model.to("cuda")
+    gpu = _estimated_gradient(
+        model_gpu,
+        x.cuda(),
+        sleep=(sleep[0].cuda(), sleep[1].cuda()),
+        kernel=kernel.to("cuda"),
+        lam=0.1,
+    )
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-8)

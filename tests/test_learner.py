@@ -206,3 +206,19 @@ def test_kernel_learning_lowers_the_held_out_error():
         opt.step()
     after = float(fastamort.kernel_loss(model, kernel, fit, held, lam))
     assert after < 0.5 * before
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_learner_runs_on_cuda(dtype):
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).to("cuda", dtype)
+    data = model.sample(100)[1]
+    with fastamort.record_backends() as ran:
+        history = AmortisedLearner(model, n_sleep=300, n_held_out=50).fit(
+            data, epochs=1, batch_size=50, progress=False
+        )
+    assert len(history) == 2 and all(r["objective"] == r["objective"] for r in history)
+    assert ("gram", "triton") in ran and ("ridge_solve", "triton") in ran
+    assert model.weight.device.type == "cuda"

@@ -129,11 +129,9 @@ def factor_with_jitter(
     n_batch = shift.shape[0]
     out = list(run(None, shift))
     used = torch.zeros(n_batch, dtype=torch.float64, device=shift.device)
-    if n_batch == 0 or n == 0:
+    if n_batch == 0 or n == 0 or not bool(out[-1].any()):
         return (*out, used)
     failed = torch.nonzero(out[-1] != 0).flatten()
-    if failed.numel() == 0:
-        return (*out, used)
     if jitter is None or jitter is False or (not isinstance(jitter, str) and float(jitter) == 0):
         _raise_not_psd(n, dtype, failed, None, what)
     if jitter == "auto":

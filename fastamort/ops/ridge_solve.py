@@ -7,6 +7,8 @@ with A = K + λI and X = A⁻¹B, for an upstream gradient Ḡ of X,
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -33,7 +35,12 @@ def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tenso
             raise ValueError(f"{name}: device {lam.device} differs from k's {like.device}")
         lam_t = lam.to(like.dtype)
     elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
-        lam_t = torch.tensor(float(lam), dtype=like.dtype, device=like.device)
+        value = float(lam)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: contains NaN or infinite values")
+        if value < 0:
+            raise ValueError(f"{name}: must be >= 0, got a minimum of {value}")
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"{name}: expected a float or a tensor, got {type(lam).__name__}")
     if lam_t.numel() > 0:
