@@ -200,12 +200,14 @@ def amortised_estimate(
         k = kernel.gram_features(fs)
         if v.shape[1] <= n:
             # (K + λI)⁻¹ (K_sw V): one fused product, the M×N cross Gram is never stored
-            solution = ridge_solve(k, kernel.gram_matmul_features(fs, fw, v), lam_value)
+            solution = ridge_solve(
+                k, kernel.gram_matmul_features(fs, fw, v), lam_value, backend=kernel.backend
+            )
         else:
             # more statistics than wake points: solve with the N columns of K_sw instead
             # (as the authors' code does), then contract with V — same result, fewer solves
             k_sw = kernel.gram_features(fs, fw)
-            solution = ridge_solve(k, k_sw, lam_value) @ v
+            solution = ridge_solve(k, k_sw, lam_value, backend=kernel.backend) @ v
     beta = solution[:, 0]
     coeffs = None if estimator == "generic" else solution[:, 1:]
     if estimator == "generic":

@@ -54,7 +54,9 @@ def kernel_loss(
     phi_fit, phi_held = phi[:m], phi[m:]
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
     lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi.device)
-    coef = ridge_solve(kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t)
+    coef = ridge_solve(
+        kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t, backend=kernel.backend
+    )
     pred = kernel.gram_matmul_features(phi_held, phi_fit, coef)
     t_h = targets_h.to(KRR_DTYPE)
     if stats is None:

@@ -48,7 +48,8 @@ class Kernel(nn.Module):
         lengthscale: initial lengthscale (None: 1.0 until :meth:`init_from` is called).
         features: optional feature network applied to flattened observations.
         learn_lengthscale: whether ``log_lengthscale`` is a trainable parameter.
-        backend: engine backend for the Gram ops ("auto", "triton", "cpp", "torch").
+        backend: engine backend ("auto", "triton", "cpp", "torch") of every kernel-ridge op
+            run with this kernel: its Gram matrices and the estimator's ridge solves.
     """
 
     name = "gaussian"

@@ -85,8 +85,9 @@ class RidgeSolveFunction(torch.autograd.Function):
         note_backend("ridge_solve.backward", ctx.backend)
         grad_k = grad_lam = None
         if ctx.needs_input_grad[0]:
-            outer = grad_b @ x.mT
-            grad_k = -0.5 * (outer + outer.mT)
+            # −½(ḂXᵀ + XḂᵀ) as one GEMM, [Ḃ X]·[X Ḃ]ᵀ: no transposed pass over an n×n array
+            grad_k = torch.cat([grad_b, x], -1) @ torch.cat([x, grad_b], -1).mT
+            grad_k.mul_(-0.5)
         if ctx.needs_input_grad[2]:
             grad_lam = -(grad_b * x).sum(dim=(-2, -1))
         return grad_k, grad_b, grad_lam, None
