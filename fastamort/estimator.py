@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .kernels import Gaussian, Kernel, flatten_points
+from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
 from .ops import ridge_solve
 
@@ -153,6 +153,44 @@ def choose_lambda(
     return best
 
 
+def wake_rhs(
+    model, kernel: Kernel, fs: torch.Tensor, x_wake: torch.Tensor, estimator: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-hand sides of the wake side of the regression (no gradient).
+
+    Returns ``(R, C)``: the weights are W = (K + λI)⁻¹ R, then ``W @ C`` when C is not None.
+    With V = [1, S_w]/N (or 1/N), R = K_sw V by one fused ``gram_matmul`` (K_sw never
+    stored) and C = None — unless V has more columns than there are wake points: then
+    R = K_sw (M×N) and C = V, which needs fewer solves (the authors' order).
+    """
+    with torch.no_grad():
+        fw = kernel.features(x_wake).to(KRR_DTYPE)
+        n = x_wake.shape[0]
+        ones = torch.ones(n, 1, dtype=KRR_DTYPE, device=fw.device)
+        if estimator == "generic":
+            v = ones / n
+        else:
+            v = torch.cat([ones, model.sufficient_stats(x_wake).to(KRR_DTYPE)], 1) / n
+        if v.shape[1] <= n:
+            return kernel.gram_matmul_features(fs, fw, v), None
+        return kernel.gram_features(fs, fw), v
+
+
+def objective_from_weights(
+    model, weights: torch.Tensor, targets: torch.Tensor, estimator: str, x_wake: torch.Tensor
+) -> torch.Tensor:
+    """Ĵ from the (constant) KRR weights W (M, 1 + P) and the targets (graph to θ)."""
+    beta = weights[:, 0]
+    if estimator == "generic":
+        return (beta.to(targets.dtype) * targets[:, 0]).sum()
+    eta, psi = targets[:, 1:], targets[:, 0]
+    objective = (weights[:, 1:].to(eta.dtype) * eta).sum() - (beta.to(psi.dtype) * psi).sum()
+    log_h = getattr(model, "log_base_measure", None)
+    if callable(log_h):
+        objective = objective + log_h(x_wake).mean().to(objective.dtype)
+    return objective
+
+
 def amortised_estimate(
     model: torch.nn.Module,
     x_wake: torch.Tensor,
@@ -184,40 +222,19 @@ def amortised_estimate(
     targets, stats = regression_targets(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs).to(KRR_DTYPE)
-        fw = kernel.features(x_wake).to(KRR_DTYPE)
-        n = x_wake.shape[0]
-        if estimator == "generic":
-            v = torch.full((n, 1), 1.0 / n, dtype=KRR_DTYPE, device=fw.device)
-        else:
-            s_wake = model.sufficient_stats(x_wake).to(KRR_DTYPE)
-            v = torch.cat([torch.ones(n, 1, dtype=KRR_DTYPE, device=fw.device), s_wake], 1) / n
         if lam is None:
             lam_value = choose_lambda(fs, kernel, targets, stats)
         else:
             lam_value = float(lam)
             if not lam_value >= 0:
                 raise ValueError(f"lam: must be >= 0, got {lam_value}")
-        k = kernel.gram_features(fs)
-        if v.shape[1] <= n:
-            # (K + λI)⁻¹ (K_sw V): one fused product, the M×N cross Gram is never stored
-            solution = ridge_solve(
-                k, kernel.gram_matmul_features(fs, fw, v), lam_value, backend=kernel.backend
-            )
-        else:
-            # more statistics than wake points: solve with the N columns of K_sw instead
-            # (as the authors' code does), then contract with V — same result, fewer solves
-            k_sw = kernel.gram_features(fs, fw)
-            solution = ridge_solve(k, k_sw, lam_value, backend=kernel.backend) @ v
-    beta = solution[:, 0]
-    coeffs = None if estimator == "generic" else solution[:, 1:]
-    if estimator == "generic":
-        objective = (beta.to(targets.dtype) * targets[:, 0]).sum()
-    else:
-        eta, psi = targets[:, 1:], targets[:, 0]
-        objective = (coeffs.to(eta.dtype) * eta).sum() - (beta.to(psi.dtype) * psi).sum()
-        log_h = getattr(model, "log_base_measure", None)
-        if callable(log_h):
-            objective = objective + log_h(x_wake).mean().to(objective.dtype)
+        rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
+        weights = ridge_solve(kernel.gram_features(fs), rhs, lam_value, backend=kernel.backend)
+        if contract is not None:
+            weights = weights @ contract
+    objective = objective_from_weights(model, weights, targets, estimator, x_wake)
+    beta = weights[:, 0]
+    coeffs = None if estimator == "generic" else weights[:, 1:]
     return AmortisedEstimate(objective, beta, coeffs, lam_value, kernel, estimator, (z, xs))
 
 
@@ -259,8 +276,3 @@ def amortised_objective(
     return amortised_estimate(
         model, x_wake, n_sleep=n_sleep, sleep=sleep, kernel=kernel, lam=lam, estimator=estimator
     ).objective
-
-
-def flat_features(kernel: Kernel, x: torch.Tensor) -> torch.Tensor:
-    """Kernel features of observations, as used by the estimator."""
-    return kernel.features(flatten_points(x))

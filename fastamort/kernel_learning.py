@@ -45,23 +45,34 @@ def kernel_loss(
     check_model(model)
     estimator = resolve_estimator(model, estimator)
     (z, x), (zh, xh) = sleep, held_out
-    m = x.shape[0]
     with torch.no_grad():
-        targets, stats = regression_targets(model, z, x, estimator)
+        targets, _ = regression_targets(model, z, x, estimator)
         targets_h, stats_h = regression_targets(model, zh, xh, estimator)
-    # One feature pass over both sets, so that a network with batch statistics sees one batch.
-    phi = kernel.features(torch.cat([x.detach(), xh.detach()]), train=True).to(KRR_DTYPE)
-    phi_fit, phi_held = phi[:m], phi[m:]
+    phi_fit = kernel.features(x.detach()).to(KRR_DTYPE)
+    phi_held = kernel.features(xh.detach()).to(KRR_DTYPE)
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
-    lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi.device)
+    lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
     coef = ridge_solve(
         kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t, backend=kernel.backend
     )
+    return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
+
+
+def held_out_error(
+    kernel: Kernel,
+    phi_fit: torch.Tensor,
+    phi_held: torch.Tensor,
+    coef: torch.Tensor,
+    targets_held: torch.Tensor,
+    stats_held: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mean squared error of the log joint predicted at held-out points from KRR coefficients
+    ``coef`` = (K + λI)⁻¹ T fitted on ``phi_fit`` (exponential family: η̂·S(x') − ψ̂)."""
     pred = kernel.gram_matmul_features(phi_held, phi_fit, coef)
-    t_h = targets_h.to(KRR_DTYPE)
-    if stats is None:
+    t_h = targets_held.to(KRR_DTYPE)
+    if stats_held is None:
         err = pred[:, 0] - t_h[:, 0]
     else:
-        s_h = stats_h.to(KRR_DTYPE)
+        s_h = stats_held.to(KRR_DTYPE)
         err = ((pred[:, 1:] - t_h[:, 1:]) * s_h).sum(-1) - (pred[:, 0] - t_h[:, 0])
     return err.square().mean()

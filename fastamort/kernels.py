@@ -2,9 +2,9 @@
 
 ``Gaussian``, ``Matern12``, ``Matern32``, ``Matern52`` and ``Laplacian`` wrap the engine ops
 :func:`fastamort.gram` and :func:`fastamort.gram_matmul` (and so every backend). With a feature
-network φ (a "deep kernel"), k(x, y) = k₀(φ(x), φ(y)); the network runs in eval mode when the
-kernel is used for prediction (:meth:`Kernel.features`), so that batch statistics of one batch
-never leak into another (the authors' code left BatchNorm in train mode).
+network φ (a "deep kernel"), k(x, y) = k₀(φ(x), φ(y)); the network always runs in eval mode
+(:meth:`Kernel.features`), so that one batch's statistics never normalise it (the authors' code
+left BatchNorm in train mode); :meth:`Kernel.init_from` sets BatchNorm statistics from data.
 
 :meth:`Kernel.init_from` sets the lengthscale by the median heuristic: the median pairwise
 distance between the (featurised) points (Euclidean, or L1 for the Laplacian).
@@ -39,6 +39,9 @@ def median_distance(x: torch.Tensor, *, p: float = 2.0, max_points: int = 1000) 
     iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
     med = float(torch.quantile(d[iu[0], iu[1]], 0.5))  # as numpy: mean of the middle two
     return med if med > 0 and math.isfinite(med) else 1.0
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class Kernel(nn.Module):
@@ -93,12 +96,36 @@ class Kernel(nn.Module):
 
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> Kernel:
-        """Median heuristic on the features of ``x``; returns self."""
+        """Median heuristic on the features of ``x``; returns self.
+
+        A feature network's batch-normalisation statistics are first set to the exact
+        statistics of ``x`` (the network then always runs in eval mode, so that a batch never
+        normalises itself — the authors' BatchNorm quirk).
+        """
+        self._calibrate_batch_norm(flatten_points(x))
         phi = self.features(x)
         p = 1.0 if self.name == "laplacian" else 2.0
         self.log_lengthscale.fill_(math.log(median_distance(phi, p=p)))
         self.initialised.fill_(True)
         return self
+
+    def _calibrate_batch_norm(self, x: torch.Tensor) -> None:
+        net = self.features_net
+        norms = [m for m in (net.modules() if net is not None else ()) if isinstance(m, _NORMS)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        was_training = net.training
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: one pass gives the exact statistics
+            net.train()
+            net(x)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            net.train(was_training)
 
     def _ell(self, like: torch.Tensor) -> torch.Tensor:
         return self.lengthscale.to(like.dtype)

@@ -50,3 +50,17 @@ def test_feature_network_runs_in_eval_mode_for_prediction():
 def test_bad_lengthscale():
     with pytest.raises(ValueError, match="lengthscale"):
         Gaussian(-1.0)
+
+
+def test_init_from_sets_batch_norm_statistics_from_the_data():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).double()
+    x = torch.randn(500, 3, dtype=torch.float64) * 3 + 1
+    k = Gaussian(features=net).init_from(x)
+    bn = net[1]
+    hidden = net[0](x).detach()
+    torch.testing.assert_close(bn.running_mean, hidden.mean(0))
+    torch.testing.assert_close(bn.running_var, hidden.var(0))
+    assert bn.momentum == 0.1, "the momentum is restored"
+    out = k.features(x)
+    torch.testing.assert_close(out.mean(0), net[1].bias.detach(), atol=1e-6, rtol=0)
