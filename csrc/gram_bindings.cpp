@@ -40,27 +40,46 @@ void check_kernel(int kernel, double lengthscale) {
     throw py::value_error("lengthscale: must be positive and finite");
 }
 
+// Raw pointers of a batched problem, taken while the GIL is held (the kernels run without it).
 template <class T>
-gram::Problem<T> problem(const py::array& x, const py::object& y, const Dims& dims, long b,
-                         int kernel, double lengthscale) {
-  const T* xp = const_data<T>(x) + b * dims.m * dims.d;
-  const T* yp = y.is_none() ? nullptr : const_data<T>(y.cast<py::array>()) + b * dims.n * dims.d;
-  return gram::Problem<T>{xp, yp, static_cast<int>(dims.m), static_cast<int>(dims.n),
-                          static_cast<int>(dims.d), kernel, static_cast<T>(lengthscale)};
-}
+struct Points {
+  const T* x;
+  const T* y;  // nullptr: y = x
+  Dims dims;
+  int kernel;
+  T lengthscale;
+
+  Points(const py::array& xa, const py::object& ya, const Dims& d, int k, double ell)
+      : x(const_data<T>(xa)),
+        y(ya.is_none() ? nullptr : const_data<T>(ya.cast<py::array>())),
+        dims(d),
+        kernel(k),
+        lengthscale(static_cast<T>(ell)) {}
+
+  gram::Problem<T> operator[](long b) const {
+    return gram::Problem<T>{x + b * dims.m * dims.d,
+                            y == nullptr ? nullptr : y + b * dims.n * dims.d,
+                            static_cast<int>(dims.m),
+                            static_cast<int>(dims.n),
+                            static_cast<int>(dims.d),
+                            kernel,
+                            lengthscale};
+  }
+};
 
 bool is_small(const Dims& d) { return d.m * d.n * std::max(d.d, 1L) <= kSmallProblemWork; }
 
 template <class T>
 py::array gram_forward_t(const py::array& x, const py::object& y, int kernel, double ell) {
   const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  const Points<T> pts(x, y, dims, kernel, ell);
   py::array_t<T> out({dims.b, dims.m, dims.n});
   T* k = out.mutable_data();
   {
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
-      gram::forward<T>(problem<T>(x, y, dims, b, kernel, ell), k + b * dims.m * dims.n, inner);
+      gram::forward<T>(pts[b], k + b * dims.m * dims.n, inner);
     });
   }
   return out;
@@ -70,6 +89,7 @@ template <class T>
 py::array gram_matmul_forward_t(const py::array& x, const py::object& y, const py::array& v,
                                 int kernel, double ell) {
   const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  const Points<T> pts(x, y, dims, kernel, ell);
   auto vs = checked_shape(v, "v", 3, sizeof(T) == 8);
   if (vs[0] != dims.b || vs[1] != dims.n) throw py::value_error("v: expected shape (B, N, P)");
   const long p = vs[2];
@@ -80,7 +100,7 @@ py::array gram_matmul_forward_t(const py::array& x, const py::object& y, const p
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
-      gram::matmul_forward<T>(problem<T>(x, y, dims, b, kernel, ell), vp + b * dims.n * p,
+      gram::matmul_forward<T>(pts[b], vp + b * dims.n * p,
                               static_cast<int>(p), o + b * dims.m * p, inner);
     });
   }
@@ -92,6 +112,7 @@ template <class T>
 py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::array& grad,
                           const py::object& v, int kernel, double ell) {
   const Dims dims = gram_dims(x, y, sizeof(T) == 8);
+  const Points<T> pts(x, y, dims, kernel, ell);
   auto gs = checked_shape(grad, "grad", 3, sizeof(T) == 8);
   long p = 0;
   const T* vp = nullptr;
@@ -123,7 +144,7 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
-      dellp[b] = gram::backward<T>(problem<T>(x, y, dims, b, kernel, ell), gp + b * g_stride,
+      dellp[b] = gram::backward<T>(pts[b], gp + b * g_stride,
                                    vp == nullptr ? nullptr : vp + b * dims.n * p,
                                    static_cast<int>(p), dxp + b * dims.m * dims.d,
                                    dyp == nullptr ? nullptr : dyp + b * dims.n * dims.d, inner);
