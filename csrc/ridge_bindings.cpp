@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <limits>
@@ -129,35 +130,73 @@ py::array cholesky_solve_t(const py::array& l, const py::array& b) {
   return x;
 }
 
+// Whether a[0, count) holds no NaN and no infinity (t − t is 0 exactly for finite t).
 template <class T>
-py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py::array& shift) {
+bool all_finite(const T* a, long count) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (long i = 0; i < count; ++i) acc += a[i] - a[i];
+  return acc == T(0);
+}
+
+// all_finite over our threads when the caller runs one large problem at a time (inner).
+template <class T>
+bool all_finite(const T* a, long count, bool inner) {
+  constexpr long kChunk = 1L << 16;
+  if (!inner || count <= kChunk) return all_finite(a, count);
+  const long chunks = (count + kChunk - 1) / kChunk;
+  bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok)
+  for (long c = 0; c < chunks; ++c)
+    ok = all_finite(a + c * kChunk, std::min(kChunk, count - c * kChunk)) && ok;
+  return ok;
+}
+
+template <class T>
+py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py::array& shift,
+                                bool keep_l, bool check_finite) {
   const auto s = square_batch(k, "k", sizeof(T) == 8);
   const long batch = s[0], n = s[1];
   const long p = rhs_batch(b, "b", batch, n, sizeof(T) == 8)[2];
   const double* sh = checked_shift(shift, batch);
   py::array_t<T> x({batch, n, p});
-  py::array_t<T> l({batch, n, n});
+  py::object l_obj = py::none();
+  T* lp = nullptr;
+  if (keep_l) {
+    py::array_t<T> l({batch, n, n});
+    lp = l.mutable_data();
+    l_obj = l;
+  }
   py::array_t<int32_t> info({batch});
   const T* kp = const_data<T>(k);
   const T* bp = const_data<T>(b);
   T* xp = x.mutable_data();
-  T* lp = l.mutable_data();
   int32_t* ip = info.mutable_data();
+  std::atomic<bool> bad_k{false}, bad_b{false};
   {
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     run_batch<T>(batch, n, [&](long i, int count, bool inner, ridge::Workspace<T>& ws) {
+      if (check_finite) {  // while the group's inputs are being read anyway
+        if (!all_finite(kp + i * n * n, count * n * n, inner))
+          bad_k.store(true, std::memory_order_relaxed);
+        if (!all_finite(bp + i * n * p, count * n * p, inner))
+          bad_b.store(true, std::memory_order_relaxed);
+      }
       ridge::ridge_solve<T>(static_cast<int>(n), static_cast<int>(p), count, kp + i * n * n,
-                            bp + i * n * p, sh + i, xp + i * n * p, lp + i * n * n, ip + i,
-                            inner, ws);
+                            bp + i * n * p, sh + i, xp + i * n * p,
+                            lp == nullptr ? nullptr : lp + i * n * n, ip + i, inner, ws);
     });
   }
-  return py::make_tuple(x, l, info);
+  if (bad_k.load()) throw py::value_error("k: contains NaN or infinite values");
+  if (bad_b.load()) throw py::value_error("b: contains NaN or infinite values");
+  return py::make_tuple(x, l_obj, info);
 }
 
 template <class T>
 py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const py::array& shift,
-                                 int kernel, double ell, const py::object& x_new) {
+                                 int kernel, double ell, const py::object& x_new,
+                                 bool check_finite) {
   const int kind = sizeof(T) == 8;
   const auto xs = checked_shape(x, "x", 3, kind);
   const long batch = xs[0], n = xs[1], d = xs[2];
@@ -190,10 +229,19 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
   const T* yp = const_data<T>(y);
   T* ap = alpha.mutable_data();
   int32_t* ip = info.mutable_data();
+  std::atomic<bool> bad_x{false}, bad_xn{false}, bad_y{false};
   {
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     run_batch<T>(batch, n, [&](long b, int count, bool inner, ridge::Workspace<T>& ws) {
+      if (check_finite) {  // while the group's inputs are being read anyway
+        if (!all_finite(xp + b * n * d, count * n * d, inner))
+          bad_x.store(true, std::memory_order_relaxed);
+        if (xnp != nullptr && !all_finite(xnp + b * m * d, count * m * d, inner))
+          bad_xn.store(true, std::memory_order_relaxed);
+        if (!all_finite(yp + b * n * p, count * n * p, inner))
+          bad_y.store(true, std::memory_order_relaxed);
+      }
       ridge::kernel_ridge<T>(static_cast<int>(n), static_cast<int>(d), static_cast<int>(p),
                              static_cast<int>(m), count, xp + b * n * d, yp + b * n * p, sh + b,
                              kernel, static_cast<T>(ell),
@@ -201,6 +249,9 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
                              predp == nullptr ? nullptr : predp + b * m * p, ip + b, inner, ws);
     });
   }
+  if (bad_x.load()) throw py::value_error("x: contains NaN or infinite values");
+  if (bad_xn.load()) throw py::value_error("x_new: contains NaN or infinite values");
+  if (bad_y.load()) throw py::value_error("y: contains NaN or infinite values");
   return py::make_tuple(alpha, pred_obj, info);
 }
 
@@ -290,28 +341,39 @@ void bind_ridge(py::module_& m) {
       "b (B, N, P) -> (B, N, P).");
   m.def(
       "ridge_solve_forward",
-      [](const py::array& k, const py::array& b, const py::array& shift) -> py::tuple {
-        return float_kind(k, "k") == 0 ? ridge_solve_forward_t<float>(k, b, shift)
-                                       : ridge_solve_forward_t<double>(k, b, shift);
+      [](const py::array& k, const py::array& b, const py::array& shift, bool keep_l,
+         bool check_finite) -> py::tuple {
+        return float_kind(k, "k") == 0
+                   ? ridge_solve_forward_t<float>(k, b, shift, keep_l, check_finite)
+                   : ridge_solve_forward_t<double>(k, b, shift, keep_l, check_finite);
       },
-      py::arg("k"), py::arg("b"), py::arg("shift"),
+      py::arg("k"), py::arg("b"), py::arg("shift"), py::arg("keep_l") = true,
+      py::arg("check_finite") = false,
       "(x, L, info): L = chol(k + shift*I) (lower triangle of k read) and\n"
-      "x = (k + shift*I)^-1 b in one pass; x is NaN where info != 0.");
+      "x = (k + shift*I)^-1 b in one pass; x is NaN where info != 0. keep_l=False: L is\n"
+      "not returned (None), which saves writing the (B, N, N) array. check_finite=True:\n"
+      "ValueError 'k: contains NaN or infinite values' (else the same for b) when any entry\n"
+      "of k (both triangles) or b is not finite, checked group by group as they are read.");
   m.def(
       "kernel_ridge_batched",
       [](const py::array& x, const py::array& y, const py::array& shift, int kernel,
-         double lengthscale, const py::object& x_new) -> py::tuple {
+         double lengthscale, const py::object& x_new, bool check_finite) -> py::tuple {
         check_kernel(kernel, lengthscale);
-        return float_kind(x, "x") == 0
-                   ? kernel_ridge_batched_t<float>(x, y, shift, kernel, lengthscale, x_new)
-                   : kernel_ridge_batched_t<double>(x, y, shift, kernel, lengthscale, x_new);
+        return float_kind(x, "x") == 0 ? kernel_ridge_batched_t<float>(x, y, shift, kernel,
+                                                                       lengthscale, x_new,
+                                                                       check_finite)
+                                       : kernel_ridge_batched_t<double>(x, y, shift, kernel,
+                                                                        lengthscale, x_new,
+                                                                        check_finite);
       },
       py::arg("x"), py::arg("y"), py::arg("shift"), py::arg("kernel"), py::arg("lengthscale"),
-      py::arg("x_new") = py::none(),
+      py::arg("x_new") = py::none(), py::arg("check_finite") = false,
       "(alpha, pred or None, info): alpha = (k(x, x) + shift*I)^-1 y per batch member and\n"
       "pred = k(x_new, x) @ alpha; x (B, N, D), y (B, N, P), x_new (B, M, D) or None.\n"
       "The Gram matrices are built in per-thread scratch, never as a (B, N, N) array.\n"
-      "alpha and pred are NaN where info != 0.");
+      "alpha and pred are NaN where info != 0. check_finite=True: ValueError\n"
+      "'x: contains NaN or infinite values' (else the same for x_new, then y) when an entry\n"
+      "is not finite, checked group by group as they are read.");
 }
 
 }  // namespace fastamort

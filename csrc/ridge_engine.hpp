@@ -43,7 +43,8 @@ template <class T>
 void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, bool inner_parallel,
                     Workspace<T>& ws);
 
-// l = chol(k + shift·I) and x = (k + shift·I)⁻¹ b in one pass.
+// l = chol(k + shift·I) and x = (k + shift·I)⁻¹ b in one pass; l == nullptr: L is not kept
+// (factored in ws).
 template <class T>
 void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* shift, T* x,
                  T* l, int32_t* info, bool inner_parallel, Workspace<T>& ws);
@@ -53,9 +54,11 @@ void ridge_solve(int n, int p, int count, const T* k, const T* b, const double* 
 template <class T>
 int tiled_ridge_solve(int n, int p, const T* k, const T* b, double shift, T* x, T* l, int tile);
 
-// Kernel ridge regression: alpha = (K(x, x) + shift·I)⁻¹ y with K built by gram::forward
-// (exactly symmetric, unit diagonal) in ws, never in a caller's array; and when
-// x_new != nullptr, pred = K(x_new, x)·alpha (x_new: M×D per problem).
+// Kernel ridge regression: alpha = (K(x, x) + shift·I)⁻¹ y with K exactly symmetric with a
+// unit diagonal, built in ws, never in a caller's array: on the own route straight into the
+// interleaved lanes from the points (no Gram matrix per problem), else by gram::forward; and
+// when x_new != nullptr, pred = K(x_new, x)·alpha (x_new: M×D per problem), NaN where
+// info != 0. The kernel values are the Gram engine's (same distances, same k(s) code).
 template <class T>
 void kernel_ridge(int n, int d, int p, int m, int count, const T* x, const T* y,
                   const double* shift, int kernel, T lengthscale, const T* x_new, T* alpha,

@@ -88,4 +88,6 @@ def batch_shape(*shapes: torch.Size, names: Sequence[str]) -> torch.Size:
 
 def flatten_batch(t: torch.Tensor, batch: torch.Size) -> torch.Tensor:
     """(…, A, B) broadcast to ``batch`` and flattened to (prod(batch), A, B)."""
+    if t.shape[:-2] == batch:  # nothing to broadcast: a view, no expand
+        return t.reshape(batch.numel(), *t.shape[-2:])
     return t.expand(*batch, *t.shape[-2:]).reshape(batch.numel(), *t.shape[-2:])

@@ -3,8 +3,10 @@ ridge_solve_forward and kernel_ridge_batched against numpy/scipy float64 referen
 
 Sizes cover both routes of the engine: the own lane-interleaved kernels (n <= 128 and at most
 64 right-hand sides, groups of 8 problems; a group of fewer than 4 problems takes LAPACK) and
-LAPACK (n > 128). On the LAPACK route a problem that a call runs alone (a batch of one, or
-fewer problems than threads) with n >= 192 is factored by the tiled Cholesky on OpenMP threads
+LAPACK (n > 128). kernel_ridge_batched on the own route builds K in the lanes straight from the
+points (the "fused" route, also taken by groups of fewer than 4 when n <= 16). On the LAPACK
+route a problem that a call runs alone (a batch of one, or fewer problems than threads) with
+n >= 192 is factored by the tiled Cholesky on OpenMP threads
 (tiles of about n/5, 64..256) and solved by the blocked substitution; the private hook
 ``_tiled_ridge_solve`` forces that path with any tile order, so that small sizes can probe the
 tile boundaries.
@@ -517,6 +519,160 @@ def test_kernel_ridge_failure_gives_nan(n):
     assert np.all(np.isfinite(alpha[1:])) and np.all(np.isfinite(pred[1:]))
 
 
+# ---- kernel_ridge_batched on the fused route -------------------------------------------------
+# On the own route (n <= 128, p <= 64, groups of 8) the engine builds each group's K in the SIMD
+# lanes straight from the points; a group of fewer than 4 problems takes it too when n <= 16,
+# else LAPACK with the Gram engine's matrix (fused_route in csrc/ridge_engine.cpp).
+FUSED_SMALL_GROUP_MAX_N = 16
+
+
+def _krr_ref(x, y, x_new, shift, kernel, ell):
+    n = x.shape[1]
+    k = _gram_ref(x, x, kernel, ell) + shift[:, None, None] * np.eye(n)
+    alpha = np.linalg.solve(k, y.astype(np.float64))
+    return alpha, _gram_ref(x_new, x, kernel, ell) @ alpha
+
+
+def _check_krr(x, y, x_new, shift, kernel, ell, dtype):
+    """kernel_ridge_batched with and without x_new against the float64 references."""
+    alpha_ref, pred_ref = _krr_ref(x, y, x_new, shift, kernel, ell)
+    tol = {np.float32: 2e-3, np.float64: 1e-9}[dtype] * np.abs(alpha_ref).max(initial=1.0)
+    alpha = None
+    for xn in (None, x_new):
+        alpha, pred, info = C.kernel_ridge_batched(x, y, shift, kernel, ell, xn)
+        assert alpha.shape == y.shape and alpha.dtype == dtype
+        np.testing.assert_array_equal(info, 0)
+        assert np.abs(alpha - alpha_ref).max(initial=0.0) <= tol
+        if xn is None:
+            assert pred is None
+        else:
+            assert pred.shape == (x.shape[0], x_new.shape[1], y.shape[2]) and pred.dtype == dtype
+            assert np.abs(pred - pred_ref).max(initial=0.0) <= tol
+    return alpha
+
+
+# (batch, n): batches not a multiple of 8 (last groups of 7, 1, 1), groups of one at and just
+# past the small-group limit, the own route's limit and just past it.
+FUSED_CASES = [
+    (1, 1),
+    (7, 9),
+    (9, FUSED_SMALL_GROUP_MAX_N),
+    (1, FUSED_SMALL_GROUP_MAX_N + 1),
+    (17, FUSED_SMALL_GROUP_MAX_N + 1),
+    (12, 40),
+    (9, OWN_MAX_N),
+    (9, OWN_MAX_N + 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize(("batch", "n"), FUSED_CASES)
+def test_fused_kernel_ridge(dtype, kernel, batch, n):
+    rng = np.random.default_rng(batch * 1000 + n + kernel)
+    d, m, p = 3, 6, 2
+    x = rng.standard_normal((batch, n, d)).astype(dtype)
+    y = rng.standard_normal((batch, n, p)).astype(dtype)
+    x_new = rng.standard_normal((batch, m, d)).astype(dtype)
+    shift = rng.uniform(0.05, 0.5, batch)
+    alpha = _check_krr(x, y, x_new, shift, kernel, 0.9, dtype)
+    # the Gram engine's K factored by ridge_solve_forward: the same to rounding
+    ridge_x, _, _ = C.ridge_solve_forward(C.gram_forward(x, None, kernel, 0.9), y, shift)
+    assert np.abs(alpha - ridge_x).max() <= 10 * _tol(dtype, ridge_x) * n
+    # a problem alone (a group of one) gives what it gives in its group, whatever its lane
+    for i in {0, batch // 2, batch - 1}:
+        one = slice(i, i + 1)
+        a1, p1, _ = C.kernel_ridge_batched(x[one], y[one], shift[one], kernel, 0.9, x_new[one])
+        _, pred, _ = C.kernel_ridge_batched(x, y, shift, kernel, 0.9, x_new)
+        assert np.abs(a1[0] - alpha[i]).max() <= 10 * _tol(dtype, alpha) * n
+        assert np.abs(p1[0] - pred[i]).max() <= 10 * _tol(dtype, alpha) * n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("batch", "n", "d", "m", "p"),
+    [
+        (8, 8, 700, 70, 5),  # points in several blocks of dimensions, x_new in blocks of rows
+        (8, OWN_MAX_N, 9, 70, 5),
+        (11, 20, 0, 3, 1),  # no dimensions: K is all ones
+        (9, 12, 2, 0, 3),  # no query points
+        (9, 12, 2, 4, 0),  # no right-hand sides
+        (8, 100, 70, 3, 2),  # one group alone, large n and d: the Gram engine's route
+    ],
+)
+def test_fused_kernel_ridge_blocks_and_edges(dtype, batch, n, d, m, p):
+    rng = np.random.default_rng(n + d + m + p)
+    x = (rng.standard_normal((batch, n, d)) / np.sqrt(max(d, 1))).astype(dtype)
+    y = rng.standard_normal((batch, n, p)).astype(dtype)
+    x_new = (rng.standard_normal((batch, m, d)) / np.sqrt(max(d, 1))).astype(dtype)
+    shift = rng.uniform(0.2, 0.5, batch)
+    for kernel in (0, 4):
+        _check_krr(x, y, x_new, shift, kernel, 1.1, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "n", "bad"), [(9, 8, 8), (17, 16, 3), (1, 12, 0), (12, 60, 6)])
+def test_fused_failing_member(dtype, batch, n, bad):
+    """A member with a duplicated point and no shift is singular (its second pivot is exactly
+    zero): info = 2 and NaN for it alone; the rest of its group is unaffected."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((batch, n, 2)).astype(dtype)
+    y = rng.standard_normal((batch, n, 1)).astype(dtype)
+    x_new = rng.standard_normal((batch, 4, 2)).astype(dtype)
+    x[bad, 1] = x[bad, 0]
+    shift = np.full(batch, 0.3)
+    shift[bad] = 0.0
+    for kernel in sorted(KERNELS):
+        alpha, pred, info = C.kernel_ridge_batched(x, y, shift, kernel, 1.0, x_new)
+        good = np.arange(batch) != bad
+        assert info[bad] == 2 and np.all(info[good] == 0)
+        assert np.all(np.isnan(alpha[bad])) and np.all(np.isnan(pred[bad]))
+        alpha_ref, pred_ref = _krr_ref(x[good], y[good], x_new[good], shift[good], kernel, 1.0)
+        tol = {np.float32: 2e-3, np.float64: 1e-9}[dtype] * np.abs(alpha_ref).max(initial=1.0)
+        assert np.abs(alpha[good] - alpha_ref).max(initial=0.0) <= tol
+        assert np.abs(pred[good] - pred_ref).max(initial=0.0) <= tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "n"), [(9, 6), (1, 300)])
+def test_check_finite_and_keep_l(dtype, batch, n):
+    """check_finite=True: ValueError naming the first non-finite argument (k before b; x, x_new,
+    y), also in k's upper triangle, which the factorisation never reads; keep_l=False: no L,
+    the same x."""
+    rng = np.random.default_rng(n)
+    a = _spd(rng, batch, n, dtype)
+    b = _rhs(rng, batch, n, 1, dtype)
+    shift = np.full(batch, 0.5)
+    x, l, info = C.ridge_solve_forward(a, b, shift)
+    x2, l2, info2 = C.ridge_solve_forward(a, b, shift, keep_l=False, check_finite=True)
+    assert l2 is None and l.shape == (batch, n, n)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(info2, info)
+    a_bad = a.copy()
+    a_bad[-1, 0, n - 1] = np.nan  # upper triangle, last member
+    b_bad = b.copy()
+    b_bad[-1, -1, 0] = np.inf
+    assert np.all(np.isfinite(C.ridge_solve_forward(a_bad, b, shift)[0]))  # not checked
+    for aa, bb, name in [(a_bad, b, "k"), (a, b_bad, "b"), (a_bad, b_bad, "k")]:
+        with pytest.raises(ValueError, match=f"^{name}: contains NaN or infinite values$"):
+            C.ridge_solve_forward(aa, bb, shift, keep_l=False, check_finite=True)
+    pts = rng.standard_normal((batch, min(n, 20), 2)).astype(dtype)
+    pts_bad = pts.copy()
+    pts_bad[-1, -1, -1] = -np.inf
+    y = rng.standard_normal((batch, pts.shape[1], 1)).astype(dtype)
+    y_bad = y.copy()
+    y_bad[-1, 0, 0] = np.nan
+    for xx, xn, yy, name in [
+        (pts_bad, pts, y_bad, "x"),
+        (pts, pts_bad, y_bad, "x_new"),
+        (pts, pts, y_bad, "y"),
+        (pts, None, y_bad, "y"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{name}: contains NaN or infinite values$"):
+            C.kernel_ridge_batched(xx, yy, shift, 0, 1.0, xn, True)
+        C.kernel_ridge_batched(xx, yy, shift, 0, 1.0, xn)  # unchecked: NaN out, no error
+
+
 def test_empty_batches_and_sizes():
     for batch, n, p in [(0, 4, 2), (2, 0, 3), (2, 3, 0), (9, 3, 0)]:
         a = np.broadcast_to(np.eye(n), (batch, n, n)).copy()
@@ -599,12 +755,26 @@ for dtype, tol in ((np.float32, 1e-3), (np.float64, 1e-10)):
     ref = np.linalg.solve(a.astype(np.float64), b.astype(np.float64))
     assert np.all(info == 0) and np.abs(x - ref).max() <= tol * np.abs(ref).max()
     assert np.abs(C.cholesky_solve(l, b) - ref).max() <= tol * np.abs(ref).max()
+    # kernel_ridge_batched on the fused route: K from the points in the lanes
+    pts = rng.standard_normal((9, 20, 3))
+    xn = rng.standard_normal((9, 4, 3))
+    y = rng.standard_normal((9, 20, 2))
+    shift = np.full(9, 0.3)
+    k = np.exp(-0.5 * ((pts[:, :, None] - pts[:, None]) ** 2).sum(-1)) + 0.3 * np.eye(20)
+    alpha_ref = np.linalg.solve(k, y)
+    pred_ref = np.exp(-0.5 * ((xn[:, :, None] - pts[:, None]) ** 2).sum(-1)) @ alpha_ref
+    alpha, pred, info = C.kernel_ridge_batched(
+        pts.astype(dtype), y.astype(dtype), shift, 0, 1.0, xn.astype(dtype)
+    )
+    assert np.all(info == 0) and np.abs(alpha - alpha_ref).max() <= tol * np.abs(alpha_ref).max()
+    assert np.abs(pred - pred_ref).max() <= tol * np.abs(alpha_ref).max()
 print("ok")
 """
 
 
 def test_baseline_isa_kernels():
-    """The own kernels are compiled twice; FASTAMORT_ISA=baseline selects the portable copy."""
+    """The own kernels (the fused kernel ridge too) are compiled twice; FASTAMORT_ISA=baseline
+    selects the portable copy."""
     env = dict(os.environ, FASTAMORT_ISA="baseline")
     out = subprocess.run(
         [sys.executable, "-c", _BASELINE_SCRIPT], env=env, capture_output=True, text=True

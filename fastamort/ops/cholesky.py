@@ -66,9 +66,12 @@ def _cpp_solve(lower, b):
     return torch.from_numpy(cpp_module().cholesky_solve(_np(lower), _np(b)))
 
 
-def _cpp_ridge(k, b, shift):
-    x, lower, info = cpp_module().ridge_solve_forward(_np(k), _np(b), _np(shift.double()))
-    return torch.from_numpy(x), torch.from_numpy(lower), torch.from_numpy(info).long()
+def _cpp_ridge(k, b, shift, keep_lower=True, check_finite=False):
+    x, lower, info = cpp_module().ridge_solve_forward(
+        _np(k), _np(b), _np(shift.double()), keep_lower, check_finite
+    )
+    lower_t = None if lower is None else torch.from_numpy(lower)
+    return torch.from_numpy(x), lower_t, torch.from_numpy(info).long()
 
 
 def _eye_shift(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ each op's own backward).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -46,9 +47,9 @@ def _np(t):
     return None if t is None else t.detach().contiguous().numpy()
 
 
-def _cpp_fused(x, y, shift, kid, ell, x_new):
+def _cpp_fused(x, y, shift, kid, ell, x_new, check_finite=False):
     alpha, pred, info = cpp_module().kernel_ridge_batched(
-        _np(x), _np(y), _np(shift.double()), kid, float(ell), _np(x_new)
+        _np(x), _np(y), _np(shift.double()), kid, float(ell), _np(x_new), check_finite
     )
     pred_t = None if pred is None else torch.from_numpy(pred)
     return torch.from_numpy(alpha), pred_t, torch.from_numpy(info).long()
@@ -110,16 +111,28 @@ def kernel_ridge_batched(
         shapes.append(x_new.shape[:-2])
         names.append("x_new")
     lam_t = check_lam(lam, x)
-    check_finite(("y", y))
     shapes.append(lam_t.shape)
     names.append("lam")
-    batch = batch_shape(*shapes, names=names)
-    name = resolve_backend("kernel_ridge_batched", backend, x.device)
+    try:
+        if lam_t.ndim == 0 and all(s == shapes[0] for s in shapes[1:-1]):
+            batch = shapes[0]  # nothing to broadcast
+        else:
+            batch = batch_shape(*shapes, names=names)
+        name = resolve_backend("kernel_ridge_batched", backend, x.device)
+    except Exception:
+        check_finite(("y", y))  # non-finite y is reported first, as always
+        raise
     p = y2.shape[-1]
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, y2, x_new, lam_t, ell)
     )
-    if name == "torch" or wants_grad or n == 0:
+    composed = name == "torch" or wants_grad or n == 0
+    # The cpp kernel checks y's finiteness itself while it reads y (the same ValueError,
+    # without a separate pass); x and x_new were checked above.
+    cpp_checks = name == "cpp" and not composed
+    if not cpp_checks:
+        check_finite(("y", y))
+    if composed:
         kmat = gram(x, kernel=kernel, lengthscale=ell, backend=name)
         alpha = ridge_solve(kmat, y2, lam_t, backend=name)
         pred = None
@@ -131,6 +144,8 @@ def kernel_ridge_batched(
         xn3 = None if x_new is None else flatten_batch(x_new, batch)
         lam3 = lam_t.detach().expand(batch).reshape(-1).double()
         fused = _fused_impl(name)
+        if cpp_checks:
+            fused = functools.partial(fused, check_finite=True)
 
         def run(index, shift):
             if index is None:

@@ -7,6 +7,7 @@ with A = K + λI and X = A⁻¹B, for an upstream gradient Ḡ of X,
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -51,28 +52,42 @@ def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tenso
     return lam_t
 
 
+def _solve_forward(k, b, lam, backend: str, *, keep_lower: bool, check_finite: bool = False):
+    """(X, L) for K (B, n, n), B (B, n, p), λ (B,) on one backend, with the jitter policy.
+
+    ``keep_lower=False``: L is not needed (no backward will run); the ``cpp`` backend then
+    skips writing the (B, n, n) factor and L is None. ``check_finite`` (``cpp`` only): the
+    kernel raises ``ValueError("k: contains NaN or infinite values")`` (or ``b: …``) itself.
+    """
+    impl = ridge_backend_impl(backend)
+    ridge = impl.ridge
+    if backend == "cpp" and (not keep_lower or check_finite):
+        ridge = functools.partial(ridge, keep_lower=keep_lower, check_finite=check_finite)
+
+    def run(index, shift):
+        if index is None:
+            return ridge(k, b, shift)
+        return ridge(k[index], b[index], shift)
+
+    x, lower, _, _ = factor_with_jitter(
+        run,
+        lam.detach().double(),
+        lambda: mean_abs_diagonal(k),
+        n=k.shape[-1],
+        dtype=k.dtype,
+        jitter="auto",
+        what="ridge_solve",
+    )
+    note_backend("ridge_solve", backend)
+    return x, lower
+
+
 class RidgeSolveFunction(torch.autograd.Function):
     """X = (K + λI)⁻¹ B on one backend, K (B, n, n), B (B, n, p), λ (B,)."""
 
     @staticmethod
     def forward(ctx, k, b, lam, backend: str):  # type: ignore[override]
-        impl = ridge_backend_impl(backend)
-
-        def run(index, shift):
-            if index is None:
-                return impl.ridge(k, b, shift)
-            return impl.ridge(k[index], b[index], shift)
-
-        x, lower, _, _ = factor_with_jitter(
-            run,
-            lam.detach().double(),
-            lambda: mean_abs_diagonal(k),
-            n=k.shape[-1],
-            dtype=k.dtype,
-            jitter="auto",
-            what="ridge_solve",
-        )
-        note_backend("ridge_solve", backend)
+        x, lower = _solve_forward(k, b, lam, backend, keep_lower=True)
         ctx.save_for_backward(x, lower)
         ctx.backend = backend
         return x
@@ -129,11 +144,36 @@ def ridge_solve(
             f"got {tuple(b.shape)}"
         )
     lam_t = check_lam(lam, k)
-    check_finite(("k", k), ("b", b))
-    name = resolve_backend("ridge_solve", backend, k.device)
-    batch = batch_shape(k.shape[:-2], b2.shape[:-2], lam_t.shape, names=("k", "b", "lam"))
+    try:
+        name = resolve_backend("ridge_solve", backend, k.device)
+        if k.shape[:-2] == b2.shape[:-2] and lam_t.ndim == 0:
+            batch = k.shape[:-2]  # nothing to broadcast
+        else:
+            batch = batch_shape(k.shape[:-2], b2.shape[:-2], lam_t.shape, names=("k", "b", "lam"))
+    except Exception:
+        check_finite(("k", k), ("b", b))  # non-finite input is reported first, as always
+        raise
+    needs_grad = (
+        torch.is_grad_enabled() and (k.requires_grad or b.requires_grad or lam_t.requires_grad)
+    ) or _forward_ad_active()
+    # Without a backward to record, the cpp kernel checks finiteness itself while it reads k
+    # and b (the same ValueError, without a separate pass over them); else it is checked here.
+    fast = name == "cpp" and not needs_grad
+    if not fast:
+        check_finite(("k", k), ("b", b))
     p = b2.shape[-1]
     k3, b3 = flatten_batch(k, batch), flatten_batch(b2, batch)
     lam3 = lam_t.expand(batch).reshape(-1)
-    x = RidgeSolveFunction.apply(k3, b3, lam3, name).reshape(*batch, n, p)
+    if needs_grad:
+        x = RidgeSolveFunction.apply(k3, b3, lam3, name)
+    else:  # nothing to differentiate: no autograd node, and no factor kept for a backward
+        x, _ = _solve_forward(k3, b3, lam3, name, keep_lower=False, check_finite=fast)
+    x = x.reshape(*batch, n, p)
     return x.squeeze(-1) if vector else x
+
+
+def _forward_ad_active() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level()``: the autograd Function must run (it
+    reports that forward-mode AD is not implemented) rather than drop the tangents."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
