@@ -14,13 +14,17 @@ kernel, so they are computed without a graph, in float64, by one ``gram``, one f
 ``gram_matmul`` (the M×N cross Gram is never stored) and one ``ridge_solve`` with 1 + P
 right-hand sides. The ridge is λI (not MλI).
 
+For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier features or
+warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
+formed from the weights in the same way, whatever solver produced them.
+
 ``lam=None`` picks λ by closed-form leave-one-out error of the regression targets over a grid
 (one eigendecomposition); ``kernel=None`` uses a Gaussian kernel with the median heuristic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +32,7 @@ import torch
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
 from .ops import ridge_solve
+from .solvers import SolverConfig, WarmStart, krr_weights
 
 #: λ grid of the automatic choice (absolute: the kernels here have k(x, x) = 1).
 LAMBDA_GRID = tuple(10.0 ** (k / 2) for k in range(-16, 5))
@@ -47,6 +52,19 @@ class AmortisedEstimate:
     kernel: Kernel
     estimator: str
     sleep: tuple[Any, torch.Tensor]
+    #: how the weights were solved: ``solver`` and, per solver, e.g. ``iterations``,
+    #: ``products``, ``residual``, ``warm_started`` (cg), ``n_inducing`` (nystrom).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def warm_start(self, *, aligned: bool = False) -> WarmStart:
+        """This estimate's sleep points and weights, to warm-start the next CG solve
+        (``aligned``: the next sleep set continues this one row by row)."""
+        w = (
+            self.beta[:, None]
+            if self.coeffs is None
+            else torch.cat([self.beta[:, None], self.coeffs], 1)
+        )
+        return WarmStart(self.sleep[1].detach(), w.detach(), aligned)
 
 
 def draw_sleep(model: torch.nn.Module, n: int) -> tuple[Any, torch.Tensor]:
@@ -153,6 +171,19 @@ def choose_lambda(
     return best
 
 
+def wake_vectors(
+    model, kernel: Kernel, x_wake: torch.Tensor, estimator: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Featurised wake points (N, D) and the wake weights V = [1, S_w]/N (or 1/N), float64."""
+    with torch.no_grad():
+        fw = kernel.features(x_wake).to(KRR_DTYPE)
+        n = x_wake.shape[0]
+        ones = torch.ones(n, 1, dtype=KRR_DTYPE, device=fw.device)
+        if estimator == "generic":
+            return fw, ones / n
+        return fw, torch.cat([ones, model.sufficient_stats(x_wake).to(KRR_DTYPE)], 1) / n
+
+
 def wake_rhs(
     model, kernel: Kernel, fs: torch.Tensor, x_wake: torch.Tensor, estimator: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -164,14 +195,8 @@ def wake_rhs(
     R = K_sw (M×N) and C = V, which needs fewer solves (the authors' order).
     """
     with torch.no_grad():
-        fw = kernel.features(x_wake).to(KRR_DTYPE)
-        n = x_wake.shape[0]
-        ones = torch.ones(n, 1, dtype=KRR_DTYPE, device=fw.device)
-        if estimator == "generic":
-            v = ones / n
-        else:
-            v = torch.cat([ones, model.sufficient_stats(x_wake).to(KRR_DTYPE)], 1) / n
-        if v.shape[1] <= n:
+        fw, v = wake_vectors(model, kernel, x_wake, estimator)
+        if v.shape[1] <= x_wake.shape[0]:
             return kernel.gram_matmul_features(fs, fw, v), None
         return kernel.gram_features(fs, fw), v
 
@@ -200,10 +225,24 @@ def amortised_estimate(
     kernel: Kernel | None = None,
     lam: float | torch.Tensor | None = None,
     estimator: str = "auto",
+    solver: str = "exact",
+    n_inducing: int | None = None,
+    n_features: int | None = None,
+    tol: float | None = None,
+    inducing: str = "uniform",
+    warm_start: AmortisedEstimate | WarmStart | None = None,
 ) -> AmortisedEstimate:
     """:func:`amortised_objective` with its ingredients (weights, λ, kernel, sleep set)."""
     check_model(model)
     estimator = resolve_estimator(model, estimator)
+    config = SolverConfig(solver, n_inducing, n_features, tol, inducing)
+    if isinstance(warm_start, AmortisedEstimate):
+        warm_start = warm_start.warm_start()
+    elif warm_start is not None and not isinstance(warm_start, WarmStart):
+        raise TypeError(
+            "warm_start: expected an AmortisedEstimate or a fastamort.solvers.WarmStart, "
+            f"got {type(warm_start).__name__}"
+        )
     if sleep is None:
         z, xs = draw_sleep(model, n_sleep)
     else:
@@ -228,14 +267,19 @@ def amortised_estimate(
             lam_value = float(lam)
             if not lam_value >= 0:
                 raise ValueError(f"lam: must be >= 0, got {lam_value}")
-        rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
-        weights = ridge_solve(kernel.gram_features(fs), rhs, lam_value, backend=kernel.backend)
-        if contract is not None:
-            weights = weights @ contract
+        if config.solver == "exact" and warm_start is None:
+            rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
+            weights = ridge_solve(kernel.gram_features(fs), rhs, lam_value, backend=kernel.backend)
+            if contract is not None:
+                weights = weights @ contract
+            info: dict[str, Any] = {"solver": "exact"}
+        else:
+            fw, v = wake_vectors(model, kernel, x_wake, estimator)
+            weights, info = krr_weights(config, kernel, fs, fw, v, lam_value, warm_start=warm_start)
     objective = objective_from_weights(model, weights, targets, estimator, x_wake)
     beta = weights[:, 0]
     coeffs = None if estimator == "generic" else weights[:, 1:]
-    return AmortisedEstimate(objective, beta, coeffs, lam_value, kernel, estimator, (z, xs))
+    return AmortisedEstimate(objective, beta, coeffs, lam_value, kernel, estimator, (z, xs), info)
 
 
 def amortised_objective(
@@ -247,6 +291,12 @@ def amortised_objective(
     kernel: Kernel | None = None,
     lam: float | torch.Tensor | None = None,
     estimator: str = "auto",
+    solver: str = "exact",
+    n_inducing: int | None = None,
+    n_features: int | None = None,
+    tol: float | None = None,
+    inducing: str = "uniform",
+    warm_start: AmortisedEstimate | WarmStart | None = None,
 ) -> torch.Tensor:
     """Scalar Ĵ(θ) whose gradient is the KRR estimate of the mean ML gradient over ``x_wake``.
 
@@ -259,6 +309,17 @@ def amortised_objective(
         kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian with the median heuristic.
         lam: the ridge λ; default: leave-one-out choice over :data:`LAMBDA_GRID`.
         estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
+        solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
+            O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
+            (``n_features`` random Fourier features, O(M D²)) or "cg" (preconditioned
+            conjugate gradient to relative residual ``tol``, fused K products, O(M²) per
+            iteration but O(M) memory).
+        n_inducing: Nyström inducing points, or the CG preconditioner's rank (default 1000).
+        n_features: random Fourier features (default 2000).
+        tol: CG relative-residual tolerance (default 1e-6).
+        inducing: "uniform" or "greedy" (pivoted Cholesky) inducing points (nystrom, cg).
+        warm_start: the previous step's :class:`AmortisedEstimate` (or a
+            :class:`fastamort.solvers.WarmStart`) to start CG from.
 
     Returns:
         0-d tensor; ``(-objective).backward()`` then an optimiser step ascends the likelihood.
@@ -274,5 +335,17 @@ def amortised_objective(
         torch.Size([3, 1])
     """
     return amortised_estimate(
-        model, x_wake, n_sleep=n_sleep, sleep=sleep, kernel=kernel, lam=lam, estimator=estimator
+        model,
+        x_wake,
+        n_sleep=n_sleep,
+        sleep=sleep,
+        kernel=kernel,
+        lam=lam,
+        estimator=estimator,
+        solver=solver,
+        n_inducing=n_inducing,
+        n_features=n_features,
+        tol=tol,
+        inducing=inducing,
+        warm_start=warm_start,
     ).objective

@@ -6,6 +6,12 @@ held-out sleep set — the authors' criterion, with the per-sample error (five o
 notebooks averaged the prediction first, AUTHORS_CODE.md §6.1). It is differentiable w.r.t.
 the kernel's lengthscale and feature network and w.r.t. λ, through ``gram``,
 ``ridge_solve`` and ``gram_matmul``; the targets are detached (the model is not trained here).
+
+With ``solver="nystrom"`` or ``"rff"`` the regression is the same low-rank one the estimator
+runs (primal ridge on Nyström or random Fourier features, differentiable, O(M r²) time and, by
+activation checkpointing over row chunks, O(r² + chunk·r) memory). ``solver="cg"`` scores the
+cheaper Nyström surrogate with ``n_inducing`` points (its preconditioner's approximation): a
+CG solve would need a backward solve per step and O(M²) work per iteration.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from .estimator import KRR_DTYPE, regression_targets, resolve_estimator
 from .kernels import Kernel
 from .models.base import check_model
 from .ops import ridge_solve
+from .solvers import SolverConfig, feature_ridge_predict, nystrom_feature_map
+from .solvers.rff import RandomFourierFeatures
 
 
 def kernel_loss(
@@ -28,6 +36,10 @@ def kernel_loss(
     lam: float | torch.Tensor,
     *,
     estimator: str = "auto",
+    solver: str = "exact",
+    n_inducing: int | None = None,
+    n_features: int | None = None,
+    inducing: str = "uniform",
 ) -> torch.Tensor:
     """Mean squared error of the KRR-predicted log joint at held-out sleep samples.
 
@@ -38,12 +50,15 @@ def kernel_loss(
         held_out: ``(z', x')`` it is scored on, M' samples.
         lam: ridge λ > 0 (a tensor that requires grad to learn it).
         estimator: which regression the estimator will run ("auto", "generic", "expfam").
+        solver: "exact", "nystrom", "rff", or "cg" (scored by its Nyström surrogate).
+        n_inducing, n_features, inducing: as for :func:`fastamort.amortised_objective`.
 
     Returns:
         0-d float64 tensor.
     """
     check_model(model)
     estimator = resolve_estimator(model, estimator)
+    config = SolverConfig(solver, n_inducing, n_features, None, inducing)
     (z, x), (zh, xh) = sleep, held_out
     with torch.no_grad():
         targets, _ = regression_targets(model, z, x, estimator)
@@ -52,10 +67,34 @@ def kernel_loss(
     phi_held = kernel.features(xh.detach()).to(KRR_DTYPE)
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
     lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
-    coef = ridge_solve(
-        kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t, backend=kernel.backend
+    if config.solver == "exact":
+        coef = ridge_solve(
+            kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t, backend=kernel.backend
+        )
+        return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
+    if config.solver == "rff":
+        feature_map = RandomFourierFeatures(
+            kernel, phi_fit.shape[1], config.features, device=phi_fit.device
+        )
+        rank = config.features
+    else:
+        feature_map, rank, _ = nystrom_feature_map(
+            kernel,
+            phi_fit,
+            min(config.rank, phi_fit.shape[0]),
+            config.inducing,
+            differentiable=True,
+        )
+    pred = feature_ridge_predict(
+        feature_map,
+        phi_fit,
+        phi_held,
+        targets.to(KRR_DTYPE),
+        lam_t,
+        rank=rank,
+        backend=kernel.backend,
     )
-    return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
+    return prediction_error(pred, targets_h, stats_h)
 
 
 def held_out_error(
@@ -69,6 +108,13 @@ def held_out_error(
     """Mean squared error of the log joint predicted at held-out points from KRR coefficients
     ``coef`` = (K + λI)⁻¹ T fitted on ``phi_fit`` (exponential family: η̂·S(x') − ψ̂)."""
     pred = kernel.gram_matmul_features(phi_held, phi_fit, coef)
+    return prediction_error(pred, targets_held, stats_held)
+
+
+def prediction_error(
+    pred: torch.Tensor, targets_held: torch.Tensor, stats_held: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean squared error of the log joint from predicted targets ``pred`` (M', 1 + P)."""
     t_h = targets_held.to(KRR_DTYPE)
     if stats_held is None:
         err = pred[:, 0] - t_h[:, 0]

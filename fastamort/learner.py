@@ -7,6 +7,17 @@ Each step of :meth:`AmortisedLearner.fit`:
 2. model step: fresh sleep set, Ĵ on the wake batch (:func:`fastamort.amortised_estimate`),
    one optimiser step on −Ĵ w.r.t. the model's parameters.
 
+``solver=`` ("exact", "nystrom", "rff", "cg"; :mod:`fastamort.solvers`) picks how both
+regressions are solved. With ``solver="cg"`` each model step's CG starts from the previous
+step's solution mapped onto the new sleep set (``warm_start=True``), the incremental gradient
+model; the record of each step then holds ``solver_iterations``. Consecutive sleep sets are
+unrelated, though, so the previous solution is only a rough start; with ``sleep_refresh`` < 1
+the model step's sleep set is drawn in :data:`SLEEP_BLOCKS` blocks, each from its own seed,
+and only that fraction of the blocks gets new seeds per step: the other samples are the same
+noise pushed through the moved model (valid samples of the current p_θ, correlated across
+steps like common random numbers), so row i of the new set follows row i of the old one and
+the old weights are a close start (``WarmStart(aligned=True)``).
+
 At the first step the lengthscale is set by the median heuristic and λ by leave-one-out
 (unless given). Checkpoints are written atomically (temporary file + rename) and hold the
 model, kernel, λ, optimisers, RNG states, step, epoch and history, so ``resume=True``
@@ -30,6 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import (
+    DistributedContext,
+    pooled_estimate,
+    resolve_distributed,
+    shard_order,
+    sleep_seed,
+)
 from .estimator import (
     amortised_estimate,
     choose_lambda,
@@ -40,8 +58,11 @@ from .estimator import (
 from .kernel_learning import kernel_loss
 from .kernels import Gaussian, Kernel
 from .models.base import check_model
+from .solvers import SolverConfig, WarmStart
 
 CHECKPOINT_VERSION = 1
+#: Blocks (own seed each) of the model step's sleep set when ``sleep_refresh`` < 1.
+SLEEP_BLOCKS = 20
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,6 +85,14 @@ class AmortisedLearner:
         learn_kernel: whether to run kernel steps.
         seed: seeds the data order (per epoch); sampling uses the global torch RNG.
         max_grad_norm: clip the model gradient to this norm (None: no clipping).
+        solver: "exact", "nystrom", "rff" or "cg" (see :func:`fastamort.amortised_objective`);
+            the kernel step uses the same low-rank regression (cg: its Nyström surrogate).
+        n_inducing, n_features, tol, inducing: the solver's options.
+        warm_start: with ``solver="cg"``, start each solve from the previous step's solution;
+            default (None): only when ``sleep_refresh`` < 1 (on unrelated sleep sets the mapped
+            start saves about one iteration and costs one product).
+        sleep_refresh: fraction of the model step's sleep samples drawn with new noise per
+            step (1: all fresh, the default; < 1: the rest re-use their noise, see above).
 
     Example:
         >>> import torch, fastamort
@@ -92,6 +121,13 @@ class AmortisedLearner:
         learn_kernel: bool = True,
         seed: int = 0,
         max_grad_norm: float | None = None,
+        solver: str = "exact",
+        n_inducing: int | None = None,
+        n_features: int | None = None,
+        tol: float | None = None,
+        inducing: str = "uniform",
+        warm_start: bool | None = None,
+        sleep_refresh: float = 1.0,
     ):
         check_model(model)
         if n_sleep < 2:
@@ -100,6 +136,20 @@ class AmortisedLearner:
             raise ValueError(f"n_held_out: need at least 1 held-out sample, got {n_held_out}")
         if lam is not None and not lam > 0:
             raise ValueError(f"lam: must be > 0, got {lam}")
+        self.solver = SolverConfig(solver, n_inducing, n_features, tol, inducing)
+        if (
+            isinstance(sleep_refresh, bool)
+            or not isinstance(sleep_refresh, (int, float))
+            or not 0.0 <= sleep_refresh <= 1.0
+        ):
+            raise ValueError(f"sleep_refresh: expected a number in [0, 1], got {sleep_refresh!r}")
+        self.sleep_refresh = float(sleep_refresh)
+        if warm_start is None:
+            warm_start = self.sleep_refresh < 1.0
+        self.warm_start = bool(warm_start) and solver == "cg"
+        self._warm: WarmStart | None = None
+        self._sleep_seeds: list[int] | None = None
+        self._sleep_turn = 0
         self.model = model
         self.estimator = resolve_estimator(model, estimator)
         device = _device_of(model)
@@ -119,6 +169,7 @@ class AmortisedLearner:
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
         self.initialised = False
+        self._dist: DistributedContext | None = None  # set by fit() under torch.distributed
 
     # ----------------------------------------------------------------------------------
     @property
@@ -145,42 +196,131 @@ class AmortisedLearner:
         self.initialise()
         step = self.step_count + 1
         record: dict[str, Any] = {"step": step, "epoch": epoch}
+        dctx = self._dist
+        if dctx is not None:  # rank-specific sleep stream, the same whatever the rank count
+            torch.manual_seed(sleep_seed(self.seed, dctx.rank, step))
         if self.learn_kernel:
             fit = draw_sleep(self.model, self.n_sleep)
             held = draw_sleep(self.model, self.n_held_out)
             loss = kernel_loss(
-                self.model, self.kernel, fit, held, self.log_lam.exp(), estimator=self.estimator
+                self.model,
+                self.kernel,
+                fit,
+                held,
+                self.log_lam.exp(),
+                estimator=self.estimator,
+                solver=self.solver.solver,
+                n_inducing=self.solver.n_inducing,
+                n_features=self.solver.n_features,
+                inducing=self.solver.inducing,
             )
-            _check_finite_value(loss, "kernel loss", step)
             self.kernel_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if dctx is None:
+                _check_finite_value(loss, "kernel loss", step)
+                loss.backward()
+            else:  # every rank must reach the all-reduce, then all check the same values
+                loss.backward()
+                kernel_params = [p for _, p in self._kernel_named_parameters()]
+                loss = dctx.reduce_gradients_(kernel_params, loss, average=True) / dctx.world_size
+                _check_finite_value(loss, "kernel loss", step)
             _check_finite_grads(self._kernel_named_parameters(), step)
             self.kernel_optimizer.step()
             record["kernel_loss"] = float(loss.detach())
+        if dctx is not None and dctx.pool_sleep:
+            part, objective = pooled_estimate(
+                dctx,
+                self.model,
+                x_batch,
+                n_sleep=self.n_sleep,
+                kernel=self.kernel,
+                lam=self.lam,
+                estimator=self.estimator,
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            (-part).backward()
+            dctx.reduce_gradients_(self.model.parameters(), part, average=False)
+            _check_finite_value(objective, "objective", step)
+            self._model_update(step)
+            return self._finish_step(record, step, objective, {}, start)
         est = amortised_estimate(
             self.model,
             x_batch,
             n_sleep=self.n_sleep,
+            sleep=self._model_sleep() if self.sleep_refresh < 1.0 else None,
             kernel=self.kernel,
             lam=self.lam,
             estimator=self.estimator,
+            solver=self.solver.solver,
+            n_inducing=self.solver.n_inducing,
+            n_features=self.solver.n_features,
+            tol=self.solver.tol,
+            inducing=self.solver.inducing,
+            warm_start=self._warm,
         )
-        _check_finite_value(est.objective, "objective", step)
+        objective = est.objective.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        (-est.objective).backward()
+        if dctx is None:
+            _check_finite_value(objective, "objective", step)
+            (-est.objective).backward()
+        else:
+            (-est.objective).backward()
+            params = self.model.parameters()
+            objective = dctx.reduce_gradients_(params, objective, average=True) / dctx.world_size
+            _check_finite_value(objective, "objective", step)
+        self._model_update(step)
+        if self.warm_start:
+            self._warm = est.warm_start(aligned=self.sleep_refresh < 1.0)
+        return self._finish_step(record, step, objective, est.info, start)
+
+    def _model_update(self, step: int) -> None:
+        """Checks the model's gradients, clips them if asked, and takes the optimiser step."""
         _check_finite_grads(self.model.named_parameters(), step)
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
+
+    def _finish_step(
+        self,
+        record: dict[str, Any],
+        step: int,
+        objective: torch.Tensor,
+        info: dict[str, Any],
+        start: float,
+    ) -> dict[str, Any]:
+        if "iterations" in info:
+            record["solver_iterations"] = info["iterations"]
         self.step_count = step
         record.update(
-            objective=float(est.objective.detach()),
+            objective=float(objective),
             lengthscale=float(self.kernel.lengthscale.detach()),
             lam=self.lam,
             seconds=time.perf_counter() - start,
         )
         self.history.append(record)
         return record
+
+    def _model_sleep(self) -> tuple[Any, torch.Tensor]:
+        """The model step's sleep set, in blocks with carried-over seeds (``sleep_refresh``)."""
+        blocks = min(SLEEP_BLOCKS, self.n_sleep // 2)
+
+        def new_seed() -> int:
+            return int(torch.randint(0, 2**62, (1,)))
+
+        if self._sleep_seeds is None:
+            self._sleep_seeds = [new_seed() for _ in range(blocks)]
+        else:
+            renew = round(self.sleep_refresh * blocks)
+            for _ in range(renew):
+                self._sleep_seeds[self._sleep_turn % blocks] = new_seed()
+                self._sleep_turn += 1
+        sizes = [self.n_sleep // blocks + (i < self.n_sleep % blocks) for i in range(blocks)]
+        devices = [_device_of(self.model)] if _device_of(self.model).type == "cuda" else []
+        parts = []
+        for seed, size in zip(self._sleep_seeds, sizes, strict=True):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                parts.append(draw_sleep(self.model, size))
+        return _cat_latents([z for z, _ in parts]), torch.cat([x for _, x in parts])
 
     def _kernel_named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
         yield from (("kernel." + n, p) for n, p in self.kernel.named_parameters())
@@ -198,14 +338,24 @@ class AmortisedLearner:
         checkpoint_every: int = 50,
         resume: bool = False,
         callbacks: Sequence[Callable[[AmortisedLearner, dict[str, Any]], Any]] = (),
+        distributed: str | bool = "auto",
+        pool_sleep: bool = False,
     ) -> list[dict[str, Any]]:
         """Runs ``epochs`` passes over ``data`` (N, *obs_shape) in shuffled mini-batches.
 
         Args:
             checkpoint: path of the checkpoint file, written every ``checkpoint_every`` steps
                 and at the end (atomically).
-            resume: continue from ``checkpoint`` if it exists (bit-exact continuation).
+            resume: continue from ``checkpoint`` if it exists (bit-exact continuation; from a
+                checkpoint of a run on another number of ranks, it continues at the same step).
             callbacks: called as ``cb(learner, record)`` after every step; returning True stops.
+            distributed: "auto" runs data-parallel under ``torchrun`` or an initialised
+                process group (:mod:`fastamort.distributed`): each rank takes its shard of the
+                data (``batch_size`` is per rank) and its own sleep samples, gradients are
+                averaged, progress and checkpoints come from rank 0. False or "off": one
+                process; True: distributed or an error.
+            pool_sleep: distributed only: one regression on all ranks' sleep samples instead
+                of averaging the ranks' estimates (see :mod:`fastamort.distributed`).
 
         Returns:
             the history: one dict per step (step, epoch, objective, kernel_loss, lengthscale,
@@ -218,17 +368,30 @@ class AmortisedLearner:
             raise ValueError(f"epochs: expected >= 0, got {epochs}")
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
+        dctx = resolve_distributed(distributed, _device_of(self.model), pool_sleep=pool_sleep)
+        if dctx is not None and dctx.pool_sleep and self.solver.solver != "exact":
+            raise ValueError(f"pool_sleep: needs solver='exact', got {self.solver.solver!r}")
         if resume and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         n = data.shape[0]
-        per_epoch = math.ceil(n / batch_size)
+        if dctx is not None:
+            self.initialise()
+            # every rank starts from rank 0's parameters, kernel and λ
+            model_state, kernel_state = self.model.state_dict(), self.kernel.state_dict()
+            dctx.broadcast_([*model_state.values(), *kernel_state.values(), self.log_lam])
+        world = 1 if dctx is None else dctx.world_size
+        per_epoch = math.ceil(math.ceil(n / world) / batch_size)
         total = epochs * per_epoch
-        bar = _progress_bar(total, self.step_count, progress)
+        main = dctx is None or dctx.is_main
+        bar = _progress_bar(total, self.step_count, progress and main)
         stop = False
+        self._dist = dctx
         try:
             while self.step_count < total and not stop:
                 epoch, index = divmod(self.step_count, per_epoch)
                 order = _epoch_order(n, self.seed, epoch)
+                if dctx is not None:
+                    order = shard_order(order, dctx.rank, world)
                 batch = data[order[index * batch_size : (index + 1) * batch_size].to(data.device)]
                 record = self.step(batch, epoch=epoch)
                 if bar is not None:
@@ -239,11 +402,15 @@ class AmortisedLearner:
                     )
                 for cb in callbacks:
                     stop = bool(cb(self, record)) or stop
-                if checkpoint is not None and (
-                    self.step_count % checkpoint_every == 0 or self.step_count == total or stop
-                ):
+                if dctx is not None and callbacks:
+                    stop = dctx.any(stop)  # all ranks stop together
+                due = self.step_count % checkpoint_every == 0 or self.step_count == total
+                if main and checkpoint is not None and (due or stop):
                     self.save_checkpoint(checkpoint)
+            if dctx is not None:
+                dctx.barrier()  # rank 0's last checkpoint is on disk before anyone returns
         finally:
+            self._dist = None
             if bar is not None:
                 bar.close()
         return self.history
@@ -261,6 +428,11 @@ class AmortisedLearner:
             "initialised": self.initialised,
             "history": list(self.history),
             "rng": _rng_state(),
+            "warm": None
+            if self._warm is None
+            else (self._warm.x, self._warm.weights, self._warm.aligned),
+            "sleep_seeds": None if self._sleep_seeds is None else list(self._sleep_seeds),
+            "sleep_turn": self._sleep_turn,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -275,6 +447,11 @@ class AmortisedLearner:
         self.step_count = int(state["step"])
         self.initialised = bool(state["initialised"])
         self.history = list(state["history"])
+        warm = state.get("warm")
+        self._warm = None if warm is None or not self.warm_start else WarmStart(*warm)
+        seeds = state.get("sleep_seeds")
+        self._sleep_seeds = None if seeds is None else list(seeds)
+        self._sleep_turn = int(state.get("sleep_turn", 0))
         _set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -320,6 +497,21 @@ def _as_data(data: object, model: nn.Module) -> torch.Tensor:
     if param is not None:
         data = data.to(device=param.device, dtype=param.dtype)
     return data
+
+
+def _cat_latents(parts: list[Any]) -> Any:
+    """Concatenates per-block latents: tensors, or tuples/lists/dicts of them."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat_latents(list(items)) for items in zip(*parts, strict=True))
+    if isinstance(first, dict):
+        return {k: _cat_latents([p[k] for p in parts]) for k in first}
+    raise TypeError(
+        f"sleep_refresh < 1 needs latents made of tensors (or tuples/dicts of them), "
+        f"got {type(first).__name__}"
+    )
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
