@@ -1,0 +1,189 @@
+"""Run helpers shared by the experiments: output folder, seeding, device, result files, plots.
+
+Every run writes into its output folder:
+
+``metrics.json``
+    a flat object of metric name → number at the top level (what a reader or a test checks);
+    nested details sit under the non-numeric keys ``details`` and ``environment``.
+``config.json``
+    the resolved configuration (every size and budget), the seed, the device, the command line
+    and the environment (versions, device name, threads, date).
+``results.md``
+    a short markdown table.
+``*.png``
+    plots (matplotlib, Agg backend). matplotlib is an optional dependency
+    (``pip install 'fastamort[bench]'``): without it the plots are skipped with a
+    :class:`PlotsSkippedWarning` and everything else is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_ROOT = "fastamort-experiments"
+
+
+class PlotsSkippedWarning(UserWarning):
+    """matplotlib is missing: an experiment wrote no plots."""
+
+
+def resolve_out(name: str, out: str | Path | None) -> Path:
+    """The output folder (created): ``out``, or ``./fastamort-experiments/<name>``."""
+    path = Path(out) if out is not None else Path(DEFAULT_ROOT) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": CUDA when available, else CPU; an explicit "cuda" must be available."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for, but torch sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the legacy global RNG)
+    torch.manual_seed(seed)
+
+
+def sub_seed(seed: int, *parts: object) -> int:
+    """A deterministic seed for one piece of a run (stable across Python processes)."""
+    h = seed * 1_000_003
+    for p in parts:
+        for ch in str(p):
+            h = (h * 31 + ord(ch)) % (2**61 - 1)
+    return h % (2**31)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[Any, float]:
+    """(fn(), wall seconds), synchronising CUDA around the call."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Provenance: versions, device name, threads, date (shared with the benchmarks)."""
+    from ..benchmarks._harness import environment as env
+
+    return env(device)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    with open(path, "w") as fh:
+        json.dump(_jsonable(obj), fh, indent=1)
+        fh.write("\n")
+    return path
+
+
+def write_metrics(
+    out: Path, metrics: dict[str, float], details: dict[str, Any], env: dict[str, Any]
+) -> Path:
+    """``metrics.json``: the flat numbers, then ``details`` and ``environment``."""
+    bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise TypeError(f"metrics must be numbers; not: {bad}")
+    reserved = {"details", "environment"} & set(metrics)
+    if reserved:
+        raise ValueError(f"metric names {sorted(reserved)} are reserved")
+    return write_json(out / "metrics.json", {**metrics, "details": details, "environment": env})
+
+
+def write_config(
+    out: Path, name: str, config: dict[str, Any], *, seed: int, quick: bool,
+    device: torch.device, env: dict[str, Any],
+) -> Path:  # fmt: skip
+    return write_json(
+        out / "config.json",
+        {
+            "experiment": name,
+            "quick": quick,
+            "seed": seed,
+            "device": str(device),
+            "command": " ".join(sys.argv),
+            "config": config,
+            "environment": env,
+        },
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results_md(out: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """``results.md``: a title, then (heading, body) sections."""
+    text = [f"# {title}", ""]
+    for heading, body in sections:
+        text += [f"## {heading}", "", body.rstrip(), ""]
+    path = out / "results.md"
+    path.write_text("\n".join(text))
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a warning) when it is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn(
+            "matplotlib is not installed: the plots were skipped "
+            "(pip install 'fastamort[bench]' to get them)",
+            PlotsSkippedWarning,
+            stacklevel=2,
+        )
+        return None
+    return plt

@@ -1,0 +1,82 @@
+"""The experiments' command line, result files and the --quick smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from fastamort.experiments import EXPERIMENTS, _common, main, run_experiment
+
+
+def test_list_names_every_experiment(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPERIMENTS:
+        assert name in out
+
+
+def test_module_entry_point_lists():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastamort.experiments", "--list"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "gradient-estimation" in proc.stdout
+
+
+def test_unknown_experiment_and_bad_options_are_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-experiment"])
+    assert exc.value.code == 2
+    assert "gradient-estimation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])
+    with pytest.raises(ValueError, match="unknown experiment"):
+        run_experiment("nope", out=tmp_path)
+    with pytest.raises(ValueError, match="threads"):
+        run_experiment("gradient-estimation", out=tmp_path, threads=-1)
+
+
+def test_metrics_must_be_flat_numbers(tmp_path):
+    with pytest.raises(TypeError, match="numbers"):
+        _common.write_metrics(tmp_path, {"a": "x"}, {}, {})
+    with pytest.raises(ValueError, match="reserved"):
+        _common.write_metrics(tmp_path, {"details": 1.0}, {}, {})
+    path = _common.write_metrics(tmp_path, {"a": 1.5, "b": 2}, {"nested": [1]}, {"v": "1"})
+    assert json.loads(path.read_text()) == {
+        "a": 1.5, "b": 2, "details": {"nested": [1]}, "environment": {"v": "1"},
+    }  # fmt: skip
+
+
+def test_plots_are_skipped_with_a_warning_without_matplotlib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(_common.PlotsSkippedWarning, match=r"fastamort\[bench\]"):
+        assert _common.pyplot() is None
+
+
+@pytest.mark.slow
+def test_gradient_estimation_quick_run(tmp_path):
+    metrics = run_experiment("gradient-estimation", quick=True, seed=0, out=tmp_path,
+                             progress=False)  # fmt: skip
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    flat = {k: v for k, v in on_disk.items() if k not in ("details", "environment")}
+    assert flat == pytest.approx(metrics)
+    for key in ("amortised_cosine", "vae_cosine", "iwae_cosine", "rws_cosine",
+                "amortised_rel_error", "amortised_generic_cosine", "iwae5_cosine"):  # fmt: skip
+        assert key in flat
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in flat.values())
+    # the estimates point the right way (a sign or weighting bug would not)
+    for key in ("fa_amortised_expfam_cosine", "gmm_amortised_expfam_cosine",
+                "fa_rws_cosine", "gmm_rws_cosine", "fa_iwae50_cosine"):  # fmt: skip
+        assert flat[key] > 0.9, (key, flat[key])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quick"] is True and config["config"]["repeats"] >= 2
+    assert config["environment"]["torch"]
+    assert "| method |" in (tmp_path / "results.md").read_text()
+    pytest.importorskip("matplotlib")
+    for name in ("relative_error.png", "cosine.png"):
+        assert (tmp_path / name).stat().st_size > 1000
