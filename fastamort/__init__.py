@@ -26,6 +26,16 @@ from .ops import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # KernelRidge is imported on first use: it pulls in scikit-learn (optional) when installed
+    if name == "KernelRidge":
+        from .regressor import KernelRidge
+
+        return KernelRidge
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BACKENDS",
     "KERNEL_NAMES",
@@ -34,6 +44,7 @@ __all__ = [
     "BackendUnavailableError",
     "ExpFamModel",
     "GenerativeModel",
+    "KernelRidge",
     "KernelRidgeResult",
     "NonFiniteError",
     "NotPSDError",

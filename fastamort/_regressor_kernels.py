@@ -1,0 +1,359 @@
+"""Kernels and the dual solve behind :class:`fastamort.KernelRidge` (torch only, no sklearn).
+
+Kernel names follow scikit-learn's ``pairwise_kernels``; ``gamma`` maps onto fastamort's
+lengthscale for the kernels the engine computes natively (fused Gram / Gram-matmul):
+
+==============  ===========================  =================================
+name            k(x, y)                      engine kernel, lengthscale ℓ
+==============  ===========================  =================================
+``rbf``         exp(−γ‖x − y‖²)              ``gaussian``, ℓ = 1/√(2γ)
+``laplacian``   exp(−γ‖x − y‖₁)              ``laplacian``, ℓ = 1/γ
+``matern12``    exp(−r/ℓ)                    ``matern12``, ℓ = 1/√(2γ)
+``matern32``    (1 + √3 r/ℓ) exp(−√3 r/ℓ)    ``matern32``, ℓ = 1/√(2γ)
+``matern52``    (1 + a + a²/3) exp(−a),      ``matern52``, ℓ = 1/√(2γ)
+                a = √5 r/ℓ
+==============  ===========================  =================================
+
+(r = ‖x − y‖₂.) The Matérn kernels use the same γ ↔ ℓ map as ``rbf``, so one ``gamma``
+gives the same lengthscale across the family (as ``sklearn.gaussian_process.kernels.RBF``
+and ``Matern`` with one ``length_scale``), and ``gamma=None`` means 1/n_features for every
+kernel but ``chi2`` (γ = 1, the default of sklearn's ``chi2_kernel``).
+
+The other kernels (``linear``, ``poly``/``polynomial``, ``sigmoid``, ``cosine``,
+``additive_chi2``, ``chi2``) are built with torch GEMMs / reductions; their predictions are
+taken in row blocks (``linear``: through ``X_fit_ᵀ·dual_coef_``), so no n_test × n_train
+matrix is held at once either.
+
+The dual solve (:func:`solve_dual`) follows scikit-learn's ``_solve_cholesky_kernel``; large
+float64 CPU solves use a float32 factor with float64 iterative refinement (:func:`solve_mixed`),
+which returns float64-accurate solutions or declines.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .ops.cholesky import NotPSDError, NumericalWarning, cholesky
+from .ops.gram import gram
+from .ops.gram_matmul import gram_matmul
+from .ops.ridge_solve import ridge_solve
+
+#: scikit-learn's ``PAIRWISE_KERNEL_FUNCTIONS`` names.
+SKLEARN_KERNELS = (
+    "additive_chi2",
+    "chi2",
+    "cosine",
+    "laplacian",
+    "linear",
+    "poly",
+    "polynomial",
+    "rbf",
+    "sigmoid",
+)
+#: Kernel names added by fastamort.
+EXTRA_KERNELS = ("matern12", "matern32", "matern52")
+#: Every string ``kernel`` KernelRidge accepts.
+KERNEL_CHOICES = (*SKLEARN_KERNELS, *EXTRA_KERNELS, "precomputed")
+#: KernelRidge name → fastamort engine kernel (fused C++/Triton Gram and Gram-matmul).
+NATIVE = {
+    "rbf": "gaussian",
+    "laplacian": "laplacian",
+    "matern12": "matern12",
+    "matern32": "matern32",
+    "matern52": "matern52",
+}
+#: Which of gamma/degree/coef0 each string kernel reads (sklearn's ``KERNEL_PARAMS``).
+USES_GAMMA = {"rbf", "laplacian", "poly", "polynomial", "sigmoid", "chi2", *EXTRA_KERNELS}
+
+#: Entries of one block of a Gram matrix taken for a prediction (32 MiB of float64).
+BLOCK_ENTRIES = 1 << 22
+
+#: float64 solves on the CPU from this n on try a float32 factorisation with float64 refinement.
+MIXED_MIN_N = 1536
+#: Refinement steps before giving up on the float32 factor (LAPACK's dsposv: 30; fewer here,
+#: so that a slowly converging refinement never costs more than the float64 factorisation).
+MIXED_MAX_STEPS = 10
+
+SINGULAR_WARNING = "Singular matrix in solving dual problem. Using least-squares solution instead."
+
+
+def resolve_gamma(kernel: str, gamma: float | None, n_features: int) -> float:
+    """γ for a string kernel: the given value, else 1/n_features (1 for ``chi2``)."""
+    if gamma is not None:
+        return float(gamma)
+    if kernel == "chi2":
+        return 1.0
+    return 1.0 / max(n_features, 1)
+
+
+def lengthscale_for(kernel: str, gamma: float) -> float:
+    """The engine lengthscale ℓ of a native kernel for γ > 0 (see the module table)."""
+    if kernel == "laplacian":
+        return 1.0 / gamma
+    return 1.0 / math.sqrt(2.0 * gamma)
+
+
+# --------------------------------------------------------------------------------------
+# Gram matrices of the non-native kernels (torch), in sklearn's conventions
+# --------------------------------------------------------------------------------------
+def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """x / ‖x‖ row-wise; zero rows stay zero (sklearn's ``normalize``)."""
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / torch.where(norms == 0, torch.ones_like(norms), norms)
+
+
+def _additive_chi2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """−Σ_k (x_k − y_k)²/(x_k + y_k), 0/0 counted as 0; in row blocks (n·m·d memory)."""
+    if bool((x < 0).any()):
+        raise ValueError("X contains negative values.")
+    if y is not x and bool((y < 0).any()):
+        raise ValueError("Y contains negative values.")
+    out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
+    step = max(1, BLOCK_ENTRIES // max(1, y.shape[0] * x.shape[1]))
+    for i in range(0, x.shape[0], step):
+        xb = x[i : i + step, None, :]
+        num = (xb - y[None]).square()
+        den = xb + y[None]
+        zero = den == 0
+        out[i : i + step] = -torch.where(zero, 0.0, num / torch.where(zero, 1.0, den)).sum(-1)
+    return out
+
+
+def pairwise_torch(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    kernel: str,
+    *,
+    gamma: float | None,
+    degree: float,
+    coef0: float,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """K(x, y) (y None: K(x, x), exactly symmetric for the native kernels) for a string kernel."""
+    other = x if y is None else y
+    if kernel in NATIVE:
+        g = resolve_gamma(kernel, gamma, x.shape[1])
+        if g == 0.0:  # ℓ = ∞: every entry is k(0) = 1
+            return torch.ones(x.shape[0], other.shape[0], dtype=x.dtype, device=x.device)
+        return gram(
+            x, y, kernel=NATIVE[kernel], lengthscale=lengthscale_for(kernel, g), backend=backend
+        )
+    if kernel == "linear":
+        return x @ other.mT
+    if kernel in ("poly", "polynomial"):
+        g = resolve_gamma(kernel, gamma, x.shape[1])
+        return (x @ other.mT).mul_(g).add_(coef0).pow_(degree)
+    if kernel == "sigmoid":
+        g = resolve_gamma(kernel, gamma, x.shape[1])
+        return (x @ other.mT).mul_(g).add_(coef0).tanh_()
+    if kernel == "cosine":
+        xn = _normalize_rows(x)
+        return xn @ (xn if y is None else _normalize_rows(y)).mT
+    if kernel == "additive_chi2":
+        return _additive_chi2(x, other)
+    if kernel == "chi2":
+        return _additive_chi2(x, other).mul_(resolve_gamma(kernel, gamma, x.shape[1])).exp_()
+    raise ValueError(f"kernel: unknown kernel {kernel!r}; expected one of {KERNEL_CHOICES}")
+
+
+def kernel_times(
+    x: torch.Tensor,
+    x_fit: torch.Tensor,
+    coef: torch.Tensor,
+    kernel: str,
+    *,
+    gamma: float | None,
+    degree: float,
+    coef0: float,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """K(x, x_fit) @ coef (coef (n, p)) without holding the whole (m, n) matrix."""
+    if kernel in NATIVE:
+        g = resolve_gamma(kernel, gamma, x.shape[1])
+        if g == 0.0:
+            return coef.sum(0, keepdim=True).expand(x.shape[0], -1).clone()
+        return gram_matmul(
+            x,
+            x_fit,
+            coef,
+            kernel=NATIVE[kernel],
+            lengthscale=lengthscale_for(kernel, g),
+            backend=backend,
+        )
+    if kernel == "linear":  # x·(x_fitᵀ·coef): O((m + n)·d·p), no (m, n) block at all
+        return x @ (x_fit.mT @ coef)
+    out = torch.empty(x.shape[0], coef.shape[1], dtype=coef.dtype, device=coef.device)
+    step = max(1, BLOCK_ENTRIES // max(1, x_fit.shape[0]))
+    for i in range(0, x.shape[0], step):
+        block = pairwise_torch(
+            x[i : i + step], x_fit, kernel, gamma=gamma, degree=degree, coef0=coef0, backend=backend
+        )
+        out[i : i + step] = block @ coef
+    return out
+
+
+def pairwise_callable(
+    x: np.ndarray, y: np.ndarray | None, func: Callable, params: dict
+) -> np.ndarray:
+    """K[i, j] = func(x_i, y_j, **params) on rows, without scikit-learn (its fallback)."""
+    other = x if y is None else y
+    out = np.empty((x.shape[0], other.shape[0]), dtype=np.float64)
+    for i in range(x.shape[0]):
+        start = i if y is None else 0
+        for j in range(start, other.shape[0]):
+            out[i, j] = func(x[i], other[j], **params)
+            if y is None:
+                out[j, i] = out[i, j]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The dual solve, in scikit-learn's semantics
+# --------------------------------------------------------------------------------------
+def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least squares with scipy's defaults (``gelsd``, rcond = eps)."""
+    eps = float(torch.finfo(a.dtype).eps)
+    sol = torch.linalg.lstsq(a.cpu(), b.cpu(), rcond=eps, driver="gelsd").solution
+    return sol.to(b.device)
+
+
+def solve_mixed(
+    k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str = "auto"
+) -> torch.Tensor | None:
+    """(K + αI)⁻¹ b in float64 from a float32 Cholesky factor and float64 refinement.
+
+    LAPACK's ``dsposv`` scheme: factor A = K + αI in float32 (about twice the float64 speed),
+    then x ← x + A₃₂⁻¹ r with the residual r = b − A x in float64, until for every column
+    ‖r‖∞ ≤ ‖x‖∞ · ‖A‖_F · eps₆₄ · √n, the backward error of a float64 Cholesky solve
+    (``dsposv`` uses ‖A‖∞; the Frobenius norm needs no n × n temporary). Converges when
+    κ(A)·eps₃₂ ≪ 1; returns None when the float32 factorisation fails or the residual stops
+    shrinking, and the caller then factors in float64.
+    """
+    n = k.shape[0]
+    a32 = k.to(torch.float32)
+    a32.diagonal().add_(alpha)
+    if not bool(torch.isfinite(a32.diagonal()).all()):
+        return None
+    try:
+        lower = cholesky(a32, jitter=0, backend=backend)
+    except (NotPSDError, ValueError):  # indefinite, or overflow to inf in float32
+        return None
+    del a32
+    a_norm = float(torch.linalg.vector_norm(k)) + abs(alpha) * math.sqrt(n)
+    tol = a_norm * float(torch.finfo(torch.float64).eps) * math.sqrt(n)
+
+    def solve32(rhs: torch.Tensor) -> torch.Tensor:
+        # two triangular solves; torch.cholesky_solve would first copy the factor
+        z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
+        return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
+
+    x = solve32(b)
+    last = math.inf
+    for _ in range(MIXED_MAX_STEPS):
+        r = torch.addmm(b, k, x, alpha=-1.0).sub_(x, alpha=alpha)
+        r_norm = r.abs().amax(0)
+        if bool((r_norm <= tol * x.abs().amax(0)).all()):
+            return x
+        worst = float(r_norm.max())
+        if not math.isfinite(worst) or worst > 0.5 * last:  # not converging: κ too large
+            return None
+        last = worst
+        scale = r_norm.clamp_min(torch.finfo(torch.float64).tiny)  # keep r in float32 range
+        x.add_(solve32(r / scale) * scale)
+    return None
+
+
+def _solve_one(k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str) -> torch.Tensor:
+    """(K + αI)⁻¹ b: one Cholesky; float64 falls back to least squares like sklearn."""
+    if k.dtype == torch.float64:
+        if k.device.type == "cpu" and k.shape[0] >= MIXED_MIN_N and backend != "torch":
+            x = solve_mixed(k, b, alpha, backend)
+            if x is not None:
+                return x
+        try:
+            with warnings.catch_warnings():
+                # no jitter in float64: a failed factorisation means scikit-learn's lstsq
+                warnings.simplefilter("error", NumericalWarning)
+                return ridge_solve(k, b, alpha, backend=backend)
+        except (NumericalWarning, NotPSDError):
+            warnings.warn(SINGULAR_WARNING, UserWarning, stacklevel=4)
+            eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+            return _lstsq(k + alpha * eye, b)
+    try:
+        return ridge_solve(k, b, alpha, backend=backend)
+    except NotPSDError as exc:
+        n = k.shape[0]
+        raise NotPSDError(
+            f"KernelRidge: the kernel matrix plus alpha·I ({n}×{n}, {k.dtype}) is not "
+            f"numerically positive definite with alpha={alpha:.3g}, even with jitter. "
+            "Increase alpha or use float64 (dtype=torch.float64, the default for NumPy input)."
+        ) from exc
+
+
+def solve_dual(
+    k: torch.Tensor,
+    y: torch.Tensor,
+    alpha: np.ndarray,
+    sample_weight: torch.Tensor | None,
+    *,
+    backend: str = "auto",
+    own_k: bool = False,
+) -> torch.Tensor:
+    """Dual coefficients c (n, p) of ``(K + α_j I) c_j = y_j`` per target j.
+
+    Like ``sklearn.linear_model._ridge._solve_cholesky_kernel``: weights enter as
+    K ← diag(√w) K diag(√w), y ← √w·y, c ← √w·c; one α for all targets (all equal) means one
+    factorisation; otherwise one factorisation per distinct α. ``own_k``: K may be scaled in
+    place.
+    """
+    p = y.shape[1]
+    sw = None
+    if sample_weight is not None:
+        sw = sample_weight.sqrt()
+        k = k.mul_(sw[:, None]) if own_k else k * sw[:, None]
+        k.mul_(sw[None, :])
+        y = y * sw[:, None]
+    alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    if (alpha == alpha[0]).all():
+        coef = _solve_one(k, y, float(alpha[0]), backend)
+    else:
+        if alpha.shape[0] != p:
+            raise ValueError(
+                f"alpha: expected one value per target ({p}), got an array of "
+                f"length {alpha.shape[0]}"
+            )
+        coef = torch.empty_like(y)
+        for value in np.unique(alpha):
+            cols = torch.from_numpy(np.flatnonzero(alpha == value)).to(y.device)
+            coef[:, cols] = _solve_one(k, y[:, cols].contiguous(), float(value), backend)
+    if sw is not None:
+        coef = coef * sw[:, None]
+    return coef
+
+
+# --------------------------------------------------------------------------------------
+# Reference: the whole fit + predict in plain torch (shared by tests and benchmarks)
+# --------------------------------------------------------------------------------------
+def kernel_ridge_ref(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    alpha: float = 1.0,
+    gamma: float | None = None,
+) -> torch.Tensor:
+    """RBF kernel ridge in plain torch: K by ``cdist``, Cholesky, ``K_test @ c``.
+
+    What a careful user would write without fastamort (the benchmark's torch baseline).
+    """
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+    k = torch.cdist(x, x).square_().mul_(-g).exp_()
+    k.diagonal().add_(alpha)
+    lower = torch.linalg.cholesky(k)
+    coef = torch.cholesky_solve(y.reshape(x.shape[0], -1), lower)
+    k_test = torch.cdist(x_test, x).square_().mul_(-g).exp_()
+    return (k_test @ coef).reshape(x_test.shape[0], *y.shape[1:])

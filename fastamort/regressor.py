@@ -1,0 +1,575 @@
+"""``fastamort.KernelRidge``: scikit-learn's kernel ridge regressor on fastamort's engines.
+
+A drop-in replacement for :class:`sklearn.kernel_ridge.KernelRidge` (same constructor,
+attributes, results and errors) that builds the Gram matrix with :func:`fastamort.gram`,
+solves with :func:`fastamort.ridge_solve` (one Cholesky) and predicts with the fused
+:func:`fastamort.gram_matmul`, on the CPU (C++ extension) or a GPU (Triton), and accepts
+torch tensors. scikit-learn is optional: with it installed the class is a real sklearn
+estimator (``BaseEstimator`` and mixins, sklearn's input validation and parameter checks);
+without it a minimal stand-in keeps ``get_params``/``set_params``/``score`` working.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._regressor_kernels import (
+    KERNEL_CHOICES,
+    kernel_times,
+    pairwise_callable,
+    pairwise_torch,
+    solve_dual,
+)
+
+try:
+    from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+    try:
+        from sklearn.utils.validation import validate_data as _sk_validate_data
+    except ImportError:  # scikit-learn < 1.6: the method on BaseEstimator
+        _sk_validate_data = None
+    HAVE_SKLEARN = True
+except ImportError:  # scikit-learn is an optional dependency
+    HAVE_SKLEARN = False
+
+    class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]
+        """Raised when predict/score is called before fit (as scikit-learn's)."""
+
+    class BaseEstimator:  # type: ignore[no-redef]
+        """get_params/set_params from the constructor signature (scikit-learn's contract)."""
+
+        @classmethod
+        def _get_param_names(cls) -> list[str]:
+            sig = inspect.signature(cls.__init__)
+            return sorted(p for p in sig.parameters if p != "self")
+
+        def get_params(self, deep: bool = True) -> dict[str, Any]:
+            return {name: getattr(self, name) for name in self._get_param_names()}
+
+        def set_params(self, **params: Any):
+            valid = self._get_param_names()
+            for key, value in params.items():
+                if key not in valid:
+                    raise ValueError(
+                        f"Invalid parameter {key!r} for estimator {self}. "
+                        f"Valid parameters are: {valid!r}."
+                    )
+                setattr(self, key, value)
+            return self
+
+        def __repr__(self) -> str:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+            return f"{type(self).__name__}({args})"
+
+    class RegressorMixin:  # type: ignore[no-redef]
+        """Marker; ``score`` is defined on the estimator itself."""
+
+    class MultiOutputMixin:  # type: ignore[no-redef]
+        """Marker: y may have several columns."""
+
+
+__all__ = ["KernelRidge", "NotFittedError"]
+
+_BACKENDS = ("auto", "triton", "cpp", "torch")
+
+
+# --------------------------------------------------------------------------------------
+# Input validation without scikit-learn (torch tensors, or NumPy when sklearn is absent)
+# --------------------------------------------------------------------------------------
+def _as_tensor(a: Any, name: str) -> torch.Tensor:
+    """A tensor view of array-like input, refusing what sklearn's ``check_array`` refuses."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind in "OUS":
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: could not convert to a numeric array: {exc}") from exc
+        if arr.dtype.kind == "c":
+            raise ValueError("Complex data not supported")
+        if arr.dtype.kind == "b":
+            arr = arr.astype(np.float64)
+        t = _from_numpy(arr)
+    if t.is_complex():
+        raise ValueError("Complex data not supported")
+    return t
+
+
+def _from_numpy(arr: np.ndarray) -> torch.Tensor:
+    """torch view of a NumPy array (a copy when it is read-only or not native-endian)."""
+    if not arr.flags.writeable or not arr.dtype.isnative:
+        arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))
+    return torch.from_numpy(arr)
+
+
+def _check_x(x: torch.Tensor, name: str = "X") -> None:
+    if x.ndim != 2:
+        raise ValueError(
+            f"Expected a 2D array for {name}, got shape {tuple(x.shape)}. Reshape your data "
+            "with .reshape(-1, 1) for a single feature or .reshape(1, -1) for a single sample."
+        )
+    if x.shape[0] < 1:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={tuple(x.shape)}) while a minimum of 1 is "
+            "required."
+        )
+    if x.shape[1] < 1:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={tuple(x.shape)}) while a minimum of 1 is "
+            "required."
+        )
+    _check_finite(x, name)
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"Input {name} contains NaN or infinity.")
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype:
+    """float32/float64 from a torch dtype, NumPy dtype or name; ValueError otherwise."""
+    if isinstance(dtype, torch.dtype):
+        out = dtype
+    else:
+        try:
+            out = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+                np.dtype(dtype)
+            ]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"dtype: expected float32 or float64 (torch or NumPy), got {dtype!r}"
+            ) from exc
+    if out not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype: expected float32 or float64, got {out}")
+    return out
+
+
+def _r2(y: torch.Tensor, pred: torch.Tensor, sample_weight: Any) -> float:
+    """R², uniform average over targets, as ``sklearn.metrics.r2_score`` (force_finite)."""
+    y = y.to(pred.dtype).reshape(pred.shape[0], -1)
+    pred = pred.reshape(pred.shape[0], -1)
+    if y.shape != pred.shape:
+        raise ValueError(f"y: shape {tuple(y.shape)} does not match the predictions'")
+    if y.shape[0] < 2:
+        warnings.warn(
+            "R^2 score is not well-defined with less than two samples.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return float("nan")
+    if sample_weight is None:
+        w = torch.ones(y.shape[0], 1, dtype=y.dtype, device=y.device)
+    else:
+        w = _as_tensor(sample_weight, "sample_weight").to(y.device, y.dtype).reshape(-1, 1)
+    num = (w * (y - pred).square()).sum(0)
+    mean = (w * y).sum(0) / w.sum()
+    den = (w * (y - mean).square()).sum(0)
+    ones = torch.ones_like(num)
+    r2 = torch.where(
+        den != 0, 1 - num / torch.where(den != 0, den, ones), torch.where(num == 0, ones, 0 * ones)
+    )
+    return float(r2.mean())
+
+
+# --------------------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------------------
+class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """Kernel ridge regression, scikit-learn compatible, on fastamort's fast engines.
+
+    Fits the dual coefficients ``c`` of ``(K + alpha·I) c = y`` with ``K = k(X, X)`` (no
+    intercept, y not centred, no scaling by n: exactly scikit-learn's
+    :class:`~sklearn.kernel_ridge.KernelRidge`) and predicts ``k(X_new, X_fit_) @ c``.
+
+    Parameters
+    ----------
+    alpha : float or array-like of shape (n_targets,), default=1.0
+        Ridge added to the kernel diagonal; one per target if an array is given.
+    kernel : str or callable, default="linear"
+        scikit-learn's names: ``"linear"``, ``"rbf"``, ``"laplacian"``, ``"poly"`` /
+        ``"polynomial"``, ``"sigmoid"``, ``"cosine"``, ``"additive_chi2"``, ``"chi2"``,
+        ``"precomputed"`` (X is the kernel matrix), or a callable on pairs of rows (its
+        extra arguments from ``kernel_params``); plus ``"matern12"``, ``"matern32"``,
+        ``"matern52"``. ``rbf``, ``laplacian`` and the Matérn kernels run on the fused
+        engine (no n_test × n_train matrix is stored when predicting).
+    gamma : float, default=None
+        ``rbf``: exp(−γ‖x − y‖²); ``laplacian``: exp(−γ‖x − y‖₁); Matérn: lengthscale
+        ℓ = 1/√(2γ) (the lengthscale ``rbf`` has for the same γ); ``poly``, ``sigmoid``: the
+        inner-product scale; ``chi2``: exp(γ·additive_chi2). ``None`` means
+        ``1/n_features`` (``chi2``: 1).
+    degree : float, default=3
+        Degree of the polynomial kernel.
+    coef0 : float, default=1
+        Offset of the polynomial and sigmoid kernels.
+    kernel_params : dict, default=None
+        Extra keyword arguments of a callable kernel.
+    backend : {"auto", "triton", "cpp", "torch"}, default="auto"
+        Backend of the fastamort ops (see :mod:`fastamort._backends`).
+    device : str or torch.device, default=None
+        Where to compute. ``None``: the device of torch input, the CPU for NumPy input.
+    dtype : torch or NumPy float dtype, or its name, default=None
+        Compute dtype. ``None``: float64 for NumPy input (as scikit-learn), the input's
+        dtype for float32/float64 tensors.
+
+    Attributes
+    ----------
+    dual_coef_ : ndarray or Tensor of shape (n_samples,) or (n_samples, n_targets)
+        Dual coefficients ``c`` (a tensor on the compute device when fitted on tensors).
+    X_fit_ : ndarray or Tensor of shape (n_samples, n_features)
+        Training data in the compute dtype (the kernel matrix for ``"precomputed"``).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, when it had string column names (pandas).
+
+    Notes
+    -----
+    * NumPy in → NumPy out, in the compute dtype (float64 unless ``dtype`` says otherwise);
+      torch in → torch out, on the input's device and in its dtype. Inputs are detached:
+      for gradients use :func:`fastamort.gram` and :func:`fastamort.ridge_solve` directly.
+    * Sample weights enter as K ← diag(√w) K diag(√w), y ← √w·y, c ← √w·c (scikit-learn).
+    * Large float64 fits on the CPU (n ≥ 1536) factor K + αI in float32 and refine the
+      solution in float64 until its residual is at the level of a float64 Cholesky solve
+      (LAPACK ``dsposv``'s scheme, about twice as fast); when that does not converge
+      (κ(K + αI) too large for float32) they factor in float64 instead.
+    * When the Cholesky factorisation fails in float64 the fit warns ("Singular matrix in
+      solving dual problem. Using least-squares solution instead.") and uses the
+      minimum-norm least-squares solution, as scikit-learn does (also for per-target
+      alphas, where scikit-learn raises). In float32 fastamort's jitter policy applies
+      (a ``NumericalWarning`` per retry), then :class:`fastamort.NotPSDError` says to
+      increase ``alpha`` or use float64.
+    * Sparse X is accepted (as scikit-learn) and densified; ``X_fit_`` is then dense.
+    * Callable kernels are evaluated on the CPU, row pair by row pair (through scikit-learn's
+      ``pairwise_kernels`` when installed), on NumPy rows in the compute dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastamort import KernelRidge
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.randn(50, 3), rng.randn(50)
+    >>> model = KernelRidge(alpha=0.1, kernel="rbf", gamma=0.5).fit(X, y)
+    >>> model.predict(X[:2]).shape
+    (2,)
+    """
+
+    if HAVE_SKLEARN:
+        _parameter_constraints: dict = {
+            "alpha": [Interval(numbers.Real, 0, None, closed="left"), "array-like"],
+            "kernel": [StrOptions(set(KERNEL_CHOICES)), callable],
+            "gamma": [Interval(numbers.Real, 0, None, closed="left"), None],
+            "degree": [Interval(numbers.Real, 0, None, closed="left")],
+            "coef0": [Interval(numbers.Real, None, None, closed="neither")],
+            "kernel_params": [dict, None],
+            "backend": [StrOptions(set(_BACKENDS))],
+            "device": [str, torch.device, None],
+            "dtype": [torch.dtype, np.dtype, type, str, None],
+        }
+
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        kernel="linear",
+        gamma=None,
+        degree=3,
+        coef0=1,
+        kernel_params=None,
+        backend="auto",
+        device=None,
+        dtype=None,
+    ):
+        self.alpha = alpha
+        self.kernel = kernel
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.kernel_params = kernel_params
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
+
+    # ---- scikit-learn tags ---------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.pairwise = isinstance(self.kernel, str) and self.kernel == "precomputed"
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"pairwise": isinstance(self.kernel, str) and self.kernel == "precomputed"}
+
+    # ---- validation ----------------------------------------------------------------
+    def _check_params(self) -> None:
+        if HAVE_SKLEARN:
+            self._validate_params()
+        else:
+            if not (callable(self.kernel) or self.kernel in KERNEL_CHOICES):
+                raise ValueError(
+                    f"kernel: unknown kernel {self.kernel!r}; expected a callable or one of "
+                    f"{', '.join(KERNEL_CHOICES)}"
+                )
+            if isinstance(self.alpha, numbers.Real) and self.alpha < 0:
+                raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
+            if self.gamma is not None and not self.gamma >= 0:
+                raise ValueError(f"gamma: must be >= 0 or None, got {self.gamma}")
+            if self.backend not in _BACKENDS:
+                raise ValueError(f"backend: expected one of {_BACKENDS}, got {self.backend!r}")
+        if self.dtype is not None:
+            _torch_dtype(self.dtype)
+
+    def _device_for(self, x: Any) -> torch.device:
+        if self.device is not None:
+            try:
+                return torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device: not a torch device: {self.device!r}") from exc
+        return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+    def _validate_numpy(self, X, y=None, *, reset: bool):
+        """scikit-learn's validation (feature names, n_features_in_, messages) for NumPy."""
+        kwargs = {"accept_sparse": ("csr", "csc"), "reset": reset}
+        if y is not None or reset:
+            kwargs.update(multi_output=True, y_numeric=True)
+            args = (X, y)
+        else:
+            args = (X,)
+        if _sk_validate_data is not None:
+            out = _sk_validate_data(self, *args, **kwargs)
+        else:
+            out = self._validate_data(*args, **kwargs)
+        if reset:
+            X, y = out
+        else:
+            X = out
+        if hasattr(X, "toarray"):  # sparse: densify (the engines work on dense arrays)
+            X = X.toarray()
+        return (X, y) if reset else X
+
+    def _validate_tensor(self, X, y=None, *, reset: bool):
+        """The same checks, without scikit-learn (torch input, or sklearn not installed)."""
+        if reset and y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        x = _as_tensor(X, "X")
+        _check_x(x)
+        if reset:
+            self.n_features_in_ = x.shape[1]
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        if not reset:
+            return x
+        yt = _as_tensor(y, "y")
+        if yt.ndim not in (1, 2):
+            raise ValueError(f"y: expected a 1D or 2D array, got shape {tuple(yt.shape)}")
+        if yt.shape[0] != x.shape[0]:
+            raise ValueError(
+                "Found input variables with inconsistent numbers of samples: "
+                f"[{x.shape[0]}, {yt.shape[0]}]"
+            )
+        _check_finite(yt, "y")
+        return x, yt
+
+    def _sample_weight(self, sample_weight, n: int, X_np) -> torch.Tensor | None:
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
+            sw = torch.full((n,), float(sample_weight), dtype=torch.float64)
+        elif HAVE_SKLEARN and X_np is not None and not isinstance(sample_weight, torch.Tensor):
+            sw = _from_numpy(np.asarray(_check_sample_weight(sample_weight, X_np)))
+        else:
+            sw = _as_tensor(sample_weight, "sample_weight")
+            if sw.ndim != 1 or sw.shape[0] != n:
+                raise ValueError(f"sample_weight.shape == {tuple(sw.shape)}, expected ({n},)!")
+            if bool((sw == 0).all()):
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+        _check_finite(sw, "sample_weight")
+        if bool((sw < 0).any()):
+            raise ValueError(
+                "sample_weight: negative weights are not supported (kernel ridge scales the "
+                "kernel rows and columns by their square roots)"
+            )
+        return sw
+
+    # ---- kernel --------------------------------------------------------------------
+    def _kernel_params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "degree": self.degree, "coef0": self.coef0}
+
+    def _callable_gram(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        xn = x.cpu().numpy()
+        yn = None if y is None else y.cpu().numpy()
+        params = self.kernel_params or {}
+        if HAVE_SKLEARN:
+            from sklearn.metrics.pairwise import pairwise_kernels
+
+            k = pairwise_kernels(xn, yn, metric=self.kernel, filter_params=True, **params)
+        else:
+            k = pairwise_callable(xn, yn, self.kernel, params)
+        return torch.as_tensor(np.asarray(k), dtype=x.dtype).to(x.device)
+
+    # ---- fit / predict -------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the kernel ridge model.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+            Training data (the kernel matrix (n_samples, n_samples) for ``"precomputed"``).
+        y : array-like or Tensor of shape (n_samples,) or (n_samples, n_targets)
+            Targets.
+        sample_weight : float or array-like of shape (n_samples,), default=None
+            Per-sample weights (≥ 0).
+
+        Returns
+        -------
+        self : KernelRidge
+        """
+        self._check_params()
+        torch_in = isinstance(X, torch.Tensor)
+        X_np = None
+        if torch_in or not HAVE_SKLEARN:
+            x, yt = self._validate_tensor(X, y, reset=True)
+        else:
+            X_np, y_np = self._validate_numpy(X, y, reset=True)
+            x, yt = _from_numpy(np.asarray(X_np)), _as_tensor(y_np, "y")
+        dtype = self._fit_dtype(x if torch_in else None)
+        device = self._device_for(X)
+        x = x.to(device=device, dtype=dtype)
+        yt = yt.to(device=device, dtype=dtype)
+        n = x.shape[0]
+        sw = self._sample_weight(sample_weight, n, X_np)
+        if sw is not None:
+            sw = sw.to(device=device, dtype=dtype)
+
+        precomputed = isinstance(self.kernel, str) and self.kernel == "precomputed"
+        with torch.no_grad():
+            if precomputed:
+                if x.shape[0] != x.shape[1]:
+                    raise ValueError(
+                        "Precomputed metric requires shape (n_queries, n_indexed). Got "
+                        f"({x.shape[0]}, {x.shape[1]}) for {x.shape[0]} indexed."
+                    )
+                k, own_k = x, False
+            elif callable(self.kernel):
+                k, own_k = self._callable_gram(x, None), True
+            else:
+                k = pairwise_torch(
+                    x, None, self.kernel, backend=self.backend, **self._kernel_params()
+                )
+                own_k = True
+            alpha = self.alpha
+            if isinstance(alpha, torch.Tensor):
+                alpha = alpha.detach().cpu().numpy()
+            coef = solve_dual(
+                k,
+                yt.reshape(n, -1),
+                np.asarray(alpha, dtype=np.float64),
+                sw,
+                backend=self.backend,
+                own_k=own_k,
+            )
+        coef = coef.reshape(yt.shape)
+        if torch_in:
+            self.dual_coef_, self.X_fit_ = coef, x
+        else:
+            self.dual_coef_ = coef.cpu().numpy()
+            self.X_fit_ = x.cpu().numpy()
+        return self
+
+    def _fit_dtype(self, x: torch.Tensor | None) -> torch.dtype:
+        if self.dtype is not None:
+            return _torch_dtype(self.dtype)
+        if x is not None and x.dtype in (torch.float32, torch.float64):
+            return x.dtype
+        if x is not None and x.is_floating_point():  # float16 / bfloat16
+            return torch.float32
+        return torch.float64
+
+    def _fitted(self, name: str, dtype: torch.dtype | None, device: torch.device):
+        value = getattr(self, name)
+        t = value.detach() if isinstance(value, torch.Tensor) else _from_numpy(np.asarray(value))
+        return t.to(device=device, dtype=t.dtype if dtype is None else dtype)
+
+    def predict(self, X):
+        """Predict with the fitted model.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+            Samples (the kernel matrix (n_samples, n_samples_fitted) for ``"precomputed"``).
+
+        Returns
+        -------
+        ndarray or Tensor of shape (n_samples,) or (n_samples, n_targets)
+            NumPy for NumPy input; for a tensor, a tensor on its device and in its dtype.
+        """
+        check_is_fitted(self)
+        torch_in = isinstance(X, torch.Tensor)
+        if torch_in or not HAVE_SKLEARN:
+            x = self._validate_tensor(X, reset=False)
+        else:
+            x = _from_numpy(np.asarray(self._validate_numpy(X, reset=False)))
+        device = self._device_for(X)
+        coef = self._fitted("dual_coef_", None, device)
+        dtype = coef.dtype
+        coef2 = coef.reshape(coef.shape[0], -1)
+        x = x.to(device=device, dtype=dtype)
+        with torch.no_grad():
+            if isinstance(self.kernel, str) and self.kernel == "precomputed":
+                if x.shape[1] != coef2.shape[0]:
+                    raise ValueError(
+                        "Precomputed metric requires shape (n_queries, n_indexed). Got "
+                        f"({x.shape[0]}, {x.shape[1]}) for {coef2.shape[0]} indexed."
+                    )
+                out = x @ coef2
+            else:
+                x_fit = self._fitted("X_fit_", dtype, device)
+                if callable(self.kernel):
+                    out = self._callable_gram(x, x_fit) @ coef2
+                else:
+                    out = kernel_times(
+                        x, x_fit, coef2, self.kernel, backend=self.backend, **self._kernel_params()
+                    )
+        out = out.reshape(x.shape[0], *coef.shape[1:])
+        if not torch_in:
+            return out.cpu().numpy()
+        out_dtype = X.dtype if X.is_floating_point() else dtype
+        return out.to(device=X.device, dtype=out_dtype)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Coefficient of determination R² of the predictions (scikit-learn's ``r2_score``).
+
+        Works on NumPy (through scikit-learn when installed) and on torch tensors.
+        """
+        if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
+        return _r2(_as_tensor(y, "y").to(pred_t.device), pred_t, sample_weight)
+
+
+if not HAVE_SKLEARN:
+
+    def check_is_fitted(estimator) -> None:
+        if not hasattr(estimator, "dual_coef_"):
+            raise NotFittedError(
+                f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
