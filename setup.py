@@ -3,10 +3,14 @@
 Environment:
     FASTAMORT_NO_EXT=1   build a pure-Python package (the torch backend only).
     FASTAMORT_DEBUG=1    build the extension with -O0 -g.
+    FASTAMORT_BUILD_JOBS compile the C++ sources with this many parallel jobs (default: all CPUs).
 
-The extension links no BLAS: it takes SciPy's BLAS/LAPACK through the capsules of
-scipy.linalg.cython_blas at import time. Flags are portable (baseline ISA of the target);
-the hot element-wise loops are also compiled for AVX2+FMA and chosen at run time.
+The extension links no BLAS (and no libtorch, no CUDA): it takes SciPy's BLAS/LAPACK through
+the capsules of scipy.linalg.cython_blas at import time. Flags are portable: no -march, so the
+compiler's baseline ISA of the target (x86-64 with SSE2, or armv8-a); the hot element-wise
+loops and the batched small Cholesky are also compiled for AVX2+FMA (GCC target attributes,
+x86-64 only) and chosen at run time from the CPU's features (``fastamort._C.simd_isa()``).
+So one wheel per Python and platform runs on any CPU of that platform.
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ def _extensions() -> list:
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     debug = os.environ.get("FASTAMORT_DEBUG", "0") not in ("", "0")
     compile_args = ["-O0", "-g"] if debug else ["-O3"]
-    compile_args += ["-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
+    compile_args += [
+        "-fopenmp",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+    ]
     link_args = ["-fopenmp"]
     if sys.platform == "darwin":  # Apple clang: OpenMP through libomp if present
         compile_args = [a for a in compile_args if a != "-fopenmp"] + ["-Xpreprocessor", "-fopenmp"]
@@ -51,8 +61,9 @@ def _extensions() -> list:
 def _cmdclass() -> dict:
     if os.environ.get("FASTAMORT_NO_EXT", "0") not in ("", "0"):
         return {}
-    from pybind11.setup_helpers import build_ext
+    from pybind11.setup_helpers import ParallelCompile, build_ext
 
+    ParallelCompile("FASTAMORT_BUILD_JOBS").install()  # the sources compile independently
     return {"build_ext": build_ext}
 
 

@@ -17,6 +17,9 @@ PYBIND11_MODULE(_C, m) {
   fastamort::bind_gram(m);
   fastamort::bind_ridge(m);
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the kernels.");
+  m.def(
+      "set_num_threads", [](int n) { omp_set_num_threads(n < 1 ? 1 : n); }, py::arg("n"),
+      "Sets the OpenMP threads of the kernels (fastamort keeps it equal to torch's).");
   m.def("blas_source", []() { return fastamort::blas::describe(); });
 #ifdef FASTAMORT_VERSION
   m.attr("__version__") = FASTAMORT_VERSION;

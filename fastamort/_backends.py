@@ -53,7 +53,15 @@ def cpp_module() -> ModuleType:
             "the C++ extension fastamort._C is not available "
             f"({why}); reinstall without FASTAMORT_NO_EXT=1 to build it"
         )
+    threads = torch.get_num_threads()
+    if threads != _cpp_threads[0] and hasattr(mod, "set_num_threads"):
+        # the extension has its own OpenMP runtime: keep it at torch.set_num_threads's value
+        mod.set_num_threads(threads)
+        _cpp_threads[0] = threads
     return mod
+
+
+_cpp_threads = [0]
 
 
 def triton_module(name: str) -> ModuleType:

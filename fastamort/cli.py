@@ -1,4 +1,4 @@
-"""Command line: ``fastamort info`` and ``fastamort bench <name>``."""
+"""Command line: ``fastamort info``, ``demo``, ``experiment <name>`` and ``bench <name>``."""
 
 from __future__ import annotations
 
@@ -55,14 +55,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastamort", description="fastamort command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and available backends")
+    sub.add_parser(
+        "demo",
+        help="the main job: train factor analysis by amortised learning (see fastamort demo -h)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "experiment",
+        help="run one of the paper's experiments (fastamort experiment --list)",
+        add_help=False,
+    )
     bench = sub.add_parser("bench", help="run a benchmark", add_help=False)
-    bench.add_argument("name", help="which benchmark (gram)")
+    bench.add_argument("name", nargs="?", help="which benchmark (fastamort bench --list)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(info_text())
         return 0
+    if args.command == "demo":
+        from fastamort.demo import main as demo_main
+
+        return int(demo_main(rest) or 0)
+    if args.command == "experiment":
+        from fastamort.experiments import main as experiment_main
+
+        return int(experiment_main(rest, prog="fastamort experiment") or 0)
     from fastamort.benchmarks import BENCHMARKS
 
+    if args.name is None:
+        if "--list" in rest:
+            print("\n".join(BENCHMARKS))
+            return 0
+        parser.error(f"bench: name a benchmark: {', '.join(BENCHMARKS)}")
     if args.name not in BENCHMARKS:
         parser.error(f"unknown benchmark {args.name!r}; choose from {', '.join(BENCHMARKS)}")
     module = importlib.import_module(f"fastamort.benchmarks.{args.name}")

@@ -1,20 +1,177 @@
-"""Every ```python block of README.md runs (so the examples cannot rot)."""
+"""README.md cannot rot: every code block is run or checked here.
+
+* ```python blocks run as they are (each at most 10 lines: the README promises ten-line
+  examples);
+* ```bash blocks: every command is listed in SHELL below, either run here (cheap ones), or
+  named by the test that covers it, or excluded with the reason; a new command without an
+  entry fails;
+* ```text blocks are output or a file tree, not code; the demo's printed metrics are checked
+  against a real run by tests/test_demo.py::test_default_demo_closes_the_gap_to_the_mle;
+* the benchmark table is regenerated from bench/results/*_cpu.json and must match.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TEXT = README.read_text()
+FENCED = re.findall(r"^```(\w*)\n(.*?)^```", TEXT, flags=re.S | re.M)
+BLOCKS = [code for lang, code in FENCED if lang == "python"]
+TEST_COMMAND = "TRITON_INTERPRET=1 python -m pytest -n 2 -q"
+
+# command -> ("run", expected output fragment) | ("test", "tests/file.py::name") | ("skip", why)
+SHELL = {
+    "pip install torch==2.13.0": ("skip", "installs packages; .ci/run runs this install"),
+    'pip install -e ".[test]"': ("skip", "installs packages; .ci/run runs this install"),
+    "fastamort demo": ("test", "tests/test_demo.py::test_default_demo_closes_the_gap_to_the_mle"),
+    TEST_COMMAND: ("skip", "the test suite itself; CI runs it from the line after the marker"),
+    "fastamort bench gram --quick": ("run", "--quick"),  # run as --help: a timing run is ~1 min
+    "pip wheel . --no-deps --no-build-isolation -w dist": (
+        "test",
+        "tests/test_wheel.py::test_cpu_wheel_builds_installs_and_runs_away_from_the_source_tree",
+    ),
+    "FASTAMORT_NO_EXT=1 pip wheel . --no-deps --no-build-isolation -w dist": (
+        "test",
+        "tests/test_wheel.py::test_no_ext_builds_a_pure_python_wheel",
+    ),
+    "python -m build": ("skip", "needs `build` and network access for its isolated build env"),
+    "pipx run cibuildwheel --platform linux": ("skip", "needs Docker and network access"),
+}
+
+
+def _shell_commands() -> list[str]:
+    out = []
+    for lang, code in FENCED:
+        if lang == "bash":
+            for line in code.splitlines():
+                out += [c.strip() for c in line.split("&&") if c.strip()]
+    return out
 
 
 def test_readme_has_examples():
-    assert len(BLOCKS) >= 2
+    assert len(BLOCKS) >= 3
+    assert {lang for lang, _ in FENCED} <= {"python", "bash", "text"}, "unknown block language"
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index):
+    lines = [line for line in BLOCKS[index].splitlines() if line.strip()]
+    assert len(lines) <= 10, f"README.md block {index} has {len(lines)} lines (10 at most)"
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
+
+
+def test_readme_first_command_installs_and_runs_the_demo():
+    first = next(code for lang, code in FENCED if lang == "bash").strip()
+    assert first == 'pip install torch==2.13.0 && pip install -e ".[test]" && fastamort demo'
+
+
+def test_readme_test_command_follows_the_marker():
+    after = TEXT.split("<!-- test-command -->", 1)[1].lstrip().splitlines()
+    assert after[0] == "```bash" and after[1] == TEST_COMMAND
+
+
+@pytest.mark.parametrize("command", _shell_commands())
+def test_readme_shell_command_is_checked(command):
+    assert command in SHELL, f"README command {command!r}: run it here, name its test, or skip"
+    kind, what = SHELL[command]
+    if kind == "test":
+        path, name = what.split("::")
+        module = importlib.import_module(Path(path).stem)
+        assert callable(getattr(module, name, None)), f"{what} does not exist"
+    elif kind == "run":
+        words = command.split()
+        assert words[0] == "fastamort"
+        args = [w for w in words[1:] if not w.startswith("--")] + ["--help"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastamort", *args], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert what in proc.stdout, proc.stdout
+    else:
+        assert kind == "skip" and what
+
+
+# -- the benchmark table -------------------------------------------------------------------
+# The rows shown: (op, M=N, D, dtype), (case, n, p, dtype) and (M, D) of the stored results.
+GRAM_ROWS = (
+    ("gram", 1024, 32, "float32"),
+    ("gram", 4096, 2, "float32"),
+    ("gram", 4096, 784, "float32"),
+    ("gram_matmul", 4096, 32, "float32"),
+)
+RIDGE_ROWS = (
+    ("single", 4096, 1, "float32"),
+    ("single", 2048, 17, "float64"),
+    ("batched", 32, 1, "float32"),
+    ("fused_krr", 64, 1, "float64"),
+)
+STEP_ROWS = ((1000, 2), (5000, 2), (1000, 784))
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"
+
+
+def _pick(rows, **want):
+    (row,) = [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+    return row
+
+
+def bench_table() -> str:
+    """The README's table, from the stored results (selected rows)."""
+    res = {n: json.loads((ROOT / f"bench/results/{n}_cpu.json").read_text()) for n in
+           ("gram", "ridge", "step")}  # fmt: skip
+    lines = [
+        "| benchmark | case | dtype | fastamort (cpp) | pure PyTorch | speed-up | authors' code |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def add(name, case, dtype, t, ref, speedup, authors=""):
+        lines.append(f"| {name} | {case} | {dtype} | {_ms(t)} | {_ms(ref)} | {speedup:.1f}× "
+                     f"| {authors} |".replace("|  |", "| |"))  # fmt: skip
+
+    gram = res["gram"]["rows"]
+    for op, m, d, dtype in GRAM_ROWS:
+        r = _pick(gram, op=op, M=m, D=d, dtype=dtype, backend="cpp")
+        case = f"{m}×{r['N']}, D={d}" + (f", P={r['P']}" if op == "gram_matmul" else "")
+        add(f"`{op}`", case, dtype, r["time_s"], r["torch_ref_s"], r["speedup"])
+    ridge = res["ridge"]["rows"]
+    for case, n, p, dtype in RIDGE_ROWS:
+        r = _pick(ridge, case=case, n=n, p=p, dtype=dtype, backend="cpp")
+        if case == "single":
+            name, label = "`ridge_solve`", f"n={n}, {p} rhs"
+        elif case == "batched":
+            name, label = "`ridge_solve`", f"{r['B']} × n={n}, batched"
+        else:
+            name, label = "`kernel_ridge_batched`", f"{r['B']} × n={n}, D={r['D']}"
+        add(name, label, dtype, r["time_s"], r["torch_s"], r["speedup"])
+    step = res["step"]["rows"]
+    for m, d in STEP_ROWS:
+        fast, ref, authors = (_pick(step, M=m, D=d, impl=i) for i in ("fast", "torch", "authors"))
+        add("learner step", f"M={m}, N={fast['N']}, D={d}", "float32", fast["time_s"],
+            ref["time_s"], fast["speedup_vs_torch"], _ms(authors["time_s"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def bench_hardware() -> str:
+    env = json.loads((ROOT / "bench/results/gram_cpu.json").read_text())["environment"]
+    return (
+        f"Hardware: {env['device_name']}, CPU only; torch {env['torch']}, Python {env['python']}, "
+        f"measured {env['date'][:10]}."
+    )
+
+
+def test_readme_bench_table_matches_the_stored_results():
+    table = TEXT.split("<!-- bench-table -->\n", 1)[1].split("\n\n", 1)[0]
+    expected = bench_table()
+    assert table == expected, f"regenerate the README table; from bench/results:\n{expected}"
+    assert bench_hardware() in TEXT, bench_hardware()

@@ -6,4 +6,4 @@ rows with device, dtype, shapes, versions and date. ``bench/bench_<name>.py`` in
 repository runs the same code and stores the results under ``bench/results/``.
 """
 
-BENCHMARKS = ("gram", "ridge", "step")
+BENCHMARKS = ("gram", "ridge", "step", "regressor", "scale", "distributed")

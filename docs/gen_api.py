@@ -1,0 +1,180 @@
+"""Writes docs/api.md from the docstrings of the public names (``fastamort.__all__``).
+
+The docstrings are the source: shapes, errors and examples live there, and their examples
+are run by tests/test_docs.py. Regenerate after changing a public docstring or signature:
+
+    python docs/gen_api.py            # rewrites docs/api.md
+    python docs/gen_api.py --check    # exit 1 if docs/api.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+import types
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "api.md"
+
+# Sections in reading order; public names not listed here land in "Other".
+SECTIONS: list[tuple[str, str, list[str]]] = [
+    (
+        "Engine ops",
+        "Differentiable torch ops on every backend (Triton for CUDA tensors, the C++ extension "
+        "for CPU tensors, the pure-PyTorch reference); `backend=` chooses one explicitly.",
+        [
+            "gram",
+            "gram_matmul",
+            "ridge_solve",
+            "cholesky",
+            "kernel_ridge_batched",
+            "KernelRidgeResult",
+            "KERNEL_NAMES",
+        ],
+    ),
+    (
+        "Drop-in regressor",
+        "scikit-learn's kernel ridge regressor on the engine ops.",
+        ["KernelRidge"],
+    ),
+    (
+        "Amortised learning",
+        "The estimator of the maximum-likelihood gradient and the training loop.",
+        [
+            "AmortisedLearner",
+            "amortised_objective",
+            "amortised_estimate",
+            "AmortisedEstimate",
+            "kernel_loss",
+        ],
+    ),
+    (
+        "Models and kernels",
+        "The model protocol (see docs/models.md for a guide) and the ready-made pieces.",
+        ["GenerativeModel", "ExpFamModel", "models", "kernels"],
+    ),
+    (
+        "Backends, errors and warnings",
+        "Which backend runs, and what goes wrong loudly.",
+        [
+            "BACKENDS",
+            "backend_report",
+            "record_backends",
+            "BackendUnavailableError",
+            "NotPSDError",
+            "NumericalWarning",
+            "NonFiniteError",
+        ],
+    ),
+]
+
+
+def _signature(obj) -> str:
+    try:
+        sig = str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return ""
+    return re.sub(r"(: |-> )'([^']*)'", r"\1\2", sig)  # string annotations without quotes
+
+
+def _fence(text: str) -> str:
+    return f"```text\n{text}\n```\n"
+
+
+def _members(cls) -> list[tuple[str, object]]:
+    """Public methods and properties defined by the class itself, with a docstring."""
+    out = []
+    for name, value in cls.__dict__.items():
+        if name.startswith("_"):
+            continue
+        func = value.fget if isinstance(value, property) else value
+        func = getattr(func, "__func__", func)  # classmethod / staticmethod
+        if callable(func) and inspect.getdoc(func):
+            out.append((name, value))
+    return out
+
+
+def _entry(name: str, obj) -> str:
+    head = f"### `fastamort.{name}`\n\n"
+    if isinstance(obj, types.ModuleType):
+        doc = inspect.getdoc(obj) or ""
+        public = getattr(obj, "__all__", None) or [
+            n  # defined there, not imported
+            for n, v in vars(obj).items()
+            if not n.startswith("_") and getattr(v, "__module__", None) == obj.__name__
+        ]
+        rows = []
+        for member in public:
+            value = getattr(obj, member, None)
+            if inspect.isclass(value) or inspect.isfunction(value):
+                summary = (inspect.getdoc(value) or "").split("\n", 1)[0]
+                rows.append(f"- `{name}.{member}{_signature(value)}`: {summary}")
+        return head + _fence(doc) + ("\n" + "\n".join(rows) + "\n" if rows else "")
+    if isinstance(obj, (tuple, list, str, int, float)):
+        return head + f"`{name} = {obj!r}`\n"
+    kind = "class" if inspect.isclass(obj) else "function"
+    text = head + f"{kind} `{name}{_signature(obj)}`\n\n" + _fence(inspect.getdoc(obj) or "")
+    if inspect.isclass(obj) and not issubclass(obj, BaseException):
+        for member, value in _members(obj):
+            if isinstance(value, property):
+                text += f"\n#### property `{name}.{member}`\n\n"
+                text += _fence(inspect.getdoc(value.fget) or "")
+            else:
+                func = getattr(value, "__func__", value)
+                text += f"\n#### `{name}.{member}{_signature(func)}`\n\n"
+                text += _fence(inspect.getdoc(func) or "")
+    return text
+
+
+def render() -> str:
+    import fastamort
+
+    public = [n for n in fastamort.__all__ if n != "__version__"]
+    listed = [n for _, _, names in SECTIONS for n in names]
+    sections = [*SECTIONS]
+    other = [n for n in public if n not in listed]
+    if other:
+        sections.append(("Other", "Public names not yet placed in a section.", other))
+    lines = [
+        "# API reference",
+        "",
+        "<!-- Generated by docs/gen_api.py from the docstrings; do not edit by hand. -->",
+        "",
+        "Every public name of `fastamort` (its `__all__`), with its docstring: shapes, errors "
+        "and examples. The examples are run by the test suite (tests/test_docs.py). Design "
+        "notes: [design.md](design.md); writing a model: [models.md](models.md).",
+        "",
+    ]
+    for title, _, names in sections:
+        present = [n for n in names if n in public]
+        lines.append(f"- [{title}](#{title.lower().replace(' ', '-').replace(',', '')}): "
+                     + ", ".join(f"`{n}`" for n in present))  # fmt: skip
+    lines.append("")
+    for title, intro, names in sections:
+        lines += [f"## {title}", "", intro, ""]
+        for name in names:
+            if name in public:
+                lines.append(_entry(name, getattr(fastamort, name)))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that api.md is current")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if OUT.read_text() != text:
+            print("docs/api.md is out of date: run `python docs/gen_api.py`", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
