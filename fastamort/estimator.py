@@ -18,15 +18,12 @@ For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier f
 warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
 formed from the weights in the same way, whatever solver produced them.
 
-``lam=None`` picks λ by closed-form leave-one-out error over a grid (one eigendecomposition)
-of the targets' derivatives along random directions in θ (what the estimator regresses);
-``kernel=None`` uses a Gaussian kernel with the median heuristic.
+``lam=None`` picks λ by closed-form leave-one-out error of the regression targets over a grid
+(one eigendecomposition); ``kernel=None`` uses a Gaussian kernel with the median heuristic.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +40,6 @@ from .solvers import SolverConfig, WarmStart, krr_weights
 #: mixtures with separated clusters) then extrapolates badly there (measured: cosine to the
 #: exact gradient 0.06–0.84 at λ ≤ 1e-6 against ≥ 0.98 for λ in [1e-3, 1]).
 LAMBDA_GRID = tuple(10.0 ** (k / 2) for k in range(-6, 5))
-#: Random directions in θ along which the leave-one-out choice of λ scores the targets.
-LAMBDA_DIRECTIONS = 8
 #: At most this many sleep points enter the leave-one-out choice of λ (cost O(m³)).
 LAMBDA_MAX_POINTS = 2000
 KRR_DTYPE = torch.float64
@@ -137,55 +132,6 @@ def regression_targets(model, z, x, estimator: str) -> tuple[torch.Tensor, torch
     return torch.cat([psi.reshape(-1, 1), eta], dim=1), model.sufficient_stats(x)
 
 
-class _Targets(torch.nn.Module):
-    """The regression targets as a module's forward, for ``torch.func`` transforms."""
-
-    def __init__(self, model: torch.nn.Module, estimator: str):
-        super().__init__()
-        self.model, self.estimator = model, estimator
-
-    def forward(self, z: Any, x: torch.Tensor) -> torch.Tensor:
-        return regression_targets(self.model, z, x, self.estimator)[0]
-
-
-def lambda_targets(
-    model, z, x, estimator: str, *, n_directions: int = LAMBDA_DIRECTIONS
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """What :func:`choose_lambda` scores: the targets' derivatives along random directions.
-
-    The estimator regresses the targets' *gradients* in θ (their values only enter through
-    them), so λ is chosen to predict v·∇θ T(z, x) for ``n_directions`` random unit directions
-    v (fixed seed; forward-mode AD, one pass each). Returns ``(D (M, R, C), S or None)``. When
-    the model does not support forward-mode AD, the targets' values (M, 1, C) instead.
-    """
-    params = {"model." + k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    with torch.no_grad():
-        values, stats = regression_targets(model, z, x, estimator)
-    if not params:
-        return values[:, None], stats
-    module = _Targets(model, estimator)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    columns = []
-    try:
-        with warnings.catch_warnings():
-            # torch's first forward-mode AD call loads decompositions via deprecated TorchScript
-            warnings.filterwarnings("ignore", "`torch.jit.script`", DeprecationWarning)
-            for _ in range(n_directions):
-                tangents = {
-                    k: torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v)
-                    for k, v in params.items()
-                }
-                norm = math.sqrt(sum(float(t.square().sum()) for t in tangents.values()))
-                tangents = {k: t / norm for k, t in tangents.items()}
-                _, d = torch.func.jvp(
-                    lambda p: torch.func.functional_call(module, p, (z, x)), (params,), (tangents,)
-                )
-                columns.append(d.detach())
-    except (RuntimeError, NotImplementedError, TypeError):  # no forward-mode AD for some op
-        return values[:, None], stats
-    return torch.stack(columns, 1), stats
-
-
 @torch.no_grad()
 def choose_lambda(
     features: torch.Tensor,
@@ -196,11 +142,9 @@ def choose_lambda(
 ) -> float:
     """λ with the smallest leave-one-out error of the predicted log joint at sleep points.
 
-    ``targets`` (M, C) or (M, R, C): R sets of targets scored together (e.g. the directional
-    derivatives of :func:`lambda_targets`). With K = U diag(d) Uᵀ, the hat matrix is
-    H = U diag(d/(d+λ)) Uᵀ and the LOO residual of a target t is (t − Ht)/(1 − H_ii), for
-    every λ from one eigendecomposition. For the exponential-family targets [ψ, η] the
-    scored residual is r_η·S(x_i) − r_ψ.
+    With K = U diag(d) Uᵀ, the hat matrix is H = U diag(d/(d+λ)) Uᵀ and the LOO residual of
+    a target t is (t − Ht)/(1 − H_ii), for every λ from one eigendecomposition. For the
+    exponential-family targets [ψ, η] the scored residual is r_η·S(x_i) − r_ψ.
     """
     m = features.shape[0]
     if m > LAMBDA_MAX_POINTS:
@@ -208,13 +152,10 @@ def choose_lambda(
         idx = torch.randperm(m, generator=g)[:LAMBDA_MAX_POINTS].to(features.device)
         features, targets = features[idx], targets[idx]
         stats = None if stats is None else stats[idx]
-        m = LAMBDA_MAX_POINTS
     k = kernel.gram_features(features.to(KRR_DTYPE))
     d, u = torch.linalg.eigh(k)
     d = d.clamp_min(0.0)
-    t3 = targets.detach().to(KRR_DTYPE)
-    t3 = t3[:, None] if t3.ndim == 2 else t3
-    t = t3.reshape(m, -1)
+    t = targets.detach().to(KRR_DTYPE)
     ut = u.mT @ t
     u2 = u * u
     best, best_err = grid[0], float("inf")
@@ -223,12 +164,11 @@ def choose_lambda(
         fitted = u @ (shrink[:, None] * ut)
         h_diag = u2 @ shrink
         resid = (t - fitted) / (1.0 - h_diag).clamp_min(1e-12)[:, None]
-        resid = resid.reshape(t3.shape)
         if stats is None:
             err = resid.square().mean()
         else:
-            s = stats.detach().to(KRR_DTYPE)[:, None, :]
-            err = ((resid[..., 1:] * s).sum(-1) - resid[..., 0]).square().mean()
+            s = stats.detach().to(KRR_DTYPE)
+            err = ((resid[:, 1:] * s).sum(-1) - resid[:, 0]).square().mean()
         err = float(err)
         if err < best_err:
             best, best_err = lam, err
@@ -322,11 +262,11 @@ def amortised_estimate(
     elif not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
 
-    targets, _ = regression_targets(model, z, xs, estimator)
+    targets, stats = regression_targets(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs).to(KRR_DTYPE)
         if lam is None:
-            lam_value = choose_lambda(fs, kernel, *lambda_targets(model, z, xs, estimator))
+            lam_value = choose_lambda(fs, kernel, targets, stats)
         else:
             lam_value = float(lam)
             if not lam_value >= 0:

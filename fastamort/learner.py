@@ -52,7 +52,7 @@ from .estimator import (
     amortised_estimate,
     choose_lambda,
     draw_sleep,
-    lambda_targets,
+    regression_targets,
     resolve_estimator,
 )
 from .kernel_learning import kernel_loss
@@ -184,8 +184,8 @@ class AmortisedLearner:
         if not bool(self.kernel.initialised):
             self.kernel.init_from(x)
         if not self._lam_given:
-            targets, stats = lambda_targets(self.model, z, x, self.estimator)
             with torch.no_grad():
+                targets, stats = regression_targets(self.model, z, x, self.estimator)
                 lam = choose_lambda(self.kernel.features(x), self.kernel, targets, stats)
                 self.log_lam.fill_(math.log(lam))
         self.initialised = True

@@ -253,7 +253,7 @@ def test_estimate_on_cuda_matches_cpu():
 def test_default_lambda_is_safe_when_wake_data_lie_off_the_sleep_distribution(estimator):
     # A mixture whose clusters sit away from the data: leave-one-out error at the sleep points
     # alone prefers near-interpolating λ (≈1e-7), whose weights extrapolate badly to the wake
-    # points (cosine down to 0.06 before the grid started at 1e-3).
+    # points (cosine down to 0.06 before the λ grid started at 1e-3).
     from fastamort.experiments.gradient_estimation import Config, exact_gradient, make_problem
 
     model, x = make_problem("gmm", Config(), 0, torch.device("cpu"))
@@ -265,28 +265,3 @@ def test_default_lambda_is_safe_when_wake_data_lie_off_the_sleep_distribution(es
         cosines.append(float(cosine_similarity(exact, est, dim=0)))
     assert min(cosines) >= 0.98, cosines
 
-
-class _NoForwardAD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t):
-        return t * 1.0
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
-
-
-def test_lambda_targets_fall_back_to_values_without_forward_mode_ad():
-    from fastamort.estimator import lambda_targets
-
-    class Opaque(FactorAnalysis):
-        def log_joint(self, z, x):
-            return _NoForwardAD.apply(super().log_joint(z, x))
-
-    model = Opaque(3, 1).double()
-    z, x = model.sample(50)
-    targets, stats = lambda_targets(model, z, x, "generic")
-    assert targets.shape == (50, 1, 1) and stats is None
-    torch.testing.assert_close(targets[:, 0, 0], model.log_joint(z, x).detach())
-    derivs, _ = lambda_targets(FactorAnalysis(3, 1).double(), z, x, "generic")
-    assert derivs.shape == (50, 8, 1)

@@ -35,7 +35,7 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 import fastamort
-from fastamort.estimator import choose_lambda, lambda_targets
+from fastamort.estimator import choose_lambda, regression_targets
 from fastamort.kernels import Gaussian
 from fastamort.models import FactorAnalysis
 
@@ -86,7 +86,9 @@ def problem(seed: int = 0):
     exact = _grad(model)
     z, xs = model.sample(2000)
     kernel = Gaussian().init_from(xs)
-    lam0 = choose_lambda(xs, kernel, *lambda_targets(model, z, xs, "expfam"))
+    with torch.no_grad():
+        targets, stats = regression_targets(model, z, xs, "expfam")
+        lam0 = choose_lambda(xs, kernel, targets, stats)
     return model, x, exact, kernel, lam0
 
 
