@@ -32,6 +32,7 @@ come from rank 0 only; a checkpoint written by K ranks resumes on any number of 
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -155,6 +156,8 @@ def resolve_distributed(
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        # we created it, so we tear it down: exiting with a live gloo group can abort
+        atexit.register(_destroy_process_group)
     if not dist.is_initialized():
         if option is True:
             raise RuntimeError(
@@ -167,6 +170,11 @@ def resolve_distributed(
         return None
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
     return DistributedContext(dist.get_rank(), world, bool(pool_sleep), comm_device)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pooled_estimate(
