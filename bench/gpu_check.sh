@@ -20,13 +20,13 @@ pip install --no-build-isolation --no-deps -e . >> "$log" 2>&1 || { say "build f
 python -m fastamort info 2>&1 | tee -a "$log"
 
 say "CUDA tests"
-timeout 200 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -40 | tee -a "$log"
+timeout 150 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tail -40 | tee -a "$log"
 
 say "GPU benchmarks"
-timeout 120 python bench/bench_gram.py --device cuda 2>&1 | tail -60 | tee -a "$log"
-timeout 90 python bench/bench_ridge.py --device cuda 2>&1 | tail -60 | tee -a "$log"
+timeout 90 python bench/bench_gram.py --device cuda 2>&1 | tail -60 | tee -a "$log"
+timeout 70 python bench/bench_ridge.py --device cuda 2>&1 | tail -60 | tee -a "$log"
 # KernelRidge fit+predict vs scikit-learn (host CPU) and torch; n up to 32768 on CUDA
-timeout 240 python bench/bench_regressor.py --device cuda 2>&1 | tail -30 | tee -a "$log"
+timeout 130 python bench/bench_regressor.py --device cuda 2>&1 | tail -30 | tee -a "$log"
 
 if [ -n "${OUT:-}" ]; then
   cp "$log" "$results"/*cuda*.json "$results"/*cuda*.png "$OUT"/ 2>/dev/null || true

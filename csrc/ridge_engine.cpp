@@ -788,9 +788,29 @@ void blocked_solve(int n, int p, const T* l, T* x, int nb, bool threads_allowed)
   }
 }
 
+// Right-hand sides from which each thread solves its own block of columns with whole-matrix
+// trsm calls (no serial diagonal steps, no barriers) instead of the row-split blocked solve.
+constexpr int kColumnSplitMinP = 32;
+
+// x = (L·Lᵀ)⁻¹ x in place for many right-hand sides: columns split over the threads.
+template <class T>
+void column_split_solve(int n, int p, const T* l, T* x) {
+#pragma omp parallel
+  {
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int c0 = p * t / threads, c1 = p * (t + 1) / threads;
+    if (c1 > c0) {
+      blas::trsm_left_lower<T>('N', n, c1 - c0, T(1), l, n, x + c0, p);
+      blas::trsm_left_lower<T>('T', n, c1 - c0, T(1), l, n, x + c0, p);
+    }
+  }
+}
+
 template <class T>
 void solve_in_place(int n, int p, const T* l, T* x, bool parallel) {
-  if (n >= kParallelSolveMinN) {
+  if (n >= kParallelSolveMinN && p >= kColumnSplitMinP && use_threads(parallel)) {
+    column_split_solve(n, p, l, x);
+  } else if (n >= kParallelSolveMinN) {
     blocked_solve(n, p, l, x, solve_block_for(n, p), use_threads(parallel));
   } else {
     blas::potrs_lower<T>(n, p, l, n, x, p);
@@ -910,7 +930,11 @@ int tiled_ridge_solve(int n, int p, const T* k, const T* b, double shift, T* x, 
     fill_nan(x, static_cast<long>(n) * p);
   } else {
     std::memcpy(x, b, static_cast<size_t>(n) * p * sizeof(T));
-    blocked_solve(n, p, l, x, tile, true);
+    if (p >= kColumnSplitMinP && omp_get_max_threads() > 1) {
+      column_split_solve(n, p, l, x);
+    } else {
+      blocked_solve(n, p, l, x, tile, true);
+    }
   }
   return info;
 }

@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -142,12 +143,25 @@ def fit_mle(x: torch.Tensor, starts: Sequence[FactorAnalysis], max_iter: int = 5
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             "--device cuda: torch has no CUDA device here (torch.cuda.is_available() is False)"
         )
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per rank
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return torch.device(device)
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under ``torchrun`` (or an initialised process group), else True."""
+    return _rank() == 0
 
 
 def run_demo(
@@ -177,8 +191,10 @@ def run_demo(
     cfg = config or (QUICK if quick else FULL)
     dev = _resolve_device(device)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = print if verbose else (lambda *a, **k: None)
+    # Under torchrun every rank trains (data-parallel, see fastamort.distributed); rank 0 alone
+    # reports and writes files.
+    main = _is_main_process()
+    say = print if verbose and main else (lambda *a, **k: None)
 
     truth, x_train, x_test = make_data(cfg, seed)
     torch.manual_seed(seed + 1)
@@ -186,11 +202,13 @@ def run_demo(
     initial = copy.deepcopy(model)
     model = model.to(dev)
     xtr, xte = x_train.to(dev), x_test.to(dev)
-    steps = cfg.epochs * math.ceil(cfg.n_train / cfg.batch_size)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # > 1 under torchrun: data-parallel
+    steps = cfg.epochs * math.ceil(math.ceil(cfg.n_train / world) / cfg.batch_size)
     say(
         f"fastamort demo: factor analysis D={cfg.obs_dim}, k={cfg.latent_dim}; "
         f"{cfg.n_train} training and {cfg.n_test} held-out points (synthetic, seed {seed}); "
         f"{steps} amortised-learning steps, M={cfg.n_sleep} sleep samples, on {dev}"
+        + (f" ({world} ranks, per-rank data shards and sleep samples)" if world > 1 else "")
     )
 
     curve: list[dict[str, float]] = [
@@ -229,6 +247,8 @@ def run_demo(
         )  # fmt: skip
     train_seconds = time.perf_counter() - t_train
     backends = sorted({b for _, b in ran})
+    if not main:
+        return {"steps": len(history), "train_seconds": train_seconds, "rank": _rank()}
 
     learned_cpu = copy.deepcopy(model).to("cpu")
     mle = fit_mle(x_train, [truth, learned_cpu])
@@ -289,6 +309,7 @@ def run_demo(
         f"{', '.join(backends) or 'none'})"
     )
 
+    out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json"]
     if figure:
         png = _plot(out / "demo.png", curve, ll, learned_cpu, mle, truth, say)

@@ -201,3 +201,22 @@ def test_fit_runs_unchanged_under_torchrun(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     steps = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert steps == ["2", "2"]  # 120 points, 60 per rank, batches of 30
+
+
+@pytest.mark.slow
+def test_demo_runs_unchanged_under_torchrun(tmp_path):
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={_free_port()}", "-m", "fastamort", "demo", "--quick", "--no-progress",
+        "--no-figure", "--out", str(tmp_path / "demo"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert res.stdout.count("exact mean log-likelihood") == 1  # rank 0 alone reports
+    import json
+
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["steps"] == 6  # 200 points, 100 per rank, batches of 50, 3 epochs
