@@ -114,7 +114,7 @@ RIDGE_ROWS = (
     ("batched", 32, 1, "float32"),
     ("fused_krr", 64, 1, "float64"),
 )
-STEP_ROWS = ((1000, 2), (5000, 2), (1000, 784))
+STEP_ROWS = ((1000, 2), (5000, 2), (2000, 64), (1000, 784))
 
 
 def _ms(t: float) -> str:
