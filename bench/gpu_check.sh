@@ -28,6 +28,11 @@ timeout 70 python bench/bench_ridge.py --device cuda 2>&1 | tail -60 | tee -a "$
 # KernelRidge fit+predict vs scikit-learn (host CPU) and torch; n up to 32768 on CUDA
 timeout 130 python bench/bench_regressor.py --device cuda 2>&1 | tail -30 | tee -a "$log"
 
+# data-parallel learning, one GPU per rank: only where there are several GPUs
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  timeout 120 python bench/bench_distributed.py --device cuda 2>&1 | tail -12 | tee -a "$log"
+fi
+
 if [ -n "${OUT:-}" ]; then
   cp "$log" "$results"/*cuda*.json "$results"/*cuda*.png "$OUT"/ 2>/dev/null || true
 fi
