@@ -806,12 +806,23 @@ void column_split_solve(int n, int p, const T* l, T* x) {
   }
 }
 
+// x = (L·Lᵀ)⁻¹ x in place over our threads: by columns for many right-hand sides, else the
+// blocked solve with blocks of nb rows.
+template <class T>
+void threaded_solve(int n, int p, const T* l, T* x, int nb) {
+  if (p >= kColumnSplitMinP && omp_get_max_threads() > 1) {
+    column_split_solve(n, p, l, x);
+  } else {
+    blocked_solve(n, p, l, x, nb, true);
+  }
+}
+
 template <class T>
 void solve_in_place(int n, int p, const T* l, T* x, bool parallel) {
-  if (n >= kParallelSolveMinN && p >= kColumnSplitMinP && use_threads(parallel)) {
-    column_split_solve(n, p, l, x);
+  if (n >= kParallelSolveMinN && use_threads(parallel)) {
+    threaded_solve(n, p, l, x, solve_block_for(n, p));
   } else if (n >= kParallelSolveMinN) {
-    blocked_solve(n, p, l, x, solve_block_for(n, p), use_threads(parallel));
+    blocked_solve(n, p, l, x, solve_block_for(n, p), false);
   } else {
     blas::potrs_lower<T>(n, p, l, n, x, p);
   }
@@ -930,11 +941,7 @@ int tiled_ridge_solve(int n, int p, const T* k, const T* b, double shift, T* x, 
     fill_nan(x, static_cast<long>(n) * p);
   } else {
     std::memcpy(x, b, static_cast<size_t>(n) * p * sizeof(T));
-    if (p >= kColumnSplitMinP && omp_get_max_threads() > 1) {
-      column_split_solve(n, p, l, x);
-    } else {
-      blocked_solve(n, p, l, x, tile, true);
-    }
+    threaded_solve(n, p, l, x, tile);
   }
   return info;
 }

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 import fastamort
+from fastamort.distributed import current_rank
 from fastamort.models import FactorAnalysis
 
 DEFAULT_OUT = "fastamort-demo"
@@ -153,17 +154,6 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def _is_main_process() -> bool:
-    """Rank 0 under ``torchrun`` (or an initialised process group), else True."""
-    return _rank() == 0
-
-
 def run_demo(
     out: str | Path = DEFAULT_OUT,
     *,
@@ -193,7 +183,7 @@ def run_demo(
     out = Path(out)
     # Under torchrun every rank trains (data-parallel, see fastamort.distributed); rank 0 alone
     # reports and writes files.
-    main = _is_main_process()
+    main = current_rank() == 0
     say = print if verbose and main else (lambda *a, **k: None)
 
     truth, x_train, x_test = make_data(cfg, seed)
@@ -248,7 +238,7 @@ def run_demo(
     train_seconds = time.perf_counter() - t_train
     backends = sorted({b for _, b in ran})
     if not main:
-        return {"steps": len(history), "train_seconds": train_seconds, "rank": _rank()}
+        return {"steps": len(history), "train_seconds": train_seconds, "rank": current_rank()}
 
     learned_cpu = copy.deepcopy(model).to("cpu")
     mle = fit_mle(x_train, [truth, learned_cpu])

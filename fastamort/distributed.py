@@ -43,11 +43,20 @@ from torch import distributed as dist
 
 __all__ = [
     "DistributedContext",
+    "current_rank",
     "pooled_estimate",
     "resolve_distributed",
     "shard_order",
     "sleep_seed",
 ]
+
+
+def current_rank() -> int:
+    """This process's rank: from the process group, else ``torchrun``'s ``RANK``, else 0
+    (usable before :func:`resolve_distributed` has set the group up)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def sleep_seed(seed: int, rank: int, step: int) -> int:

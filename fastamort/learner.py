@@ -215,14 +215,10 @@ class AmortisedLearner:
                 inducing=self.solver.inducing,
             )
             self.kernel_optimizer.zero_grad(set_to_none=True)
-            if dctx is None:
-                _check_finite_value(loss, "kernel loss", step)
-                loss.backward()
-            else:  # every rank must reach the all-reduce, then all check the same values
-                loss.backward()
-                kernel_params = [p for _, p in self._kernel_named_parameters()]
-                loss = dctx.reduce_gradients_(kernel_params, loss, average=True) / dctx.world_size
-                _check_finite_value(loss, "kernel loss", step)
+            loss.backward()
+            kernel_params = [p for _, p in self._kernel_named_parameters()]
+            loss = self._combine_ranks(kernel_params, loss.detach())
+            _check_finite_value(loss, "kernel loss", step)
             _check_finite_grads(self._kernel_named_parameters(), step)
             self.kernel_optimizer.step()
             record["kernel_loss"] = float(loss.detach())
@@ -238,7 +234,7 @@ class AmortisedLearner:
             )
             self.optimizer.zero_grad(set_to_none=True)
             (-part).backward()
-            dctx.reduce_gradients_(self.model.parameters(), part, average=False)
+            self._combine_ranks(self.model.parameters(), part.detach(), average=False)
             _check_finite_value(objective, "objective", step)
             self._model_update(step)
             return self._finish_step(record, step, objective, {}, start)
@@ -257,20 +253,28 @@ class AmortisedLearner:
             inducing=self.solver.inducing,
             warm_start=self._warm,
         )
-        objective = est.objective.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        if dctx is None:
-            _check_finite_value(objective, "objective", step)
-            (-est.objective).backward()
-        else:
-            (-est.objective).backward()
-            params = self.model.parameters()
-            objective = dctx.reduce_gradients_(params, objective, average=True) / dctx.world_size
-            _check_finite_value(objective, "objective", step)
+        (-est.objective).backward()
+        objective = self._combine_ranks(self.model.parameters(), est.objective.detach())
+        _check_finite_value(objective, "objective", step)
         self._model_update(step)
         if self.warm_start:
             self._warm = est.warm_start(aligned=self.sleep_refresh < 1.0)
         return self._finish_step(record, step, objective, est.info, start)
+
+    def _combine_ranks(
+        self, params: Iterable[torch.Tensor], value: torch.Tensor, *, average: bool = True
+    ) -> torch.Tensor:
+        """After a backward pass: under torch.distributed, the gradients of ``params`` averaged
+        (or summed) over the ranks and the ranks' mean of ``value``; else ``value`` as it is.
+
+        Every rank reaches the all-reduce before anything is checked, so a non-finite value on
+        one rank stops all of them together.
+        """
+        if self._dist is None:
+            return value
+        total = self._dist.reduce_gradients_(params, value, average=average)
+        return total / self._dist.world_size
 
     def _model_update(self, step: int) -> None:
         """Checks the model's gradients, clips them if asked, and takes the optimiser step."""
