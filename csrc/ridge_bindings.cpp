@@ -301,6 +301,31 @@ py::array trsm_right_lower_t(const std::string& trans, const py::array& l, const
 
 void bind_ridge(py::module_& m) {
   m.def(
+      "cholesky_narrowed",
+      [](const py::array& a, double shift) -> py::tuple {
+        const auto s = checked_shape(a, "a", 2, 1);
+        if (s[0] != s[1])
+          throw py::value_error("a: expected a square matrix (N, N), got (" +
+                                std::to_string(s[0]) + ", " + std::to_string(s[1]) + ")");
+        const int n = checked_int(s[0], "a");
+        py::array_t<float> l({s[0], s[0]});
+        const double* ap = const_data<double>(a);
+        float* lp = l.mutable_data();
+        double frobenius_sq = 0.0;
+        int info = 0;
+        {
+          py::gil_scoped_release release;
+          blas::SingleThreaded single_threaded_blas;
+          info = ridge::cholesky_narrowed(n, ap, shift, lp, &frobenius_sq);
+        }
+        return py::make_tuple(l, info, frobenius_sq);
+      },
+      py::arg("a"), py::arg("shift"),
+      "(L, info, frobenius_sq): L = chol(float32(a + shift*I)) for a (N, N) float64 symmetric\n"
+      "(lower triangle read and narrowed in the copy, no float32 copy of a), over the OpenMP\n"
+      "threads; info is 0 or the order of the first non-positive leading minor; frobenius_sq\n"
+      "is ||a||_F^2 of the symmetric a, summed in float64 in the same pass.");
+  m.def(
       "_tiled_ridge_solve",
       [](const py::array& k, const py::array& b, double shift, int tile) -> py::tuple {
         return float_kind(k, "k") == 0 ? tiled_ridge_solve_t<float>(k, b, shift, tile)

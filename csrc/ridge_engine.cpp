@@ -903,6 +903,27 @@ void cholesky(int n, int count, const T* a, const double* shift, T* l, int32_t* 
                             inner_parallel);
 }
 
+int cholesky_narrowed(int n, const double* a, double shift, float* l, double* frobenius_sq) {
+  // One pass over a's lower triangle: narrow it into l (rows in parallel) and sum the squares
+  // of the whole symmetric matrix (off-diagonal entries twice) in float64.
+  double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (use_threads(true) && n >= kTiledMinN)
+  for (long i = 0; i < n; ++i) {
+    const double* ai = a + i * n;
+    float* li = l + i * n;
+    double row = 0.0;
+    for (long j = 0; j < i; ++j) {
+      row += ai[j] * ai[j];
+      li[j] = static_cast<float>(ai[j]);
+    }
+    total += 2.0 * row + ai[i] * ai[i];
+    li[i] = static_cast<float>(ai[i] + shift);
+    std::fill(li + i + 1, li + n, 0.0f);
+  }
+  *frobenius_sq = total;
+  return n == 0 ? 0 : factor_in_place(n, l, true);
+}
+
 template <class T>
 void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, bool inner_parallel,
                     Workspace<T>& ws) {

@@ -38,6 +38,12 @@ template <class T>
 void cholesky(int n, int count, const T* a, const double* shift, T* l, int32_t* info,
               bool inner_parallel, Workspace<T>& ws);
 
+// l = chol(float32(a + shift·I)) for a float64 symmetric a (lower triangle read, narrowed in
+// the copy: no float32 copy of a), over the threads; *frobenius_sq = ‖a‖_F² of the symmetric
+// a, summed in float64 in the same pass. Returns info (LAPACK convention). For the
+// mixed-precision refinement of large float64 ridge problems.
+int cholesky_narrowed(int n, const double* a, double shift, float* l, double* frobenius_sq);
+
 // x = (l·lᵀ)⁻¹ b, reading the lower triangle of l.
 template <class T>
 void cholesky_solve(int n, int p, int count, const T* l, const T* b, T* x, bool inner_parallel,

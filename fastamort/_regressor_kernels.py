@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._backends import cpp_module, cpp_unavailable_reason
 from .ops.cholesky import NotPSDError, NumericalWarning, cholesky
 from .ops.gram import gram
 from .ops.gram_matmul import gram_matmul
@@ -222,6 +223,41 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sol.to(b.device)
 
 
+def _narrowed_factor(k: torch.Tensor, alpha: float, backend: str):
+    """(‖K‖_F, solve₃₂) for A = K + αI, or None when the float32 factorisation fails.
+
+    The C++ route narrows K while copying it into the factor and sums ‖K‖_F² in the same pass
+    (no float32 copy of K and no second read); the other backends copy, factor and take the
+    norm separately. ``solve₃₂(r)`` = A₃₂⁻¹ r for float64 r (n, p), returned in float64: two
+    triangular solves (one BLAS call each; the blocked solve's barriers cost more than the
+    memory-bound p = 1 solve on a loaded machine; torch.cholesky_solve would copy the factor).
+    """
+    if not bool(torch.isfinite(k.diagonal()).all()) or not math.isfinite(alpha):
+        return None
+    if backend in ("auto", "cpp") and k.is_contiguous() and cpp_unavailable_reason() is None:
+        lower_np, info, frobenius_sq = cpp_module().cholesky_narrowed(k.numpy(), float(alpha))
+        if info != 0 or not math.isfinite(frobenius_sq):
+            return None
+        lower, k_norm = torch.from_numpy(lower_np), math.sqrt(frobenius_sq)
+    else:
+        a32 = k.to(torch.float32)
+        a32.diagonal().add_(alpha)
+        if not bool(torch.isfinite(a32.diagonal()).all()):
+            return None
+        try:
+            lower = cholesky(a32, jitter=0, backend=backend)
+        except (NotPSDError, ValueError):  # indefinite, or overflow to inf in float32
+            return None
+        del a32
+        k_norm = float(torch.linalg.vector_norm(k))
+
+    def solve32(rhs: torch.Tensor) -> torch.Tensor:
+        z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
+        return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
+
+    return k_norm, solve32
+
+
 def solve_mixed(
     k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str = "auto"
 ) -> torch.Tensor | None:
@@ -235,22 +271,12 @@ def solve_mixed(
     shrinking, and the caller then factors in float64.
     """
     n = k.shape[0]
-    a32 = k.to(torch.float32)
-    a32.diagonal().add_(alpha)
-    if not bool(torch.isfinite(a32.diagonal()).all()):
+    factored = _narrowed_factor(k, alpha, backend)
+    if factored is None:
         return None
-    try:
-        lower = cholesky(a32, jitter=0, backend=backend)
-    except (NotPSDError, ValueError):  # indefinite, or overflow to inf in float32
-        return None
-    del a32
-    a_norm = float(torch.linalg.vector_norm(k)) + abs(alpha) * math.sqrt(n)
+    k_norm, solve32 = factored
+    a_norm = k_norm + abs(alpha) * math.sqrt(n)
     tol = a_norm * float(torch.finfo(torch.float64).eps) * math.sqrt(n)
-
-    def solve32(rhs: torch.Tensor) -> torch.Tensor:
-        # two triangular solves; torch.cholesky_solve would first copy the factor
-        z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
-        return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
 
     x = solve32(b)
     last = math.inf

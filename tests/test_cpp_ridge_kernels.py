@@ -781,3 +781,32 @@ def test_baseline_isa_kernels():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, TILED_MIN_N - 1, TILED_MIN_N + 1, 401])
+def test_cholesky_narrowed_matches_float32_factor_of_the_shifted_matrix(n):
+    """One pass narrows float64 K into the float32 factor of K + shift·I (lower triangle read,
+    zeros above) and sums ‖K‖_F² in float64; both routes (serial, tiled) of the factor."""
+    rng = np.random.default_rng(n)
+    k = _spd(rng, 1, n, np.float64)[0]
+    k_upper_garbage = k.copy()
+    k_upper_garbage[np.triu_indices(n, 1)] = np.nan  # only the lower triangle is read
+    lower, info, frobenius_sq = C.cholesky_narrowed(k_upper_garbage, 0.25)
+    assert lower.dtype == np.float32 and lower.shape == (n, n) and info == 0
+    assert np.all(np.triu(lower, 1) == 0)
+    ref = np.linalg.cholesky(k + 0.25 * np.eye(n))
+    assert np.abs(lower - ref).max() <= RTOL[np.float32] * np.abs(ref).max() * 10
+    assert frobenius_sq == pytest.approx(float((k**2).sum()), rel=1e-13)
+
+
+def test_cholesky_narrowed_reports_failure_and_checks_its_input():
+    indefinite = np.diag([1.0, -1.0, 1.0])
+    assert C.cholesky_narrowed(indefinite, 0.0)[1] == 2
+    assert C.cholesky_narrowed(indefinite, 2.0)[1] == 0
+    assert C.cholesky_narrowed(np.zeros((0, 0)), 1.0)[1] == 0
+    with pytest.raises(ValueError, match="square"):
+        C.cholesky_narrowed(np.zeros((3, 4)), 1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        C.cholesky_narrowed(np.eye(3, dtype=np.float32), 1.0)
+    with pytest.raises(ValueError, match="dimensions"):
+        C.cholesky_narrowed(np.eye(3)[None], 1.0)
