@@ -60,7 +60,10 @@ def _worker(rank: int, world: int, port: int, out: str, task: str) -> None:
         if task == "one_sgd_step":
             learner = _learner(sgd=True, learn_kernel=False)
             learner.fit(
-                _data(), epochs=1, batch_size=BATCH, progress=False,
+                _data(),
+                epochs=1,
+                batch_size=BATCH,
+                progress=False,
                 callbacks=[lambda *_: True],  # stop after one step
             )
         elif task == "pool":
@@ -69,7 +72,10 @@ def _worker(rank: int, world: int, port: int, out: str, task: str) -> None:
         else:  # "checkpoint"
             learner = _learner()
             learner.fit(
-                _data(), epochs=1, batch_size=BATCH, progress=False,
+                _data(),
+                epochs=1,
+                batch_size=BATCH,
+                progress=False,
                 checkpoint=Path(out) / "ckpt.pt",
             )
         state = {
@@ -86,7 +92,9 @@ def _worker(rank: int, world: int, port: int, out: str, task: str) -> None:
 
 def _run(tmp_path: Path, task: str, world: int = 2) -> list[dict]:
     mp.start_processes(
-        _worker, args=(world, _free_port(), str(tmp_path), task), nprocs=world,
+        _worker,
+        args=(world, _free_port(), str(tmp_path), task),
+        nprocs=world,
         start_method="spawn",
     )
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
@@ -162,8 +170,12 @@ def test_checkpoint_from_two_ranks_resumes_on_one(tmp_path):
     _assert_same_state(*states)
     learner = _learner()
     learner.fit(
-        _data(), epochs=1, batch_size=BATCH, progress=False,
-        checkpoint=tmp_path / "ckpt.pt", resume=True,
+        _data(),
+        epochs=1,
+        batch_size=BATCH,
+        progress=False,
+        checkpoint=tmp_path / "ckpt.pt",
+        resume=True,
     )
     # one rank: 5 steps per epoch; the 3 done on two ranks are not redone
     assert learner.step_count == 5
@@ -193,8 +205,13 @@ def test_fit_runs_unchanged_under_torchrun(tmp_path):
         "(out_dir / f'rank{dist.get_rank()}.txt').write_text(str(learner.step_count))\n"
     )
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", str(script), str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(script),
+        str(tmp_path),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -208,9 +225,19 @@ def test_demo_runs_unchanged_under_torchrun(tmp_path):
     import subprocess
 
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", "-m", "fastamort", "demo", "--quick", "--no-progress",
-        "--no-figure", "--out", str(tmp_path / "demo"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "fastamort",
+        "demo",
+        "--quick",
+        "--no-progress",
+        "--no-figure",
+        "--out",
+        str(tmp_path / "demo"),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

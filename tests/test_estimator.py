@@ -264,4 +264,3 @@ def test_default_lambda_is_safe_when_wake_data_lie_off_the_sleep_distribution(es
         est = _estimated_gradient(model, x, n_sleep=m, estimator=estimator)
         cosines.append(float(cosine_similarity(exact, est, dim=0)))
     assert min(cosines) >= 0.98, cosines
-

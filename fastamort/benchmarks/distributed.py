@@ -119,7 +119,9 @@ def _worker(
 def _run_world(world: int, m: int, steps: int, reps: int, cuda: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(
-            _worker, args=(world, _free_port(), tmp, m, steps, reps, cuda), nprocs=world,
+            _worker,
+            args=(world, _free_port(), tmp, m, steps, reps, cuda),
+            nprocs=world,
             start_method="spawn",
         )
         return torch.load(Path(tmp) / "result.pt", weights_only=False)

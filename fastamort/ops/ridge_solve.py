@@ -176,4 +176,3 @@ def _forward_ad_active() -> bool:
     """Inside ``torch.autograd.forward_ad.dual_level()``: the autograd Function must run (it
     reports that forward-mode AD is not implemented) rather than drop the tangents."""
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
-
