@@ -27,6 +27,13 @@ from . import _common
 #: experiment name → module (imported on use, so ``--list`` stays light)
 EXPERIMENTS: dict[str, str] = {
     "gradient-estimation": "fastamort.experiments.gradient_estimation",
+    "images": "fastamort.experiments.images",
+    "circle": "fastamort.experiments.circle",
+    "dynamics": "fastamort.experiments.dynamics",
+    "nmf": "fastamort.experiments.nmf",
+    "hierarchical": "fastamort.experiments.hierarchical",
+    "ica": "fastamort.experiments.ica",
+    "neural-process": "fastamort.experiments.neural_process",
 }
 
 
