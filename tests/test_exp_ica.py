@@ -98,7 +98,7 @@ def test_noiseless_log_likelihood_by_change_of_variables():
     "kwargs, exc, match",
     [
         ({"obs_dim": 0, "n_sources": 2}, ValueError, "obs_dim"),
-        ({"obs_dim": 3, "n_sources": 1.5}, ValueError, "n_sources"),
+        ({"obs_dim": 3, "n_sources": 1.5}, TypeError, "n_sources"),
         ({"obs_dim": 3, "n_sources": 2, "init_std": -1.0}, ValueError, "init_std"),
         ({"obs_dim": 3, "n_sources": 2, "init_std": "1"}, TypeError, "init_std"),
         ({"obs_dim": 3, "n_sources": 2, "weight_scale": 0.0}, ValueError, "weight_scale"),

@@ -99,7 +99,6 @@ def test_gradients_reach_the_parameters_and_amortised_step_runs():
     ("kwargs", "match"),
     [
         ({"obs_dim": 0}, "obs_dim"),
-        ({"latent_dim": 2.5}, "latent_dim"),
         ({"hidden": (8, 0)}, "hidden"),
         ({"likelihood": "poisson"}, "likelihood"),
         ({"noise": "diag"}, "noise"),
@@ -116,6 +115,8 @@ def test_bad_inputs_raise():
     gen = MLPGenerator(4, 2, hidden=(3,))
     with pytest.raises(TypeError, match="hidden"):
         MLPGenerator(4, 2, hidden=8)
+    with pytest.raises(TypeError, match="latent_dim"):
+        MLPGenerator(4, 2.5)
     with pytest.raises(ValueError, match="z"):
         gen.log_joint(torch.zeros(3, 5), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="x"):

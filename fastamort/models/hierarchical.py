@@ -24,23 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..likelihoods import flat
+from ._args import check_count, check_positive
 from .base import ExpFamModel
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(name: str, value: object, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} "
-                         f"number, got {value!r}")  # fmt: skip
-    return float(value)
 
 
 class HierarchicalMixture(ExpFamModel):
@@ -72,15 +57,15 @@ class HierarchicalMixture(ExpFamModel):
         min_scale: float = 1e-3,
     ):
         super().__init__()
-        self.obs_dim = _positive_int("obs_dim", obs_dim)
-        self.n_clusters = _positive_int("n_clusters", n_clusters)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
-        hidden = _positive_int("hidden", hidden)
-        init_std = _positive_float("init_std", init_std)
-        self.min_std = _positive_float("min_std", min_std, allow_zero=True)
-        mean_scale = _positive_float("mean_scale", mean_scale, allow_zero=True)
-        init_scale = _positive_float("init_scale", init_scale)
-        self.min_scale = _positive_float("min_scale", min_scale, allow_zero=True)
+        self.obs_dim = check_count("obs_dim", obs_dim)
+        self.n_clusters = check_count("n_clusters", n_clusters)
+        self.latent_dim = check_count("latent_dim", latent_dim)
+        hidden = check_count("hidden", hidden)
+        init_std = check_positive("init_std", init_std)
+        self.min_std = check_positive("min_std", min_std, allow_zero=True)
+        mean_scale = check_positive("mean_scale", mean_scale, allow_zero=True)
+        init_scale = check_positive("init_scale", init_scale)
+        self.min_scale = check_positive("min_scale", min_scale, allow_zero=True)
         if init_std <= self.min_std:
             raise ValueError(f"init_std: must exceed min_std={min_std}, got {init_std}")
         if init_scale <= self.min_scale:
@@ -177,7 +162,7 @@ class HierarchicalMixture(ExpFamModel):
         of each cluster as the proposal (``n_samples`` draws per cluster, shared by all data):
         adequate in a 2-d latent; the estimate of log p(x|c) is biased low by O(1/n_samples).
         """
-        n_samples = _positive_int("n_samples", n_samples)
+        n_samples = check_count("n_samples", n_samples)
         x = flat(x).to(self.means.dtype)
         k, d = self.n_clusters, self.latent_dim
         eps = torch.randn(k, n_samples, d, dtype=self.means.dtype, device=self.means.device)

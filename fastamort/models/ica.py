@@ -15,21 +15,8 @@ import torch
 from torch import nn
 
 from ..likelihoods import GaussianLikelihood
+from ._args import check_count, check_positive
 from .base import GaussianObservationModel
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
 
 
 class FlooredGaussianLikelihood(GaussianLikelihood):
@@ -77,10 +64,10 @@ class LaplaceICA(GaussianObservationModel):
         min_std: float = 0.0,
     ):
         super().__init__()
-        self.obs_dim = _positive_int(obs_dim, "obs_dim")
-        self.n_sources = _positive_int(n_sources, "n_sources")
-        init_std = _positive_float(init_std, "init_std")
-        weight_scale = _positive_float(weight_scale, "weight_scale")
+        self.obs_dim = check_count("obs_dim", obs_dim)
+        self.n_sources = check_count("n_sources", n_sources)
+        init_std = check_positive("init_std", init_std)
+        weight_scale = check_positive("weight_scale", weight_scale)
         if isinstance(min_std, bool) or not isinstance(min_std, (int, float)):
             raise TypeError(f"min_std: expected a number, got {type(min_std).__name__}")
         if not (math.isfinite(min_std) and 0 <= min_std < init_std):

@@ -27,16 +27,11 @@ import torch
 from torch import nn
 
 from ..likelihoods import BernoulliLikelihood, GaussianLikelihood, flat
+from ._args import check_count
 from .base import ExpFamModel
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 NOISE = ("shared", "per_pixel")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
 
 
 class MLPGenerator(ExpFamModel):
@@ -73,11 +68,11 @@ class MLPGenerator(ExpFamModel):
         init_std: float = 0.3,
     ):
         super().__init__()
-        self.obs_dim = _positive_int("obs_dim", obs_dim)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.obs_dim = check_count("obs_dim", obs_dim)
+        self.latent_dim = check_count("latent_dim", latent_dim)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(f"hidden: expected a sequence of layer widths, got {hidden!r}")
-        hidden = tuple(_positive_int("hidden", h) for h in hidden)
+        hidden = tuple(check_count("hidden", h) for h in hidden)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         if noise not in NOISE:
@@ -123,7 +118,7 @@ class MLPGenerator(ExpFamModel):
     def sample_latent(self, n: int) -> torch.Tensor:
         """z ~ N(0, I_k), (n, k), in the parameters' dtype and device."""
         p = self.net[-1].weight
-        return torch.randn(_positive_int("n", n), self.latent_dim, dtype=p.dtype, device=p.device)
+        return torch.randn(check_count("n", n), self.latent_dim, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._args import check_count
 from .base import ExpFamModel
 
 
@@ -43,14 +44,6 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _dim(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: must be >= 1, got {value}")
-    return value
 
 
 class NeuralProcess(nn.Module):
@@ -73,11 +66,11 @@ class NeuralProcess(nn.Module):
         min_std: float = 0.1,
     ):
         super().__init__()
-        self.x_dim, self.y_dim = _dim("x_dim", x_dim), _dim("y_dim", y_dim)
+        self.x_dim, self.y_dim = check_count("x_dim", x_dim), check_count("y_dim", y_dim)
         self.r_dim, self.z_dim, self.h_dim = (
-            _dim("r_dim", r_dim),
-            _dim("z_dim", z_dim),
-            _dim("h_dim", h_dim),
+            check_count("r_dim", r_dim),
+            check_count("z_dim", z_dim),
+            check_count("h_dim", h_dim),
         )
         if isinstance(min_std, bool) or not isinstance(min_std, (int, float)):
             raise TypeError(f"min_std: expected a number, got {type(min_std).__name__}")

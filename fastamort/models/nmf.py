@@ -27,15 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..likelihoods import BernoulliLikelihood, flat
+from ._args import check_count
 from .base import ExpFamModel
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
 
 
 def _inverse_softplus(w: torch.Tensor) -> torch.Tensor:
@@ -59,8 +52,8 @@ class BernoulliNMF(ExpFamModel):
         self, obs_dim: int, n_factors: int, *, init_weight: float = 0.3, init_bias: float = 0.0
     ):
         super().__init__()
-        self.obs_dim = _positive_int("obs_dim", obs_dim)
-        self.n_factors = _positive_int("n_factors", n_factors)
+        self.obs_dim = check_count("obs_dim", obs_dim)
+        self.n_factors = check_count("n_factors", n_factors)
         if not (isinstance(init_weight, (int, float)) and math.isfinite(init_weight)) or (
             init_weight <= 0
         ):
