@@ -264,3 +264,35 @@ def test_default_lambda_is_safe_when_wake_data_lie_off_the_sleep_distribution(es
         est = _estimated_gradient(model, x, n_sleep=m, estimator=estimator)
         cosines.append(float(cosine_similarity(exact, est, dim=0)))
     assert min(cosines) >= 0.98, cosines
+
+
+def test_pick_lambda_prefers_an_interior_minimum_to_a_near_tie_at_the_top_of_the_grid():
+    from fastamort.estimator import LAMBDA_TIE, pick_lambda
+
+    grid = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+    assert pick_lambda(grid, [7.0, 5.0, 3.0, 2.0, 4.0, 6.0]) == 1.0  # one minimum: the argmin
+    # the mean-predictor minimum at the top is 5 % better: the interior one wins
+    assert pick_lambda(grid, [7.0, 5.0, 3.0, 2.1, 9.0, 2.0]) == 1.0
+    # ... unless the interior one is clearly worse
+    worse = 2.0 * (1.0 + LAMBDA_TIE) * 1.01
+    assert pick_lambda(grid, [7.0, 5.0, 3.0, worse, 9.0, 2.0]) == 100.0
+    # a near tie at the bottom of the grid does not move an interior best
+    assert pick_lambda(grid, [2.05, 3.0, 2.0, 4.0, 6.0, 8.0]) == 1e-1
+    assert pick_lambda(grid, [math.nan, 5.0, 3.0, 2.0, math.inf, 6.0]) == 1.0
+    assert pick_lambda(grid, [math.nan] * 6) == 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_default_lambda_is_not_the_mean_predictor_at_an_uninformative_start(seed):
+    """At the nmf experiment's initial Bernoulli factorisation (x barely depends on z) the
+    leave-one-out curve has a minimum at λ = 100, the mean predictor, within 8 % of the one at
+    λ = 1; taking it stalled learning (recon. MSE stuck at the pixel-mean model's)."""
+    from fastamort.experiments._common import sub_seed
+    from fastamort.models import BernoulliNMF
+
+    torch.manual_seed(sub_seed(seed, "model"))
+    model = BernoulliNMF(64, 16)
+    torch.manual_seed(sub_seed(seed, "al"))
+    learner = fastamort.AmortisedLearner(model, n_sleep=1000, n_held_out=150)
+    learner.initialise()
+    assert learner.lam == pytest.approx(1.0)
