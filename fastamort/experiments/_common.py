@@ -18,6 +18,7 @@ Every run writes into its output folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -148,6 +149,18 @@ def write_config(
             "environment": env,
         },
     )
+
+
+def start_run(
+    out: Path, name: str, config: Any, *, seed: int, quick: bool, device: torch.device
+) -> dict[str, Any]:
+    """Writes ``config.json`` for a run of ``name`` with the dataclass ``config``; returns the
+    environment (provenance) that ``metrics.json`` repeats."""
+    env = environment(device)
+    write_config(
+        out, name, dataclasses.asdict(config), seed=seed, quick=quick, device=device, env=env
+    )
+    return env
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

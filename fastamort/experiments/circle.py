@@ -46,7 +46,6 @@ Metrics (the paper shows only a figure, so these are ours):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,10 +242,7 @@ def run(
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     data = make_data(cfg, seed, device)
     reader = OrientationReader(cfg, device)
     with torch.no_grad():

@@ -47,7 +47,6 @@ voltage traces).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,10 +353,7 @@ def run(
     if device.type != "cpu":
         raise ValueError(f"device: this experiment runs on the CPU only, got {device}")
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     osc, osc_arr = run_oscillator(cfg, seed, progress)
     hh, hh_arr = run_hh(cfg, seed, progress)
     metrics = flat_metrics(osc, hh)

@@ -45,7 +45,6 @@ stronger IWAE); per-model values are prefixed ``fa_`` and ``gmm_``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Callable
@@ -389,10 +388,7 @@ def run(
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     n_tasks = len(PROBLEMS) * (
         len(METHODS) + len(AMORTISED) * len(cfg.sleep_sizes)
         + len(BASELINES) * len(cfg.particle_sizes)

@@ -54,7 +54,6 @@ batch 150, S = 1000 per cluster.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -259,10 +258,7 @@ def run(
     from sklearn.mixture import GaussianMixture as SkGMM
 
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     data = make_data(cfg, seed)
     x = torch.tensor(data["x"], dtype=torch.float32, device=device)
     x_test = torch.tensor(data["x_test"], dtype=torch.float32, device=device)

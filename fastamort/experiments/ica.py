@@ -48,7 +48,6 @@ steps (M = 1,000, lr 1e-2). Quick: 1 synthetic problem × 800 steps (M = 1,000),
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -352,10 +351,7 @@ def run(
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
     cfg = config or (QUICK if quick else FULL)
     _require_sklearn()
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     syn = run_synthetic(cfg, seed, device, progress)
     img = run_images(cfg, seed, device, progress)
     plots = plot(img, cfg, out)

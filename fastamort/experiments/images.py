@@ -382,10 +382,7 @@ def run(
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     from tqdm.auto import tqdm
 
     data = digits.load_digits_split(cfg.n_test, cfg.split_seed)

@@ -48,7 +48,6 @@ contexts 1, 4, 10; ``elbo_long`` 10,000 steps.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -272,10 +271,7 @@ def run(
     if device.type != "cpu":
         raise ValueError(f"device: this experiment runs on the CPU only, got {device}")
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     gen = torch.Generator().manual_seed(_common.sub_seed(seed, "train-data"))
     _, _, data = make_functions(cfg.n_train_functions, cfg, gen)
     ev = eval_set(cfg, seed)

@@ -53,7 +53,6 @@ draws.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -188,10 +187,7 @@ def run(
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
     cfg = config or (QUICK if quick else FULL)
-    env = _common.environment(device)
-    _common.write_config(
-        out, NAME, dataclasses.asdict(cfg), seed=seed, quick=quick, device=device, env=env
-    )
+    env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     train, test = load_data(cfg, seed)
     train, test = train.to(device), test.to(device)
     g = torch.Generator().manual_seed(_common.sub_seed(seed, "flip"))
