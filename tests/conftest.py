@@ -61,3 +61,24 @@ def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() == 0:
         return 0.0
     return float((a.double().cpu() - b.double().cpu()).abs().max())
+
+
+def run_quick(name: str, out) -> dict[str, float]:
+    """Runs experiment ``name`` with ``--quick`` (seed 0) into ``out`` and checks the contract
+    every experiment keeps: metrics.json, config.json and results.md written, the flat part of
+    metrics.json equal to the returned metrics, every metric a finite number. Returns them."""
+    import json
+    import math
+
+    from fastamort.experiments import run_experiment
+
+    metrics = run_experiment(name, quick=True, seed=0, out=out, progress=False)
+    for file in ("metrics.json", "config.json", "results.md"):
+        assert (out / file).stat().st_size > 0, file
+    on_disk = json.loads((out / "metrics.json").read_text())
+    flat = {k: v for k, v in on_disk.items() if k not in ("details", "environment")}
+    assert flat == pytest.approx(metrics)
+    bad = {k: v for k, v in flat.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+    assert not bad, bad
+    assert json.loads((out / "config.json").read_text())["quick"] is True
+    return flat

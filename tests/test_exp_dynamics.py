@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from conftest import run_quick
 
 import fastamort
-from fastamort.experiments import run_experiment
 from fastamort.experiments.dynamics import particle_filter
 from fastamort.models.base import is_expfam
 from fastamort.models.dynamics import HodgkinHuxley, LatentOscillator
@@ -216,13 +215,7 @@ def test_hh_bad_arguments():
 # --- the experiment -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_dynamics_quick_run(tmp_path):
-    metrics = run_experiment("dynamics", quick=True, seed=0, out=tmp_path, progress=False)
-    for name in ("metrics.json", "config.json", "results.md"):
-        assert (tmp_path / name).exists(), name
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    flat = {k: v for k, v in on_disk.items() if k not in ("details", "environment")}
-    assert flat == pytest.approx(metrics)
-    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in flat.values())
+    flat = run_quick("dynamics", tmp_path)
     # the oscillator: the period is found (from 9 to 12) and the learned model predicts
     assert flat["osc_period_rel_error"] < 0.05
     assert flat["osc_pred_mse_learned"] < 0.5 * flat["osc_pred_mse_initial"]
