@@ -124,7 +124,7 @@ def test_amari_distance():
 @pytest.mark.slow
 def test_ica_quick_run(tmp_path):
     pytest.importorskip("sklearn")
-    pytest.importorskip("PIL")  # reading scikit-learn's sample images
+    pytest.importorskip("skimage")  # the natural photographs
     flat = run_quick("ica", tmp_path)
     # learning moves the mixing matrix towards the truth and the sources towards sparsity
     assert flat["synthetic_amari_amortised"] < flat["synthetic_amari_init"] - 0.1

@@ -18,12 +18,12 @@ learned A and A* (0 = equal up to permutation and scale, 1 = worst), against sci
 FastICA (``whiten="unit-variance"``, logcosh) on the same data and against the random start;
 also the learned σ (truth 0.1).
 
-(b) Natural-image patches: the two photographs shipped inside scikit-learn
-(``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg, 427×640; no download;
-reading them needs pillow, a dependency of matplotlib), grey = mean of RGB / 255. Random 8×8
+(b) Natural-image patches: the photographs shipped inside scikit-image (:data:`IMAGES`:
+``skimage.data`` camera, astronaut, chelsea, coffee and rocket, 300–512 pixels a side; no
+download), grey = mean of RGB / 255. Random 8×8
 patches; per patch the mean is removed; the half with the lowest contrast (flat sky) is
 dropped and the rest scaled to unit standard deviation (the authors also contrast-normalised);
-PCA on the training patches keeps the top d = 8 components (about 60% of the variance),
+PCA on the training patches keeps the top d = 8 components (about 66% of the variance),
 whitened. 10,000 training and 5,000 test patches. The model (d = K = 8) starts at A = s·Q
 with Q a random orthogonal matrix and s = √((1 − σ²)/2), so that 2AAᵀ + σ²I = I matches the
 whitened covariance (only the rotation and the noise split are left to learn), σ = 0.3 above
@@ -101,15 +101,19 @@ QUICK = Config(
 
 
 # ------------------------------------------------------------------------------------------
+#: The natural photographs of ``skimage.data`` that ship inside scikit-image (no download).
+IMAGES = ("camera", "astronaut", "chelsea", "coffee", "rocket")
+
+
 def _require_sklearn() -> None:
-    """ImportError with the install hint unless scikit-learn (and pillow) can be imported."""
+    """ImportError with the install hint unless scikit-learn and scikit-image can be imported."""
     try:
-        import PIL  # noqa: F401  (reads scikit-learn's sample images)
-        import sklearn  # noqa: F401
+        import skimage.data  # noqa: F401  (the natural images)
+        import sklearn  # noqa: F401  (FastICA)
     except ImportError as exc:
         raise ImportError(
-            "the ica experiment needs scikit-learn and pillow (FastICA, the sample images): "
-            "pip install 'fastamort[bench]'"
+            "the ica experiment needs scikit-learn (FastICA) and scikit-image (its sample "
+            "photographs): pip install 'fastamort[bench]'"
         ) from exc
 
 
@@ -214,9 +218,12 @@ def run_synthetic(cfg: Config, seed: int, device: torch.device, progress: bool) 
 # ------------------------------------------------------------------------------------------
 def image_patches(cfg: Config, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Contrast-normalised, mean-removed p×p patches (train (N, p²), test (N', p²))."""
-    from sklearn.datasets import load_sample_images
+    import skimage.data
 
-    images = [im.astype(np.float64).mean(-1) / 255.0 for im in load_sample_images().images]
+    images = []
+    for name in IMAGES:
+        im = getattr(skimage.data, name)().astype(np.float64) / 255.0
+        images.append(im.mean(-1) if im.ndim == 3 else im)
     rng = np.random.default_rng(_common.sub_seed(seed, "patches"))
     n = 2 * (cfg.img_train + cfg.img_test) + 100
     p = cfg.patch
@@ -405,7 +412,7 @@ def run(
         f"Command: `fastamort experiment ica{' --quick' if quick else ''} --seed {seed} "
         f"--device {device.type}`. Synthetic: D = K = {cfg.syn_dim}, noise {cfg.syn_noise}, "
         f"{cfg.syn_train} points, {cfg.syn_steps} steps, M = {cfg.syn_n_sleep}. Images: "
-        f"{cfg.patch}×{cfg.patch} patches of scikit-learn's sample images, d = K = "
+        f"{cfg.patch}×{cfg.patch} patches of scikit-image's sample photographs, d = K = "
         f"{cfg.img_dim} whitened PCA components ({img['variance_kept']:.0%} of the variance), "
         f"{cfg.img_train} / {cfg.img_test} patches, {img['steps']} steps "
         f"({img['train_seconds']:.0f} s), learned σ = {img['noise_std']:.3g} (floor "
