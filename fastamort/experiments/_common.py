@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import random
+import statistics
 import sys
 import time
 import warnings
@@ -161,6 +162,11 @@ def start_run(
         out, name, dataclasses.asdict(config), seed=seed, quick=quick, device=device, env=env
     )
     return env
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of repeated measurements; std 0 for one value."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

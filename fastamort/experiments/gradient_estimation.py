@@ -190,10 +190,6 @@ def estimator_fn(
     raise ValueError(f"method: {method!r}")
 
 
-def _summary(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar) -> dict[str, Any]:
     """All methods and budgets on one model; returns the nested record of the problem."""
     model, x = make_problem(problem, cfg, seed, device)
@@ -239,7 +235,7 @@ def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar)
                 cos.append(float(torch.nn.functional.cosine_similarity(g, g_star, dim=0)))
                 rel.append(float((g - g_star).norm() / g_star.norm()))
                 secs.append(dt)
-            (c_m, c_s), (r_m, r_s) = _summary(cos), _summary(rel)
+            (c_m, c_s), (r_m, r_s) = _common.mean_std(cos), _common.mean_std(rel)
             info["points"].append(
                 {"budget": budget, "cosine": c_m, "cosine_std": c_s, "rel_error": r_m,
                  "rel_error_std": r_s, "seconds": statistics.fmean(secs),

@@ -256,10 +256,6 @@ def train_method(
 
 
 # ------------------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {
         "classifier_accuracy": results["classifier"]["accuracy_continuous"],
@@ -276,7 +272,7 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
             if method in BASELINES:
                 stats.append("test_ll_own_encoder")
             for stat in stats:
-                m, s = _mean_std([r[stat] for r in runs])
+                m, s = _common.mean_std([r[stat] for r in runs])
                 metrics[f"{key}_{stat}"], metrics[f"{key}_{stat}_std"] = m, s
             metrics[f"{key}_fid_init"] = statistics.fmean(r["curve"][0]["fid"] for r in runs)
     return metrics
