@@ -31,6 +31,8 @@ def _extensions() -> list:
     from pybind11.setup_helpers import Pybind11Extension
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
+    # Headers too: an edited header must rebuild the extension (setuptools compares times).
+    headers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.hpp"))
     debug = os.environ.get("FASTAMORT_DEBUG", "0") not in ("", "0")
     compile_args = ["-O0", "-g"] if debug else ["-O3"]
     compile_args += [
@@ -48,6 +50,7 @@ def _extensions() -> list:
         Pybind11Extension(
             "fastamort._C",
             sources,
+            depends=headers,
             include_dirs=["csrc"],
             cxx_std=17,
             extra_compile_args=compile_args,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 
 #include "array_utils.hpp"
 #include "blas.hpp"
@@ -190,6 +191,19 @@ void bind_gram(py::module_& m) {
       "Gradients of sum(G * k(x, y)) -> (dx, dy or None, dlengthscale per batch member).\n"
       "G = grad (B, M, N) when v is None, else grad @ v^T with grad (B, M, P), v (B, N, P).\n"
       "With y None, dx is the total gradient of x in both roles.");
+  m.def(
+      "gram_route",
+      [](long m_rows, long n_cols, long d, int kernel) -> std::string {
+        if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
+        const bool inner = !is_small(Dims{1, m_rows, n_cols, d});
+        switch (gram::route(static_cast<int>(d), kernel, inner)) {
+          case gram::Route::kDirect: return "direct";
+          case gram::Route::kFused: return "fused";
+          default: return "gemm";
+        }
+      },
+      py::arg("m"), py::arg("n"), py::arg("d"), py::arg("kernel"),
+      "How gram_forward makes one M×N×D problem's tiles: 'direct', 'fused' or 'gemm'.");
   m.def("blas_thread_control", &blas::thread_control,
         "Whether the BLAS thread count can be pinned to 1 around the Gram kernels.");
   m.def("simd_isa", []() { return std::string(row_ops<double>().isa); },

@@ -6,7 +6,8 @@
 //     with the cross term from BLAS, or
 //   - directly (D small, the Laplacian, or small batched problems): s = Σ (x − y)²/ℓ²,
 // and is then mapped in place to k(s) (forward) or w = G·dk/ds (backward) by the
-// vectorised row kernels. Only gram() writes the whole M×N matrix; gram_matmul and the
+// vectorised row kernels. gram() with D up to 64 fuses the two: a register-blocked
+// micro-kernel forms s and k(s) is written straight into K (RowOps::gram_tile). Only gram() writes the whole M×N matrix; gram_matmul and the
 // backward passes keep one tile at a time.
 #pragma once
 
@@ -24,6 +25,12 @@ struct Problem {
   int kernel;
   T lengthscale;
 };
+
+// How the tiles of s are made: directly (kDirect), by the GEMM trick with BLAS (kGemm), or,
+// for forward() only, by the GEMM trick in the fused tile (kFused; the other ops use BLAS).
+// inner_parallel: the problem is large enough to be split over threads (see the bindings).
+enum class Route { kDirect, kFused, kGemm };
+Route route(int d, int kernel, bool inner_parallel);
 
 // K (M×N, row-major). With p.y == nullptr, N == M and K is exactly symmetric.
 template <class T>

@@ -26,6 +26,10 @@ struct RowOps {
   void (*l1_direct)(T* row, const T* xi, const T* yt, int ld, int n, int d, T scale);
   // row[j] = k(row[j])   (row holds s on entry)
   void (*kernel_from_s)(T* row, int n, int kernel);
+  // k[r·ldk + c] = k(max(nx[r] + ny[c] − 2·Σ_d xa[r·lda + d]·yt[d·ldy + c], 0)·scale) for
+  // r < rows, c < cols: a tile of K for a Euclidean kernel by the GEMM trick, fused.
+  void (*gram_tile)(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
+                    const T* ny, int rows, int cols, int d, T scale, int kernel);
   // row[j] = g[j]·k'(row[j]); returns Σ_j row[j]·s_j (the lengthscale gradient needs it)
   double (*kernel_grad_from_s)(T* row, const T* g, int n, int kernel);
   const char* isa;

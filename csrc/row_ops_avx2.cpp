@@ -3,6 +3,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma")
+#define FASTAMORT_VEC_BYTES 32
 #define FASTAMORT_ISA_NS isa_avx2
 #define FASTAMORT_ISA_NAME "avx2+fma"
 #include "row_ops_impl.hpp"

@@ -52,6 +52,22 @@ def exact_gram(x: torch.Tensor, y: torch.Tensor | None, kernel: str, ell: float)
     return kernel_from_s(exact_scaled_distance(x, x if y is None else y, kernel, ell), kernel)
 
 
+# Problems large enough for the C++ engine's tiled routes (M·N·D above 2^20), each with the
+# route gram_forward must take (fastamort._C.gram_route): D just past the direct switch, rows
+# not a multiple of the fused tile's 6 and blocks of them, columns ragged against its 8/16-wide
+# groups, 128-column chunks and per-block column limit, D at the top of the fused route and
+# just past it (BLAS GEMM; gram_matmul and the backward passes take the GEMM route whenever
+# gram takes either).
+CPP_ROUTE_SHAPES = [
+    (263, 1031, 5, "fused"),
+    (97, 1031, 17, "fused"),
+    (131, 1029, 64, "fused"),
+    (129, 257, 65, "gemm"),
+]
+# Y = X: the fused route computes the whole matrix, the GEMM route mirrors its blocks.
+CPP_ROUTE_SYMMETRIC = [(263, 17, "fused"), (1031, 5, "fused"), (300, 65, "gemm")]
+
+
 # Error floors per dtype for the accuracy rule
 #   err(backend) <= 2 * err(torch reference in the same dtype) + FLOOR[dtype]
 FLOOR = {torch.float32: 2e-6, torch.float64: 1e-13}

@@ -6,9 +6,17 @@ import sys
 
 import pytest
 import torch
-from conftest import BACKEND_PARAMS, FLOOR, exact_gram, max_abs_err
+from conftest import (
+    BACKEND_PARAMS,
+    CPP_ROUTE_SHAPES,
+    CPP_ROUTE_SYMMETRIC,
+    FLOOR,
+    exact_gram,
+    max_abs_err,
+)
 from torch.autograd import gradcheck
 
+import fastamort
 from fastamort import gram_matmul, record_backends
 from fastamort.ops.gram_matmul import gram_matmul_ref
 from fastamort.ops.kernel_math import KERNEL_NAMES
@@ -43,6 +51,24 @@ def test_matches_float64_ground_truth(device, backend, dtype, kernel):
         # the products sum N terms: the floor scales with the size of the sums
         floor = FLOOR[dtype] * n * float(v.abs().max())
         assert max_abs_err(out, truth) <= 2 * max_abs_err(ref_same, truth) + floor, (m, n, d, p)
+
+
+@pytest.mark.skipif(fastamort.backend_report()["cpp"] != "available", reason="extension not built")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["gaussian", "matern12", "matern32", "matern52"])
+def test_cpp_tiled_routes_match_ground_truth(dtype, kernel):
+    shapes = [(m, n, d) for m, n, d, _ in CPP_ROUTE_SHAPES]
+    shapes += [(m, None, d) for m, d, _ in CPP_ROUTE_SYMMETRIC]
+    for m, n, d in shapes:
+        ell = 0.8 * d**0.5
+        x = _rand((m, d), dtype, "cpu", 1) + 2.0
+        y = None if n is None else _rand((n, d), dtype, "cpu", 2) + 2.0
+        v = _rand((m if n is None else n, 16), dtype, "cpu", 3)
+        truth = exact_gram(x, y, kernel, ell) @ v.double()
+        ref_same = gram_matmul_ref(x, y, v, kernel, ell)
+        out = gram_matmul(x, y, v, kernel=kernel, lengthscale=ell, backend="cpp")
+        floor = FLOOR[dtype] * v.shape[0] * float(v.abs().max())
+        assert max_abs_err(out, truth) <= 2 * max_abs_err(ref_same, truth) + floor, (m, n, d)
 
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
