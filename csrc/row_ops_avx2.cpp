@@ -1,6 +1,14 @@
 // Row kernels for x86-64 CPUs with AVX2 and FMA, chosen at run time by row_ops().
 #include "row_ops.hpp"
 
+// Every standard header row_ops_impl.hpp uses comes before the target pragma: templates
+// defined after it would be compiled for AVX2, and the linker may pick such an instance for
+// the whole library (tests/test_isa.py checks the built library).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma")
 #define FASTAMORT_VEC_BYTES 32

@@ -105,6 +105,8 @@ def test_readme_shell_command_is_checked(command):
 GRAM_ROWS = (
     ("gram", 1024, 32, "float32"),
     ("gram", 4096, 2, "float32"),
+    ("gram", 4096, 32, "float32"),
+    ("gram", 4096, 32, "float64"),
     ("gram", 4096, 784, "float32"),
     ("gram_matmul", 4096, 32, "float32"),
 )
