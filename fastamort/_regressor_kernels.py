@@ -38,11 +38,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._backends import cpp_module, cpp_unavailable_reason
-from .ops.cholesky import NotPSDError, NumericalWarning, cholesky
+from .ops.cholesky import NotPSDError, NumericalWarning
 from .ops.gram import gram
 from .ops.gram_matmul import gram_matmul
 from .ops.ridge_solve import ridge_solve
+from .ops.ridge_solve_mixed import MIXED_MIN_N, MIXED_N_PER_RHS, solve_mixed
 
 #: scikit-learn's ``PAIRWISE_KERNEL_FUNCTIONS`` names.
 SKLEARN_KERNELS = (
@@ -74,11 +74,6 @@ USES_GAMMA = {"rbf", "laplacian", "poly", "polynomial", "sigmoid", "chi2", *EXTR
 #: Entries of one block of a Gram matrix taken for a prediction (32 MiB of float64).
 BLOCK_ENTRIES = 1 << 22
 
-#: float64 solves on the CPU from this n on try a float32 factorisation with float64 refinement.
-MIXED_MIN_N = 1536
-#: Refinement steps before giving up on the float32 factor (LAPACK's dsposv: 30; fewer here,
-#: so that a slowly converging refinement never costs more than the float64 factorisation).
-MIXED_MAX_STEPS = 10
 
 SINGULAR_WARNING = "Singular matrix in solving dual problem. Using least-squares solution instead."
 
@@ -223,81 +218,11 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sol.to(b.device)
 
 
-def _narrowed_factor(k: torch.Tensor, alpha: float, backend: str):
-    """(‖K‖_F, solve₃₂) for A = K + αI, or None when the float32 factorisation fails.
-
-    The C++ route narrows K while copying it into the factor and sums ‖K‖_F² in the same pass
-    (no float32 copy of K and no second read); the other backends copy, factor and take the
-    norm separately. ``solve₃₂(r)`` = A₃₂⁻¹ r for float64 r (n, p), returned in float64: two
-    triangular solves (one BLAS call each; the blocked solve's barriers cost more than the
-    memory-bound p = 1 solve on a loaded machine; torch.cholesky_solve would copy the factor).
-    """
-    if not bool(torch.isfinite(k.diagonal()).all()) or not math.isfinite(alpha):
-        return None
-    if backend in ("auto", "cpp") and k.is_contiguous() and cpp_unavailable_reason() is None:
-        lower_np, info, frobenius_sq = cpp_module().cholesky_narrowed(k.numpy(), float(alpha))
-        if info != 0 or not math.isfinite(frobenius_sq):
-            return None
-        lower, k_norm = torch.from_numpy(lower_np), math.sqrt(frobenius_sq)
-    else:
-        a32 = k.to(torch.float32)
-        a32.diagonal().add_(alpha)
-        if not bool(torch.isfinite(a32.diagonal()).all()):
-            return None
-        try:
-            lower = cholesky(a32, jitter=0, backend=backend)
-        except (NotPSDError, ValueError):  # indefinite, or overflow to inf in float32
-            return None
-        del a32
-        k_norm = float(torch.linalg.vector_norm(k))
-
-    def solve32(rhs: torch.Tensor) -> torch.Tensor:
-        z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
-        return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
-
-    return k_norm, solve32
-
-
-def solve_mixed(
-    k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str = "auto"
-) -> torch.Tensor | None:
-    """(K + αI)⁻¹ b in float64 from a float32 Cholesky factor and float64 refinement.
-
-    LAPACK's ``dsposv`` scheme: factor A = K + αI in float32 (about twice the float64 speed),
-    then x ← x + A₃₂⁻¹ r with the residual r = b − A x in float64, until for every column
-    ‖r‖∞ ≤ ‖x‖∞ · ‖A‖_F · eps₆₄ · √n, the backward error of a float64 Cholesky solve
-    (``dsposv`` uses ‖A‖∞; the Frobenius norm needs no n × n temporary). Converges when
-    κ(A)·eps₃₂ ≪ 1; returns None when the float32 factorisation fails or the residual stops
-    shrinking, and the caller then factors in float64.
-    """
-    n = k.shape[0]
-    factored = _narrowed_factor(k, alpha, backend)
-    if factored is None:
-        return None
-    k_norm, solve32 = factored
-    a_norm = k_norm + abs(alpha) * math.sqrt(n)
-    tol = a_norm * float(torch.finfo(torch.float64).eps) * math.sqrt(n)
-
-    x = solve32(b)
-    last = math.inf
-    for _ in range(MIXED_MAX_STEPS):
-        r = torch.addmm(b, k, x, alpha=-1.0).sub_(x, alpha=alpha)
-        r_norm = r.abs().amax(0)
-        if bool((r_norm <= tol * x.abs().amax(0)).all()):
-            return x
-        worst = float(r_norm.max())
-        if not math.isfinite(worst) or worst > 0.5 * last:  # not converging: κ too large
-            return None
-        last = worst
-        scale = r_norm.clamp_min(torch.finfo(torch.float64).tiny)  # keep r in float32 range
-        x.add_(solve32(r / scale) * scale)
-    return None
-
-
 def _solve_one(k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str) -> torch.Tensor:
     """(K + αI)⁻¹ b: one Cholesky; float64 falls back to least squares like sklearn."""
     if k.dtype == torch.float64:
-        if k.device.type == "cpu" and k.shape[0] >= MIXED_MIN_N and backend != "torch":
+        cpu, n = k.device.type == "cpu", k.shape[0]
+        if cpu and n >= MIXED_MIN_N and n >= MIXED_N_PER_RHS * b.shape[1] and backend != "torch":
             x = solve_mixed(k, b, alpha, backend)
             if x is not None:
                 return x

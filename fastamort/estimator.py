@@ -12,7 +12,9 @@ n = 1..N, K = k(X_s, X_s) and K_sw = k(X_s, X_w):
 pass. The weights β and C depend only on the (detached) sleep x's, the wake batch and the
 kernel, so they are computed without a graph, in float64, by one ``gram``, one fused
 ``gram_matmul`` (the M×N cross Gram is never stored) and one ``ridge_solve`` with 1 + P
-right-hand sides. The ridge is λI (not MλI).
+right-hand sides (on the CPU from M = 1536 with M ≥ 50(1 + P), a float32 Cholesky refined in
+float64 to the same accuracy, :func:`fastamort.solvers.exact.exact_solve`). The ridge is λI
+(not MλI).
 
 For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier features or
 warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
@@ -33,8 +35,8 @@ import torch
 
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
-from .ops import ridge_solve
 from .solvers import SolverConfig, WarmStart, krr_weights
+from .solvers.exact import exact_solve
 
 #: λ grid of the automatic choice (absolute: the kernels here have k(x, x) = 1). It starts at
 #: 1e-3: leave-one-out error at the sleep points cannot see the wake points, which lie off the
@@ -303,7 +305,7 @@ def amortised_estimate(
                 raise ValueError(f"lam: must be >= 0, got {lam_value}")
         if config.solver == "exact" and warm_start is None:
             rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
-            weights = ridge_solve(kernel.gram_features(fs), rhs, lam_value, backend=kernel.backend)
+            weights = exact_solve(kernel.gram_features(fs), rhs, lam_value, kernel.backend)
             if contract is not None:
                 weights = weights @ contract
             info: dict[str, Any] = {"solver": "exact"}

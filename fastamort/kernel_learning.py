@@ -23,8 +23,8 @@ import torch
 from .estimator import KRR_DTYPE, regression_targets, resolve_estimator
 from .kernels import Kernel
 from .models.base import check_model
-from .ops import ridge_solve
 from .solvers import SolverConfig, feature_ridge_predict, nystrom_feature_map
+from .solvers.exact import exact_solve
 from .solvers.rff import RandomFourierFeatures
 
 
@@ -68,9 +68,8 @@ def kernel_loss(
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
     lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
     if config.solver == "exact":
-        coef = ridge_solve(
-            kernel.gram_features(phi_fit), targets.to(KRR_DTYPE), lam_t, backend=kernel.backend
-        )
+        k_fit = kernel.gram_features(phi_fit)
+        coef = exact_solve(k_fit, targets.to(KRR_DTYPE), lam_t, kernel.backend)
         return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
     if config.solver == "rff":
         feature_map = RandomFourierFeatures(

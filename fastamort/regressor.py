@@ -239,9 +239,10 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
       torch in → torch out, on the input's device and in its dtype. Inputs are detached:
       for gradients use :func:`fastamort.gram` and :func:`fastamort.ridge_solve` directly.
     * Sample weights enter as K ← diag(√w) K diag(√w), y ← √w·y, c ← √w·c (scikit-learn).
-    * Large float64 fits on the CPU (n ≥ 1536) factor K + αI in float32 and refine the
-      solution in float64 until its residual is at the level of a float64 Cholesky solve
-      (LAPACK ``dsposv``'s scheme, about twice as fast); when that does not converge
+    * Large float64 fits on the CPU (n ≥ 1536, and n ≥ 50 × the number of targets) factor
+      K + αI in float32 and refine the solution in float64 until its residual is at the
+      level of a float64 Cholesky solve (LAPACK ``dsposv``'s scheme, about twice as fast;
+      with more targets the refinement costs more than it saves); when that does not converge
       (κ(K + αI) too large for float32) they factor in float64 instead.
     * When the Cholesky factorisation fails in float64 the fit warns ("Singular matrix in
       solving dual problem. Using least-squares solution instead.") and uses the

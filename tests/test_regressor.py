@@ -262,36 +262,6 @@ def test_mixed_precision_declines_when_float32_cannot_converge():
     assert rel_err(solve_dual(k, b, np.array([0.0]), None), torch.linalg.solve(k, b)) < 1e-5
 
 
-def test_mixed_precision_cpp_route_runs_and_matches_the_torch_route(monkeypatch):
-    """On the C++ route the float32 factor comes from fastamort._C.cholesky_narrowed (K is
-    narrowed in the copy); the torch route copies, factors and solves in torch. Same answer."""
-    import fastamort._regressor_kernels as rk
-
-    if rk.cpp_unavailable_reason() is not None:
-        pytest.skip(rk.cpp_unavailable_reason())
-    g = torch.Generator().manual_seed(21)
-    x = torch.randn(300, 5, generator=g, dtype=torch.float64)
-    k = torch.exp(-0.5 * torch.cdist(x, x) ** 2)
-    b = torch.randn(300, 3, generator=g, dtype=torch.float64)
-    exact = torch.linalg.solve(k + 0.1 * torch.eye(300, dtype=torch.float64), b)
-    calls = []
-    real_module = rk.cpp_module()
-
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real_module, name)
-
-    monkeypatch.setattr(rk, "cpp_module", Spy)
-    fast = rk.solve_mixed(k, b, 0.1, "cpp")
-    assert calls and calls[0] == "cholesky_narrowed"
-    calls.clear()
-    slow = rk.solve_mixed(k, b, 0.1, "torch")
-    assert calls == []
-    assert rel_err(fast, exact) < 1e-12 and rel_err(slow, exact) < 1e-12
-    assert rk.solve_mixed(-k, b, 0.0, "cpp") is None  # indefinite: declines
-
-
 @needs_sklearn
 def test_mixed_precision_at_default_size():
     import fastamort._regressor_kernels as rk
