@@ -60,8 +60,8 @@ class SectionTimer:
         patches = [
             (kernels_module, "gram", "gram"),
             (kernels_module, "gram_matmul", "gram"),
-            (estimator_module, "ridge_solve", "solve"),
-            (kernel_learning_module, "ridge_solve", "solve"),
+            (estimator_module, "exact_solve", "solve"),
+            (kernel_learning_module, "exact_solve", "solve"),
             (estimator_module, "draw_sleep", "sleep"),
         ]
         import fastamort.learner as learner_module
