@@ -124,13 +124,17 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
 def write_metrics(
     out: Path, metrics: dict[str, float], details: dict[str, Any], env: dict[str, Any]
 ) -> Path:
-    """``metrics.json``: the flat numbers, then ``details`` and ``environment``."""
+    """``metrics.json``: the flat numbers, then ``details`` and ``environment``.
+
+    ``details["non_finite"]`` lists the metrics that are NaN or infinite (empty when none).
+    """
     bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
         raise TypeError(f"metrics must be numbers; not: {bad}")
     reserved = {"details", "environment"} & set(metrics)
     if reserved:
         raise ValueError(f"metric names {sorted(reserved)} are reserved")
+    details = {**details, "non_finite": [k for k, v in metrics.items() if not math.isfinite(v)]}
     return write_json(out / "metrics.json", {**metrics, "details": details, "environment": env})
 
 

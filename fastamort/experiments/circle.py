@@ -292,7 +292,6 @@ def run(
         "untrained": untrained,
         "history": history[::every] + ([history[-1]] if len(history) % every != 1 else []),
         "plots": plots,
-        "non_finite": [k for k, v in metrics.items() if not math.isfinite(v)],
     }
     _common.write_metrics(out, metrics, details, env)
 

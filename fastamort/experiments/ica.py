@@ -379,7 +379,6 @@ def run(
         "images": img,
         "plots": plots,
         "amortised_basis_pixels": bases["amortised"].T.tolist(),
-        "non_finite": [k for k, v in metrics.items() if not math.isfinite(v)],
     }
     _common.write_metrics(out, metrics, details, env)
 

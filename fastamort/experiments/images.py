@@ -428,8 +428,7 @@ def run(
     for variant in VARIANTS:
         for method in METHODS:
             results[variant]["methods"][method].pop("grid", None)
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-    details = {"results": results, "plots": plots, "non_finite": bad}
+    details = {"results": results, "plots": plots}
     _common.write_metrics(out, metrics, details, env)
     notes = (
         "Command: `python -m fastamort.experiments images" + (" --quick" if quick else "")

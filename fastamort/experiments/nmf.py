@@ -257,7 +257,6 @@ def run(
             for h in history[:: max(1, len(history) // 50)]
         ],
         "plots": plots,
-        "non_finite": [k for k, v in metrics.items() if not math.isfinite(v)],
     }
     _common.write_metrics(out, metrics, details, env)
     _common.write_results_md(out, NAME, results_sections(metrics, cfg, quick, seed, device))
