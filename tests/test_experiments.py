@@ -48,8 +48,10 @@ def test_metrics_must_be_flat_numbers(tmp_path):
         _common.write_metrics(tmp_path, {"details": 1.0}, {}, {})
     path = _common.write_metrics(tmp_path, {"a": 1.5, "b": 2}, {"nested": [1]}, {"v": "1"})
     assert json.loads(path.read_text()) == {
-        "a": 1.5, "b": 2, "details": {"nested": [1]}, "environment": {"v": "1"},
+        "a": 1.5, "b": 2, "details": {"nested": [1], "non_finite": []}, "environment": {"v": "1"},
     }  # fmt: skip
+    path = _common.write_metrics(tmp_path, {"a": float("nan"), "b": 2}, {}, {})
+    assert json.loads(path.read_text())["details"] == {"non_finite": ["a"]}
 
 
 def test_plots_are_skipped_with_a_warning_without_matplotlib(monkeypatch):
