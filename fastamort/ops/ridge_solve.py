@@ -82,6 +82,20 @@ def _solve_forward(k, b, lam, backend: str, *, keep_lower: bool, check_finite: b
     return x, lower
 
 
+def k_and_lam_grads(
+    grad_b: torch.Tensor, x: torch.Tensor, need_k: bool, need_lam: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of X = (K + λI)⁻¹ B w.r.t. K (..., n, n) and λ (...,), from Ḃ = (K + λI)⁻¹ Ẋ."""
+    grad_k = grad_lam = None
+    if need_k:
+        # −½(ḂXᵀ + XḂᵀ) as one GEMM, [Ḃ X]·[X Ḃ]ᵀ: no transposed pass over an n×n array
+        grad_k = torch.cat([grad_b, x], -1) @ torch.cat([x, grad_b], -1).mT
+        grad_k.mul_(-0.5)
+    if need_lam:
+        grad_lam = -(grad_b * x).sum(dim=(-2, -1))
+    return grad_k, grad_lam
+
+
 class RidgeSolveFunction(torch.autograd.Function):
     """X = (K + λI)⁻¹ B on one backend, K (B, n, n), B (B, n, p), λ (B,)."""
 
@@ -98,13 +112,8 @@ class RidgeSolveFunction(torch.autograd.Function):
         x, lower = ctx.saved_tensors
         grad_b = ridge_backend_impl(ctx.backend).solve(lower, grad_x.contiguous())
         note_backend("ridge_solve.backward", ctx.backend)
-        grad_k = grad_lam = None
-        if ctx.needs_input_grad[0]:
-            # −½(ḂXᵀ + XḂᵀ) as one GEMM, [Ḃ X]·[X Ḃ]ᵀ: no transposed pass over an n×n array
-            grad_k = torch.cat([grad_b, x], -1) @ torch.cat([x, grad_b], -1).mT
-            grad_k.mul_(-0.5)
-        if ctx.needs_input_grad[2]:
-            grad_lam = -(grad_b * x).sum(dim=(-2, -1))
+        need_k, _, need_lam, *_ = ctx.needs_input_grad
+        grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
         return grad_k, grad_b, grad_lam, None
 
 

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .._backends import cpp_module, cpp_unavailable_reason
 from .cholesky import NotPSDError, cholesky
+from .ridge_solve import k_and_lam_grads
 
 #: float64 solves on the CPU from this n on try a float32 factorisation with float64 refinement.
 MIXED_MIN_N = 1536
@@ -125,12 +126,8 @@ class _MixedRidgeSolve(torch.autograd.Function):
             a = k.clone()
             a.diagonal().add_(alpha)
             grad_b = torch.linalg.solve(a, grad_x)
-        grad_k = grad_lam = None
-        if ctx.needs_input_grad[0]:  # as ridge_solve: −½(ḂXᵀ + XḂᵀ) in one GEMM
-            grad_k = torch.cat([grad_b, x], -1) @ torch.cat([x, grad_b], -1).mT
-            grad_k.mul_(-0.5)
-        if ctx.needs_input_grad[2]:
-            grad_lam = -(grad_b * x).sum().reshape(lam.shape)
+        need_k, _, need_lam, *_ = ctx.needs_input_grad
+        grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
         return grad_k, grad_b, grad_lam, None
 
 
