@@ -42,7 +42,7 @@ from .ops.cholesky import NotPSDError, NumericalWarning
 from .ops.gram import gram
 from .ops.gram_matmul import gram_matmul
 from .ops.ridge_solve import ridge_solve
-from .ops.ridge_solve_mixed import MIXED_MIN_N, MIXED_N_PER_RHS, solve_mixed
+from .ops.ridge_solve_mixed import mixed_applies, solve_mixed
 
 #: scikit-learn's ``PAIRWISE_KERNEL_FUNCTIONS`` names.
 SKLEARN_KERNELS = (
@@ -221,8 +221,7 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _solve_one(k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str) -> torch.Tensor:
     """(K + αI)⁻¹ b: one Cholesky; float64 falls back to least squares like sklearn."""
     if k.dtype == torch.float64:
-        cpu, n = k.device.type == "cpu", k.shape[0]
-        if cpu and n >= MIXED_MIN_N and n >= MIXED_N_PER_RHS * b.shape[1] and backend != "torch":
+        if mixed_applies(k, b.shape[1], backend):
             x = solve_mixed(k, b, alpha, backend)
             if x is not None:
                 return x

@@ -231,7 +231,7 @@ def test_mixed_precision_solve_matches_sklearn(monkeypatch):
         outcomes.append(out is not None)
         return out
 
-    monkeypatch.setattr(rk, "MIXED_MIN_N", 1)
+    monkeypatch.setattr("fastamort.ops.ridge_solve_mixed.MIXED_MIN_N", 1)
     monkeypatch.setattr(rk, "solve_mixed", spy)
     # additive_chi2 is indefinite: no float32 factor, then float64 fails too and lstsq runs
     cases = [("rbf", 0.4, True), ("laplacian", 1e-3, True), ("additive_chi2", 0.4, False)]
@@ -265,8 +265,9 @@ def test_mixed_precision_declines_when_float32_cannot_converge():
 @needs_sklearn
 def test_mixed_precision_at_default_size():
     import fastamort._regressor_kernels as rk
+    import fastamort.ops.ridge_solve_mixed as rsm
 
-    x, y, x_test, _ = problem(19, n=rk.MIXED_MIN_N + 11, m=40, d=8)
+    x, y, x_test, _ = problem(19, n=rsm.MIXED_MIN_N + 11, m=40, d=8)
     k = torch.from_numpy(SkKernelRidge(kernel="rbf")._get_kernel(x))
     assert rk.solve_mixed(k, torch.from_numpy(y)[:, None], 1.0) is not None
     ref = SkKernelRidge(kernel="rbf").fit(x, y).predict(x_test)
