@@ -94,8 +94,10 @@ def _warps_configs(*warps: int) -> list[triton.Config]:
 # Few warps keep the per-column reductions cheap (1 warp: shuffles only); more warps spread the
 # tile over more registers (offline sm_90 compile: a 64 × 64 fp64 tile spills with 1–2 warps,
 # not with 4). Which wins depends on n: let the autotuner pick per power-of-two size bucket.
-_SMALL_CONFIGS = _warps_configs(1, 2, 4, 8)
-_FUSED_CONFIGS = _warps_configs(2, 4)
+_SMALL_WARPS = (1, 2, 4, 8)
+_FUSED_WARPS = (2, 4)
+_SMALL_CONFIGS = _warps_configs(*_SMALL_WARPS)
+_FUSED_CONFIGS = _warps_configs(*_FUSED_WARPS)
 
 
 # --------------------------------------------------------------------------------------------
