@@ -228,3 +228,46 @@ def test_non_contiguous_inputs(kernel) -> None:
         strict=True,
     ):
         assert torch.equal(a, b)
+
+
+def _gpu_configs() -> list:
+    """(table name, family, config) for every autotune config the kernels get on a GPU."""
+    tables = {
+        "gram": tg._GRAM_CONFIGS,
+        "matmul": tg._MATMUL_CONFIGS,
+        "backward": tg._BACKWARD_CONFIGS,
+    }
+    return [
+        pytest.param(name, family, cfg, id=f"{name}-{family}-{i}")
+        for name, table in tables.items()
+        for family, configs in table.items()
+        for i, cfg in enumerate(configs)
+    ]
+
+
+@pytest.mark.parametrize(("table", "family", "config"), _gpu_configs())
+def test_every_gpu_config_is_right(table, family, config, monkeypatch) -> None:
+    """Each GPU autotune config (tile shape, warps, stages), forced as the only one, gives the
+    reference's results: the interpreter otherwise runs only its own single config."""
+    kernel = "laplacian" if family == "l1" else "matern52"
+    kid, dtype, shape = KERNEL_IDS[kernel], torch.float64, (1, 37, 70, 5)
+    tuners = {"gram": tg._gram_fwd, "matmul": tg._gram_matmul, "backward": tg._gram_bwd}
+    monkeypatch.setattr(tuners[table][family], "configs", [config])
+    x, y = _points(shape, dtype, symmetric=False, seed=31)
+    ell = _lengthscale(kernel, shape[-1], dtype)
+    ref = _ref_gram(x, y, kernel, ell)
+    if table == "gram":
+        _assert_close(tg.gram_forward(x, y, kid, ell), ref, RTOL[dtype])
+        kxx = tg.gram_forward(x, None, kid, ell)
+        assert torch.equal(kxx, kxx.mT)
+        _assert_close(kxx, _ref_gram(x, None, kernel, ell), RTOL[dtype])
+    elif table == "matmul":
+        v = _randn(1, 70, 17, dtype=dtype, seed=32)
+        _assert_close(tg.gram_matmul_forward(x, y, v, kid, ell), ref @ v, RTOL[dtype])
+    else:
+        grad, v = _randn(1, 37, 17, dtype=dtype, seed=33), _randn(1, 70, 17, dtype=dtype, seed=34)
+        dx, dy, dell = tg.gram_backward(x, y, grad, v, kid, ell)
+        rdx, rdy, rdell, scale = _ref_grads(x, y, grad @ v.mT, kernel, ell)
+        _assert_close(dx, rdx, RTOL[dtype])
+        _assert_close(dy, rdy, RTOL[dtype])
+        _assert_close(dell, rdell, RTOL[dtype], scale=scale)

@@ -163,20 +163,23 @@ def _heavy(kernel: int) -> bool:
 
 
 def plan_gram_forward(rec: _Recorder, dtype: torch.dtype) -> None:
-    x, y = _t(1, 40, 5, dtype=dtype), _t(1, 24, 5, dtype=dtype)
-    for kernel in rec.kernel_ids():
-        with rec.every_config(_heavy(kernel)):
-            tg.gram_forward(x, None, kernel, _ell(dtype))
-            tg.gram_forward(x, y, kernel, _ell(dtype))
+    # D = 32 (the benchmarks' rows, 16-aligned: vectorised loads) with every config, D = 5 once
+    for d in (32, 5):
+        x, y = _t(1, 40, d, dtype=dtype), _t(1, 24, d, dtype=dtype)
+        for kernel in rec.kernel_ids():
+            with rec.every_config(_heavy(kernel) and d == 32):
+                tg.gram_forward(x, None, kernel, _ell(dtype))
+                tg.gram_forward(x, y, kernel, _ell(dtype))
 
 
 def plan_gram_matmul(rec: _Recorder, dtype: torch.dtype) -> None:
-    x, y = _t(1, 40, 5, dtype=dtype), _t(1, 24, 5, dtype=dtype)
-    for kernel in rec.kernel_ids():
-        for p in (16, 17, 40):  # BLOCK_P 16 (every config: the benchmarked P), 32, 64
-            with rec.every_config(_heavy(kernel) and p == 16):
-                tg.gram_matmul_forward(x, y, _t(1, 24, p, dtype=dtype), kernel, _ell(dtype))
-        tg.gram_matmul_forward(x, None, _t(1, 40, 16, dtype=dtype), kernel, _ell(dtype))
+    for d in (32, 5):
+        x, y = _t(1, 40, d, dtype=dtype), _t(1, 24, d, dtype=dtype)
+        for kernel in rec.kernel_ids():
+            for p in (16, 17, 40):  # BLOCK_P 16 (every config: the benchmarked P), 32, 64
+                with rec.every_config(_heavy(kernel) and p == 16 and d == 32):
+                    tg.gram_matmul_forward(x, y, _t(1, 24, p, dtype=dtype), kernel, _ell(dtype))
+            tg.gram_matmul_forward(x, None, _t(1, 40, 16, dtype=dtype), kernel, _ell(dtype))
 
 
 def plan_gram_backward(rec: _Recorder, dtype: torch.dtype) -> None:
