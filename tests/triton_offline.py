@@ -292,13 +292,39 @@ def compile_group(group: str, arch: int = 90, full: bool = False) -> list[Compil
     return rows
 
 
+def summary(rows: list[Compiled]) -> str:
+    """Markdown table: per kernel function and dtype, how many compiled variants, how many spill
+    registers to the stack, the worst spill, and the largest shared memory and register use."""
+    lines = [
+        "| kernel | dtype | compiled | spilling | worst spill (B/thread) | max shared (KiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[Compiled]] = {}
+    for r in rows:
+        groups.setdefault((r.kernel, r.dtype), []).append(r)
+    for (kernel, dtype), rs in groups.items():
+        spilling = [r for r in rs if r.stack > 0 or r.local > 0]
+        worst = max((r.stack + r.local for r in rs), default=0)
+        shared = max(r.shared for r in rs) / 1024
+        lines.append(
+            f"| `{kernel}` | {dtype} | {len(rs)} | {len(spilling)} | {worst} | {shared:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", action="append", choices=sorted(PLANS), help="default: all")
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H200)")
     parser.add_argument("--full", action="store_true", help="every launch, every config")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--summary", action="store_true", help="print a markdown summary")
+    parser.add_argument("--from-json", help="summarise the rows of an earlier --json run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(summary([Compiled(**r) for r in json.load(f)["rows"]]))
+        return 0
     rows = []
     for group in args.group or list(PLANS):
         rows += compile_group(group, args.arch, args.full)
@@ -307,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r.kernel:24} {r.dtype:8} {r.num_warps:5} {r.num_stages:6} {r.registers:4} "
               f"{r.stack:5} {r.shared:7}  {r.constexprs}")  # fmt: skip
+    if args.summary:
+        print(summary(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "triton": triton.__version__, "full": args.full,

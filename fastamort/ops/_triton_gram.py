@@ -63,10 +63,11 @@ _GRAM_CONFIGS = {
         _cfg(64, 64, 8, 8, 2),
     ],
 }
-# The last two Euclidean configs of the matmul and backward tables are the ones the offline
-# sm_90 compile (tests/triton_offline.py) finds free of register spills where the others spill:
-# float64 and the Matérn epilogues (matmul), every Euclidean backward (the others spill 30–300 B
-# per thread in float32, 0.5–1.4 KB in float64). The autotuner decides on the GPU.
+# The last two Euclidean configs of the matmul and backward tables (and the last Laplacian
+# backward one) are the ones the offline sm_90 compile (tests/triton_offline.py) finds free of
+# register spills where the others spill: float64 and the Matérn epilogues (matmul), every
+# backward (the others spill 30–120 B per thread in float32, 0.2–1.6 KB in float64). The
+# autotuner decides on the GPU.
 _MATMUL_CONFIGS = {
     "euclid": [
         _cfg(64, 64, 32, 4, 3),
@@ -95,6 +96,7 @@ _BACKWARD_CONFIGS = {
         _cfg(32, 32, 8, 4, 2),
         _cfg(64, 32, 8, 4, 2),
         _cfg(32, 64, 8, 8, 2),
+        _cfg(16, 32, 8, 4, 2),  # float64 Laplacian backward: the only one that does not spill
     ],
 }
 
@@ -794,7 +796,8 @@ def _side_grad(
     MC = c.shape[1]
     P = u.shape[2] if has_v else 0
     family = _family(kernel)
-    slots = triton.cdiv(MA, _min_block(_configs(_BACKWARD_CONFIGS, family), "BLOCK_M"))
+    # one dℓ slot per row block of the smallest BLOCK_M the autotuner may launch with
+    slots = triton.cdiv(MA, _min_block(_gram_bwd[family].configs, "BLOCK_M"))
     da = torch.empty_like(a)
     dell = torch.zeros((B, slots), dtype=a.dtype, device=a.device)
     if kernel == _LAPLACIAN_ID:
