@@ -105,10 +105,12 @@ def _configs(table: dict[str, list[triton.Config]], family: str) -> list[triton.
     return _INTERPRETER_CONFIGS if INTERPRETER else table[family]
 
 
-def _tuned(fn: Callable, table: dict[str, list[triton.Config]], key: list[str]) -> dict:
-    """One autotuned wrapper of ``fn`` per kernel family (Euclidean, Laplacian)."""
+def _tuned(fn: Callable, table: dict[str, list[triton.Config]], key: list[str], **kwargs) -> dict:
+    """One autotuned wrapper of ``fn`` per kernel family (Euclidean, Laplacian); ``kwargs`` go to
+    :func:`triton.autotune` (``reset_to_zero``)."""
     return {
-        family: triton.autotune(configs=_configs(table, family), key=key)(fn) for family in table
+        family: triton.autotune(configs=_configs(table, family), key=key, **kwargs)(fn)
+        for family in table
     }
 
 
@@ -653,8 +655,14 @@ _gram_fwd = _tuned(_gram_fwd_kernel, _GRAM_CONFIGS, key=["M", "N", "D", "KERNEL"
 _gram_matmul = _tuned(
     _gram_matmul_kernel, _MATMUL_CONFIGS, key=["M", "N", "D", "P", "KERNEL", "SYMMETRIC"]
 )
+# Autotuning runs every config on the same buffers: the dℓ slots a config with more row blocks
+# wrote would otherwise stay in the sum after the chosen config's run (GPU only: the interpreter
+# has one config), so they are zeroed before each run.
 _gram_bwd = _tuned(
-    _gram_bwd_kernel, _BACKWARD_CONFIGS, key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V"]
+    _gram_bwd_kernel,
+    _BACKWARD_CONFIGS,
+    key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V"],
+    reset_to_zero=["dell_ptr"],
 )
 
 
