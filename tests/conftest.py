@@ -98,3 +98,23 @@ def run_quick(name: str, out) -> dict[str, float]:
     assert not bad, bad
     assert json.loads((out / "config.json").read_text())["quick"] is True
     return flat
+
+
+def replay_gpu_autotuning(monkeypatch, tuner, configs) -> None:
+    """Makes the Triton autotuner ``tuner`` tune over ``configs`` as on a GPU, under the
+    interpreter: each config runs once on the launch's own buffers (the GPU benchmarks it there),
+    the last one is timed fastest and then runs again as the chosen config. A kernel that reads
+    what it writes, or leaves a config's extra output behind, then gives a wrong answer."""
+    import itertools
+
+    times = itertools.cycle(range(len(configs), 0, -1))
+
+    def one_run(kernel_call, quantiles):
+        kernel_call()
+        t = float(next(times))
+        return [t, t, t]
+
+    monkeypatch.setattr(tuner, "configs", list(configs))
+    monkeypatch.setattr(tuner, "cache", {})
+    # do_bench is a cached_property that asks the (absent) GPU driver: set the cached value
+    monkeypatch.setitem(tuner.__dict__, "do_bench", one_run)

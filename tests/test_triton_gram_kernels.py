@@ -6,12 +6,12 @@ otherwise. The reference uses direct differences (no GEMM trick) and autograd fo
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 
 import pytest
 import torch
+from conftest import replay_gpu_autotuning
 
 from fastamort.ops.kernel_math import KERNEL_IDS, KERNEL_NAMES, kernel_from_s
 
@@ -276,30 +276,30 @@ def test_every_gpu_config_is_right(table, family, config, monkeypatch) -> None:
 
 @pytest.mark.skipif(not _INTERPRET, reason="replays the GPU autotuner's sequence on the CPU")
 @pytest.mark.parametrize("family", ["euclid", "l1"])
-def test_backward_autotuning_leaves_no_stale_dell_slots(family, monkeypatch) -> None:
-    """On a GPU the autotuner runs every config on the same buffers, then the chosen one. dℓ
-    partial sums written by a config with more row blocks must not survive into the result.
-
-    The GPU's benchmarking is replaced by one run per config (times favour the last config,
-    which has the fewest row blocks), so the interpreter replays that sequence."""
+@pytest.mark.parametrize("table", ["gram", "matmul", "backward"])
+def test_gpu_autotuning_replay(table, family, monkeypatch) -> None:
+    """On a GPU the autotuner runs every config on the same buffers, then the chosen one:
+    nothing a config with more row blocks wrote (the backward's dℓ partial sums) may survive
+    into the result. Failed for the backward before its ``reset_to_zero``."""
     kernel = "laplacian" if family == "l1" else "gaussian"
     kid, dtype, shape = KERNEL_IDS[kernel], torch.float64, (1, 37, 20, 3)
-    tuner = tg._gram_bwd[family]
-    configs = [tg._cfg(16, 32, 16, 4, 1), tg._cfg(64, 32, 16, 4, 1)]  # 3 row blocks, then 1
-    times = itertools.cycle([2.0, 1.0])  # per launch: the first config, then the second
-
-    def one_run(kernel_call, quantiles):
-        kernel_call()
-        t = next(times)
-        return [t, t, t]
-
-    monkeypatch.setattr(tuner, "configs", configs)
-    monkeypatch.setattr(tuner, "cache", {})
-    monkeypatch.setitem(tuner.__dict__, "do_bench", one_run)  # a cached_property on GPUs
+    tuners = {"gram": tg._gram_fwd, "matmul": tg._gram_matmul, "backward": tg._gram_bwd}
+    bk = 8 if family == "l1" else 16
+    configs = [tg._cfg(16, 16, bk, 4, 1), tg._cfg(64, 64, bk, 4, 1)]  # 3 row blocks, then 1
+    replay_gpu_autotuning(monkeypatch, tuners[table][family], configs)
     x, y = _points(shape, dtype, symmetric=False, seed=41)
     ell = _lengthscale(kernel, shape[-1], dtype)
-    grad = _randn(1, 37, 20, dtype=dtype, seed=42)
-    _, _, dell = tg.gram_backward(x, y, grad, None, kid, ell)
-    assert tuner.best_config is configs[1]
-    _, _, rdell, scale = _ref_grads(x, y, grad, kernel, ell)
-    _assert_close(dell, rdell, RTOL[dtype], scale=scale)
+    ref = _ref_gram(x, y, kernel, ell)
+    if table == "gram":
+        _assert_close(tg.gram_forward(x, y, kid, ell), ref, RTOL[dtype])
+    elif table == "matmul":
+        v = _randn(1, 20, 5, dtype=dtype, seed=43)
+        _assert_close(tg.gram_matmul_forward(x, y, v, kid, ell), ref @ v, RTOL[dtype])
+    else:
+        grad = _randn(1, 37, 20, dtype=dtype, seed=42)
+        dx, dy, dell = tg.gram_backward(x, y, grad, None, kid, ell)
+        rdx, rdy, rdell, scale = _ref_grads(x, y, grad, kernel, ell)
+        _assert_close(dx, rdx, RTOL[dtype])
+        _assert_close(dy, rdy, RTOL[dtype])
+        _assert_close(dell, rdell, RTOL[dtype], scale=scale)
+    assert tuners[table][family].best_config is configs[1]

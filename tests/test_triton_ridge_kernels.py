@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from conftest import replay_gpu_autotuning
 
 from fastamort.ops.kernel_math import KERNEL_IDS, KERNEL_NAMES, kernel_from_s
 
@@ -18,6 +19,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (_INTERPRET or torch.cuda.is_available()):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 tr = pytest.importorskip("fastamort.ops._triton_ridge")
+triton = pytest.importorskip("triton")
 
 pytestmark = pytest.mark.triton
 
@@ -273,3 +275,37 @@ def test_kernel_ridge_batched_fallback_and_failure() -> None:
         assert info[0] == 0 and info[1] > 0
         assert torch.isfinite(alpha[0]).all() and torch.isnan(alpha[1]).all()
         assert torch.isfinite(pred[0]).all() and torch.isnan(pred[1]).all()
+
+
+@pytest.mark.skipif(not _INTERPRET, reason="replays the GPU autotuner's sequence on the CPU")
+def test_gpu_autotuning_replay(monkeypatch) -> None:
+    """On a GPU the autotuner runs each config on the launch's own buffers before the chosen
+    one: the autotuned kernels must not read what they write (the blocked updates, which do,
+    are not autotuned). Two warps configs per kernel give the single-config results exactly."""
+    n, p = 13, 3
+    a = _dev(_spd(2, n, seed=51), torch.float64)
+    b = _dev(_randn(2, n, p, seed=52), torch.float64)
+    shift = torch.tensor([0.0, 0.3], dtype=torch.float64, device=DEVICE)
+    x = _dev(_randn(2, n, 2, seed=53), torch.float64)
+    ell = torch.tensor(1.3, dtype=torch.float64, device=DEVICE)
+
+    def run_all():
+        lower, info = tr.factor(a, shift, method="small")
+        return (
+            lower,
+            info,
+            tr.solve(lower, b),
+            *tr.ridge(a, b, shift, method="small"),
+            *tr.kernel_ridge_batched(x, b, shift, 0, ell, x[:, :5], method="fused"),
+        )
+
+    expected = run_all()
+    configs = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 4)]
+    for tuner in (tr._factor_small, tr._solve_small, tr._ridge_small, tr._krr_fused):
+        replay_gpu_autotuning(monkeypatch, tuner, configs)
+    for got, want in zip(run_all(), expected, strict=True):
+        assert torch.equal(got, want)
+    assert all(
+        t.best_config is configs[1]
+        for t in (tr._factor_small, tr._solve_small, tr._ridge_small, tr._krr_fused)
+    )
