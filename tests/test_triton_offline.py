@@ -3,7 +3,7 @@
 The interpreter tests check what the kernels compute; they cannot see whether the GPU compiler
 accepts them or what they cost in registers and shared memory. ``tests/triton_offline.py``
 compiles the launches of each plan through Triton's whole pipeline down to a ``ptxas`` cubin, in
-a subprocess without ``TRITON_INTERPRET`` (about 3 CPU-minutes for all groups). Failing here
+a subprocess without ``TRITON_INTERPRET`` (about 4.5 CPU-minutes for all groups). Failing here
 means the GPU run would fail, or an autotune config could never launch.
 """
 

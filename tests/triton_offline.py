@@ -41,9 +41,8 @@ from fastamort.ops import _triton_gram as tg
 from fastamort.ops import _triton_ridge as tr
 from fastamort.ops.kernel_math import KERNEL_IDS
 
-#: Hopper (H100 / H200) limits: dynamic shared memory per block (227 KiB opt-in), registers.
+#: Shared memory one block may use (opt-in maximum), by compute capability: H100/H200, A100.
 SHARED_LIMIT = {90: 232_448, 80: 166_912}
-MAX_REGISTERS = 255
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 DTYPES = (torch.float32, torch.float64)
@@ -335,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.stack:5} {r.shared:7}  {r.constexprs}")  # fmt: skip
     if args.summary:
         print(summary(rows))
+    over = [r for r in rows if r.shared > SHARED_LIMIT.get(args.arch, r.shared)]
+    if over:
+        print(f"{len(over)} variants need more shared memory than sm_{args.arch} has per block")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "triton": triton.__version__, "full": args.full,
