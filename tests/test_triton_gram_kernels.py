@@ -231,16 +231,20 @@ def test_non_contiguous_inputs(kernel) -> None:
         assert torch.equal(a, b)
 
 
+# per launcher: its autotuners (one per kernel family) and their GPU config tables
+TUNERS = {"gram": tg._gram_fwd, "matmul": tg._gram_matmul, "backward": tg._gram_bwd}
+GPU_CONFIGS = {
+    "gram": tg._GRAM_CONFIGS,
+    "matmul": tg._MATMUL_CONFIGS,
+    "backward": tg._BACKWARD_CONFIGS,
+}
+
+
 def _gpu_configs() -> list:
     """(table name, family, config) for every autotune config the kernels get on a GPU."""
-    tables = {
-        "gram": tg._GRAM_CONFIGS,
-        "matmul": tg._MATMUL_CONFIGS,
-        "backward": tg._BACKWARD_CONFIGS,
-    }
     return [
         pytest.param(name, family, cfg, id=f"{name}-{family}-{i}")
-        for name, table in tables.items()
+        for name, table in GPU_CONFIGS.items()
         for family, configs in table.items()
         for i, cfg in enumerate(configs)
     ]
@@ -252,8 +256,7 @@ def test_every_gpu_config_is_right(table, family, config, monkeypatch) -> None:
     reference's results: the interpreter otherwise runs only its own single config."""
     kernel = "laplacian" if family == "l1" else "matern52"
     kid, dtype, shape = KERNEL_IDS[kernel], torch.float64, (1, 37, 70, 5)
-    tuners = {"gram": tg._gram_fwd, "matmul": tg._gram_matmul, "backward": tg._gram_bwd}
-    monkeypatch.setattr(tuners[table][family], "configs", [config])
+    monkeypatch.setattr(TUNERS[table][family], "configs", [config])
     x, y = _points(shape, dtype, symmetric=False, seed=31)
     ell = _lengthscale(kernel, shape[-1], dtype)
     ref = _ref_gram(x, y, kernel, ell)
@@ -283,10 +286,9 @@ def test_gpu_autotuning_replay(table, family, monkeypatch) -> None:
     into the result. Failed for the backward before its ``reset_to_zero``."""
     kernel = "laplacian" if family == "l1" else "gaussian"
     kid, dtype, shape = KERNEL_IDS[kernel], torch.float64, (1, 37, 20, 3)
-    tuners = {"gram": tg._gram_fwd, "matmul": tg._gram_matmul, "backward": tg._gram_bwd}
     bk = 8 if family == "l1" else 16
     configs = [tg._cfg(16, 16, bk, 4, 1), tg._cfg(64, 64, bk, 4, 1)]  # 3 row blocks, then 1
-    replay_gpu_autotuning(monkeypatch, tuners[table][family], configs)
+    replay_gpu_autotuning(monkeypatch, TUNERS[table][family], configs)
     x, y = _points(shape, dtype, symmetric=False, seed=41)
     ell = _lengthscale(kernel, shape[-1], dtype)
     ref = _ref_gram(x, y, kernel, ell)
@@ -302,4 +304,4 @@ def test_gpu_autotuning_replay(table, family, monkeypatch) -> None:
         _assert_close(dx, rdx, RTOL[dtype])
         _assert_close(dy, rdy, RTOL[dtype])
         _assert_close(dell, rdell, RTOL[dtype], scale=scale)
-    assert tuners[table][family].best_config is configs[1]
+    assert TUNERS[table][family].best_config is configs[1]

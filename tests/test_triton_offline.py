@@ -32,7 +32,6 @@ from fastamort.ops import _triton_ridge as tr  # noqa: E402
 pytestmark = pytest.mark.triton
 
 ARCH = 90
-SHARED_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 # kernel functions each plan must have compiled, in both dtypes
 EXPECTED = {
     "gram_forward": {"_gram_fwd_kernel"},
@@ -50,10 +49,8 @@ EXPECTED = {
 }
 
 
-def _warps(warps: tuple[int, ...]) -> list[triton.Config]:
-    return [triton.Config({}, num_warps=w, num_stages=1) for w in warps]
-
-
+_SMALL = tr._warps_configs(*tr._SMALL_WARPS, interpreter=False)
+_FUSED = tr._warps_configs(*tr._FUSED_WARPS, interpreter=False)
 # plan → (constexprs identifying one launch, the configs its autotuner has on a GPU): the launches
 # the plans compile with every config (the interpreter's tables hold one config, not these)
 EVERY_CONFIG = {
@@ -66,16 +63,14 @@ EVERY_CONFIG = {
         ({"KERNEL": 4, "SYMMETRIC": False, "BLOCK_P": 16}, tg._MATMUL_CONFIGS["l1"]),
     ],
     "cholesky": [
-        ({"BLOCK_N": 64, "BLOCK_P": 16}, _warps(tr._SMALL_WARPS)),  # _ridge_small
-        ({"BLOCK_N": 64, "BLOCK_P": None}, _warps(tr._SMALL_WARPS)),  # _factor_small
+        ({"BLOCK_N": 64, "BLOCK_P": 16}, _SMALL),  # _ridge_small
+        ({"BLOCK_N": 64, "BLOCK_P": None}, _SMALL),  # _factor_small
     ],
-    "kernel_ridge_fused": [
-        ({"KERNEL": 3, "HAS_NEW": True, "BLOCK_N": 32}, _warps(tr._FUSED_WARPS))
-    ],
+    "kernel_ridge_fused": [({"KERNEL": 3, "HAS_NEW": True, "BLOCK_N": 32}, _FUSED)],
 }
 
 
-def _compile(group: str, tmp: Path) -> list[dict]:
+def _compile(group: str, tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp / "cache")
     out = tmp / f"{group}.json"
@@ -86,7 +81,7 @@ def _compile(group: str, tmp: Path) -> list[dict]:
     )
     data = json.loads(out.read_text())
     assert data["arch"] == ARCH
-    return data["rows"]
+    return data
 
 
 def _config_key(kwargs: dict, warps: int, stages: int) -> tuple:
@@ -95,7 +90,8 @@ def _config_key(kwargs: dict, warps: int, stages: int) -> tuple:
 
 @pytest.mark.parametrize("group", list(EXPECTED))
 def test_every_launch_compiles_for_sm90(group: str, tmp_path: Path) -> None:
-    rows = _compile(group, tmp_path)
+    data = _compile(group, tmp_path)
+    rows, shared_limit = data["rows"], data["shared_limit"]  # 227 KiB a block may use on sm_90
     by_dtype = defaultdict(set)
     for row in rows:
         by_dtype[row["dtype"]].add(row["kernel"])
@@ -103,7 +99,7 @@ def test_every_launch_compiles_for_sm90(group: str, tmp_path: Path) -> None:
 
     for row in rows:
         where = f"{row['kernel']} {row['dtype']} {row['constexprs']} warps={row['num_warps']}"
-        assert 0 <= row["shared"] <= SHARED_LIMIT, f"{where}: {row['shared']} B of shared memory"
+        assert 0 <= row["shared"] <= shared_limit, f"{where}: {row['shared']} B of shared memory"
         assert 0 < row["registers"] <= 255, where
         assert row["num_warps"] * 32 <= 1024, where
 

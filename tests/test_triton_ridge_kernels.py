@@ -19,7 +19,6 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not (_INTERPRET or torch.cuda.is_available()):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 tr = pytest.importorskip("fastamort.ops._triton_ridge")
-triton = pytest.importorskip("triton")
 
 pytestmark = pytest.mark.triton
 
@@ -300,12 +299,10 @@ def test_gpu_autotuning_replay(monkeypatch) -> None:
         )
 
     expected = run_all()
-    configs = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 4)]
-    for tuner in (tr._factor_small, tr._solve_small, tr._ridge_small, tr._krr_fused):
+    configs = tr._warps_configs(1, 4, interpreter=False)
+    tuners = (tr._factor_small, tr._solve_small, tr._ridge_small, tr._krr_fused)
+    for tuner in tuners:
         replay_gpu_autotuning(monkeypatch, tuner, configs)
     for got, want in zip(run_all(), expected, strict=True):
         assert torch.equal(got, want)
-    assert all(
-        t.best_config is configs[1]
-        for t in (tr._factor_small, tr._solve_small, tr._ridge_small, tr._krr_fused)
-    )
+    assert all(t.best_config is configs[1] for t in tuners)

@@ -46,7 +46,6 @@ SHARED_LIMIT = {90: 232_448, 80: 166_912}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 DTYPES = (torch.float32, torch.float64)
-EUCLIDEAN = [k for k in KERNEL_IDS.values() if k != tg._LAPLACIAN_ID]
 # the Euclidean kernel with the longest epilogue (most registers) compiles every config
 HEAVIEST_EUCLIDEAN = KERNEL_IDS["matern52"]
 
@@ -62,9 +61,9 @@ class Compiled:
     num_warps: int
     num_stages: int
     shared: int
-    registers: int = -1
-    stack: int = -1
-    local: int = -1
+    registers: int
+    stack: int
+    local: int
 
 
 class _OfflineDriver:
@@ -281,19 +280,17 @@ def compile_group(group: str, arch: int = 90, full: bool = False) -> list[Compil
             seen.add(kernel.hash)
             meta = kernel.metadata
             constexprs = {k: v for k, v in _constexprs(kernel).items() if isinstance(v, int | bool)}
-            row = Compiled(
+            rows.append(Compiled(
                 group, meta.name, str(dtype).removeprefix("torch."), constexprs,
                 meta.num_warps, meta.num_stages, meta.shared,
-            )  # fmt: skip
-            for key, value in _resource_usage(kernel.asm["cubin"]).items():
-                setattr(row, key, value)
-            rows.append(row)
+                **_resource_usage(kernel.asm["cubin"]),
+            ))  # fmt: skip
     return rows
 
 
 def summary(rows: list[Compiled]) -> str:
     """Markdown table: per kernel function and dtype, how many compiled variants, how many spill
-    registers to the stack, the worst spill, and the largest shared memory and register use."""
+    registers to the stack, the worst spill, and the largest shared memory."""
     lines = [
         "| kernel | dtype | compiled | spilling | worst spill (B/thread) | max shared (KiB) |",
         "|---|---|---|---|---|---|",
@@ -339,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(over)} variants need more shared memory than sm_{args.arch} has per block")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "triton": triton.__version__, "full": args.full,
+            json.dump({"arch": args.arch, "shared_limit": SHARED_LIMIT.get(args.arch),
+                       "triton": triton.__version__, "full": args.full,
                        "rows": [asdict(r) for r in rows]}, f, indent=1)  # fmt: skip
     return 0
 

@@ -85,9 +85,9 @@ _BLOCKED_WARPS = 4
 # --------------------------------------------------------------------------------------------
 
 
-def _warps_configs(*warps: int) -> list[triton.Config]:
+def _warps_configs(*warps: int, interpreter: bool = INTERPRETER) -> list[triton.Config]:
     # The interpreter cannot benchmark 2+ configs ("0 active drivers"): keep one there.
-    chosen = warps[-1:] if INTERPRETER else warps
+    chosen = warps[-1:] if interpreter else warps
     return [triton.Config({}, num_warps=w, num_stages=1) for w in chosen]
 
 
