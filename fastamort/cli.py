@@ -87,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--list" in rest:
             print("\n".join(BENCHMARKS))
             return 0
+        if "-h" in rest or "--help" in rest:
+            print(
+                "usage: fastamort bench {--list,NAME} [options]\n\n"
+                f"benchmarks: {', '.join(BENCHMARKS)}\n"
+                "options of one: fastamort bench NAME --help"
+            )
+            return 0
         parser.error(f"bench: name a benchmark: {', '.join(BENCHMARKS)}")
     if args.name not in BENCHMARKS:
         parser.error(f"unknown benchmark {args.name!r}; choose from {', '.join(BENCHMARKS)}")

@@ -10,6 +10,7 @@ from conftest import BACKEND_PARAMS
 from torch.autograd import gradcheck
 
 from fastamort import NotPSDError, NumericalWarning, cholesky, record_backends
+from fastamort.ops.cholesky import JITTER_RETRIES, JITTER_START
 
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: 2e-4, torch.float64: 1e-11}
@@ -75,6 +76,35 @@ def test_rank_deficient_rescued_by_jitter_on_failing_members_only(device, backen
     torch.testing.assert_close(lower[0], cholesky(good, backend=backend), rtol=0, atol=0)
     assert rel_residual(lower[1], deficient) < 1e-3
     assert torch.isfinite(lower).all()
+
+
+# diag(1, -t): mean |diagonal| (1 + t) / 2, so the cap 1e5 × start × (1 + t) / 2 rescues the
+# first t and not the second (0.052 / 0.053 in float32, 5.00002e-6 / 5.00003e-6 in float64).
+JITTER_CAP_CASES = {torch.float32: (0.04, 0.06), torch.float64: (4e-6, 6e-6)}
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jitter_grows_tenfold_up_to_the_documented_cap(device, backend, dtype):
+    rescued, beyond = JITTER_CAP_CASES[dtype]
+    a = torch.diag(torch.tensor([1.0, -rescued], dtype=dtype, device=device))
+    with pytest.warns(NumericalWarning) as record:
+        lower = cholesky(a, backend=backend)
+    jitters = [float(str(w.message).split("jitter ")[1].split()[0]) for w in record]
+    assert len(jitters) == JITTER_RETRIES + 1  # the last try, at the cap, succeeds
+    start = JITTER_START[dtype] * (1 + rescued) / 2
+    torch.testing.assert_close(
+        torch.tensor(jitters), start * 10.0 ** torch.arange(JITTER_RETRIES + 1.0), rtol=2e-3, atol=0
+    )
+    assert float(lower[1, 1]) ** 2 == pytest.approx(jitters[-1] - rescued, rel=1e-3)
+    a[1, 1] = -beyond
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumericalWarning)
+        with pytest.raises(NotPSDError, match="jitter up to") as err:
+            cholesky(a, backend=backend)
+    tried = float(str(err.value).split("jitter up to ")[1].split()[0])
+    cap = JITTER_START[dtype] * (1 + beyond) / 2 * 10.0**JITTER_RETRIES
+    assert tried == pytest.approx(cap, rel=2e-3) and cap < beyond
 
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)

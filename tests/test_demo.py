@@ -92,6 +92,10 @@ def test_cli_info_and_bench_still_parse(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "no-such-benchmark"])
     with pytest.raises(SystemExit):
+        main(["bench"])
+    assert main(["bench", "--help"]) == 0
+    assert "benchmarks: gram, ridge" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
         main(["info", "--unknown"])
 
 

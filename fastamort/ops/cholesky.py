@@ -5,9 +5,10 @@ policy (:func:`factor_with_jitter`), :class:`NotPSDError` and :class:`NumericalW
 
 Jitter policy (``jitter="auto"``): factor every batch member as given; for the members that
 fail (and only those) add ``JITTER_START[dtype] × mean|diag|`` to the diagonal and retry,
-×10 per retry, at most ``JITTER_RETRIES`` retries, with a :class:`NumericalWarning` each
-time; then raise :class:`NotPSDError` naming the size, dtype, batch index and the jitter
-tried. Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``).
+×10 per retry, up to ``10**JITTER_RETRIES`` times the first jitter (the cap: 0.1 × mean|diag|
+in float32, 1e-5 × mean|diag| in float64), with a :class:`NumericalWarning` each time; then
+raise :class:`NotPSDError` naming the size, dtype, batch index and the jitter tried.
+Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ __all__ = [
 
 #: First jitter, relative to the mean absolute diagonal, per dtype.
 JITTER_START = {torch.float32: 1e-6, torch.float64: 1e-10}
-#: Retries after the first failure (jitter ×10 each): up to 1e-2 (float32), 1e-6 (float64).
+#: ×10 steps after the first jittered try: the last adds ``10**JITTER_RETRIES × JITTER_START``,
+#: 0.1 (float32) or 1e-5 (float64) times the mean |diagonal| (six jittered tries in all).
 JITTER_RETRIES = 5
 
 
