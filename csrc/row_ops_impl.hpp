@@ -58,9 +58,17 @@ void l1_direct(T* __restrict row, const T* __restrict xi, const T* __restrict yt
   for (int j = 0; j < n; ++j) row[j] *= scale;
 }
 
+// s clamped at kernel_math.S_MAX = 1e7, where every kernel is exactly 0: an s that overflowed
+// to ∞ (a tiny lengthscale) then gives k = 0 and dk/ds = 0 rather than (1 + ∞)·0 = NaN.
+template <class T>
+inline T clamp_s(T s) {
+  return s < T(1e7) ? s : T(1e7);
+}
+
 // k(s) for one kernel, inlined into the vector loops below.
 template <int K, class T>
-inline T k_of_s(T s) {
+inline T k_of_s(T s_in) {
+  const T s = clamp_s(s_in);
   if constexpr (K == kGaussian) {
     return exp_nonpos<T>(T(-0.5) * s);
   } else if constexpr (K == kMatern12) {
@@ -228,7 +236,7 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
     case kGaussian:
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < n; ++j) {
-        const T s = row[j];
+        const T s = clamp_s(row[j]);
         const T w = g[j] * T(-0.5) * exp_nonpos<T>(T(-0.5) * s);
         acc += w * s;
         row[j] = w;
@@ -237,7 +245,7 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
     case kMatern12:
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < n; ++j) {
-        const T s = row[j];
+        const T s = clamp_s(row[j]);
         const T r = vsqrt(s);
         // k = e^{-r}: dk/ds = −e^{-r}/(2r); not differentiable at r = 0, where we use 0.
         const T w = s > T(0) ? g[j] * T(-0.5) * exp_nonpos<T>(-r) / (r > T(0) ? r : T(1)) : T(0);
@@ -248,7 +256,7 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
     case kMatern32:
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < n; ++j) {
-        const T s = row[j];
+        const T s = clamp_s(row[j]);
         const T a = vsqrt(T(3) * s);
         const T w = g[j] * T(-1.5) * exp_nonpos<T>(-a);
         acc += w * s;
@@ -258,7 +266,7 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
     case kMatern52:
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < n; ++j) {
-        const T s = row[j];
+        const T s = clamp_s(row[j]);
         const T a = vsqrt(T(5) * s);
         const T w = g[j] * T(-5.0 / 6.0) * (T(1) + a) * exp_nonpos<T>(-a);
         acc += w * s;
@@ -268,7 +276,7 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
     default:  // kLaplacian: k = e^{-s}
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < n; ++j) {
-        const T s = row[j];
+        const T s = clamp_s(row[j]);
         const T w = -g[j] * exp_nonpos<T>(-s);
         acc += w * s;
         row[j] = w;

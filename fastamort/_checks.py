@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def is_real_scalar(value: object) -> bool:
+    """A Python or NumPy real number (ints included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
@@ -41,6 +47,22 @@ def check_finite(*named: tuple[str, torch.Tensor]) -> None:
             raise ValueError(f"{name}: contains NaN or infinite values")
 
 
+def as_columns(
+    t: torch.Tensor, name: str, n: int, ref: tuple[str, torch.Tensor]
+) -> tuple[torch.Tensor, bool]:
+    """``t`` as (…, n, p) columns, and whether it was a vector (…, n): it is one exactly when
+    it has one dimension fewer than the tensor ``ref`` (name, tensor) it goes with."""
+    ref_name, ref_t = ref
+    vector = t.ndim == ref_t.ndim - 1
+    cols = t.unsqueeze(-1) if vector else t
+    if cols.ndim < 2 or cols.shape[-2] != n:
+        raise ValueError(
+            f"{name}: expected shape (..., {n}, p), or (..., {n}) with one dimension fewer "
+            f"than {ref_name} {tuple(ref_t.shape)}; got {tuple(t.shape)}"
+        )
+    return cols, vector
+
+
 def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
     """All tensors share the first one's dtype and device."""
     first_name, first = tensors[0]
@@ -65,7 +87,7 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
             raise TypeError(f"lengthscale: expected a floating tensor, got {lengthscale.dtype}")
         value = float(lengthscale.detach())
         ell = lengthscale.to(dtype=like.dtype, device=like.device)
-    elif isinstance(lengthscale, (int, float)) and not isinstance(lengthscale, bool):
+    elif is_real_scalar(lengthscale):
         value = float(lengthscale)
         ell = torch.tensor(value, dtype=like.dtype, device=like.device)
     else:
@@ -74,7 +96,34 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
         )
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"lengthscale: must be positive and finite, got {value}")
+    smallest = math.sqrt(torch.finfo(like.dtype).tiny)  # ℓ² a normal number, 1/ℓ² finite
+    if value < smallest:
+        raise ValueError(
+            f"lengthscale: {value:.3g} is below {smallest:.3g}, the smallest whose square "
+            f"{like.dtype} holds (rescale the points, or use float64)"
+        )
     return ell
+
+
+def check_points(*named: tuple[str, torch.Tensor], squared: bool = True) -> None:
+    """Finite points small enough that their distances cannot overflow: squared Euclidean
+    (``squared``) distances by the GEMM trick are at most 4·D·max|x|², L1 ones 2·D·max|x|."""
+    named = tuple((n, t) for n, t in named if t.numel() > 0)
+    if not named:
+        return
+    peaks = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().amax() for _, t in named])
+    finfo = torch.finfo(named[0][1].dtype)
+    d = max(named[0][1].shape[-1], 1)
+    limit = math.sqrt(finfo.max / (4 * d)) if squared else finfo.max / (2 * d)
+    if bool((peaks <= limit).all()):  # False for NaN
+        return
+    check_finite(*named)
+    name, peak = max(zip((n for n, _ in named), peaks.tolist(), strict=True), key=lambda p: p[1])
+    raise ValueError(
+        f"{name}: values up to {peak:.3g} are too large for {named[0][1].dtype}: the "
+        f"{'squared ' if squared else ''}distances would overflow (limit {limit:.3g} for "
+        f"D = {d}); rescale the points and the lengthscale together"
+    )
 
 
 def batch_shape(*shapes: torch.Size, names: Sequence[str]) -> torch.Size:

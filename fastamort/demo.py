@@ -185,6 +185,8 @@ def run_demo(
     # reports and writes files.
     main = current_rank() == 0
     say = print if verbose and main else (lambda *a, **k: None)
+    if main:  # before training: an unusable folder fails now, not after the run
+        out.mkdir(parents=True, exist_ok=True)
 
     truth, x_train, x_test = make_data(cfg, seed)
     torch.manual_seed(seed + 1)
@@ -384,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if str(err).startswith("--device"):
             parser.error(str(err))
         raise
+    except OSError as err:
+        parser.error(f"--out: cannot write to {args.out!r}: {err}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from conftest import BACKEND_PARAMS
@@ -144,5 +145,12 @@ def test_bad_input():
         cholesky(torch.eye(3, dtype=torch.int32))
     with pytest.raises(ValueError, match="jitter: expected"):
         cholesky(-torch.eye(2), jitter="lots")
+    # checked up front, even when the matrix needs no jitter
+    for jitter in ("Auto", float("inf"), float("nan"), -1.0, torch.tensor(1e-3)):
+        with pytest.raises(ValueError, match="jitter: expected"):
+            cholesky(torch.eye(2), jitter=jitter)
+    # NumPy scalars are numbers too
+    with pytest.warns(NumericalWarning):
+        assert torch.isfinite(cholesky(-torch.eye(2), jitter=np.float32(0.1))).all()
     assert cholesky(torch.zeros(0, 0)).shape == (0, 0)
     assert cholesky(torch.zeros(4, 0, 0)).shape == (4, 0, 0)

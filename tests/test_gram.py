@@ -19,7 +19,7 @@ from conftest import (
 from torch.autograd import gradcheck
 
 import fastamort
-from fastamort import BackendUnavailableError, gram, record_backends
+from fastamort import BackendUnavailableError, gram, gram_matmul, record_backends
 from fastamort.ops.gram import gram_ref
 from fastamort.ops.kernel_math import KERNEL_NAMES
 
@@ -213,6 +213,43 @@ def test_empty_inputs(device, backend):
         0,
         0,
     )
+
+
+# Smallest lengthscale each dtype takes (ℓ² a normal number), and one just above it.
+TINY_ELL = {torch.float32: 1.2e-19, torch.float64: 1.6e-154}
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # interpreter
+def test_tiny_lengthscale_gives_zeros_not_nan(device, backend, dtype, kernel):
+    # s = r²/ℓ² overflows to ∞ off the diagonal: k must be 0 there (the Matérns once gave
+    # (1 + ∞)·0 = NaN), the diagonal exactly 1, and the gradients finite.
+    x = (100 * torch.arange(6.0, dtype=dtype).reshape(3, 2)).to(device).requires_grad_()
+    ell = torch.tensor(TINY_ELL[dtype], dtype=dtype, device=device, requires_grad=True)
+    k = gram(x, kernel=kernel, lengthscale=ell, backend=backend)
+    assert torch.equal(k.detach(), torch.eye(3, dtype=dtype, device=device))
+    v = torch.ones(3, 1, dtype=dtype, device=device)
+    kv = gram_matmul(x, x[[2, 0]], v[:2], kernel=kernel, lengthscale=ell, backend=backend)
+    assert torch.equal(kv.detach(), torch.tensor([[1.0], [0.0], [1.0]], dtype=dtype))
+    k.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(ell.grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lengthscale_and_point_scale_limits_are_named(dtype):
+    x = torch.randn(4, 3, dtype=dtype)
+    with pytest.raises(ValueError, match=r"lengthscale: .* is below .* the smallest"):
+        gram(x, lengthscale=TINY_ELL[dtype] / 2)
+    huge = torch.finfo(dtype).max ** 0.5 / 3  # squared distances overflow for D = 3
+    with pytest.raises(ValueError, match=r"y: values up to .* too large .* squared distances"):
+        gram(x, torch.full((2, 3), huge, dtype=dtype))
+    assert torch.isfinite(gram(x, torch.full((2, 3), huge, dtype=dtype), kernel="laplacian")).all()
+    with pytest.raises(ValueError, match=r"x: values up to .* too large .* distances would"):
+        gram(torch.full((2, 3), torch.finfo(dtype).max / 3, dtype=dtype), kernel="laplacian")
+    with pytest.raises(ValueError, match="x: contains NaN"):  # NaN still reported as NaN
+        gram(torch.tensor([[float("nan"), 1e30]], dtype=dtype))
 
 
 def test_reference_clamps_and_centres():

@@ -67,5 +67,15 @@ def test_bad_input():
         kernel_ridge_batched(x, torch.ones(2, 4), 0.1)
     with pytest.raises(ValueError, match="x_new: feature dimension"):
         kernel_ridge_batched(x, torch.ones(2, 5), 0.1, x_new=torch.rand(2, 3, 2))
+    # x_new's own problems name x_new, not x
+    with pytest.raises(ValueError, match="x_new: contains NaN"):
+        kernel_ridge_batched(x, torch.ones(2, 5), 0.1, x_new=torch.full((2, 3, 3), torch.nan))
+    with pytest.raises(TypeError, match=r"x_new: expected a torch\.Tensor"):
+        kernel_ridge_batched(x, torch.ones(2, 5), 0.1, x_new=x.numpy())
+    with pytest.raises(ValueError, match="x_new: expected at least 2 dimensions"):
+        kernel_ridge_batched(x, torch.ones(2, 5), 0.1, x_new=torch.rand(3))
+    # the vector-or-columns rule is in the message
+    with pytest.raises(ValueError, match=r"or \(\.\.\., 5\) with one dimension fewer than x"):
+        kernel_ridge_batched(x, torch.ones(5, 3), 0.1)
     with pytest.raises(ValueError, match="lam: must be >= 0"):
         kernel_ridge_batched(x, torch.ones(2, 5), -0.1)

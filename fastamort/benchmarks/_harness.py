@@ -193,11 +193,22 @@ def bench_main(
     """The command line shared by every benchmark: run, print a table, write files."""
     parser = argparse.ArgumentParser(prog=f"fastamort bench {name}", description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if present"
+    )
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--csv", default=None, help="append the rows to this CSV file")
     parser.add_argument("--plot", default=None, help="write a PNG plot here")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch has no CUDA device here")
+    for flag in ("json", "csv", "plot"):  # before the run: an unusable path fails now
+        path = getattr(args, flag)
+        try:
+            if path is not None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--{flag}: cannot write {path!r}: {err}")
     rows, env = run(quick=args.quick, device=args.device)
     print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
     print_table(rows, columns)

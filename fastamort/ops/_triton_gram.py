@@ -210,7 +210,7 @@ def _s_tile(
         s = tl.maximum(na[:, None] + nc[None, :] - 2.0 * acc, 0.0) / (ell * ell)
     if SYMMETRIC:
         s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
-    return s
+    return tl.minimum(s, 1e7)  # kernel_math.S_MAX: k = 0 beyond, and no (1 + ∞)·0
 
 
 @triton.jit

@@ -13,6 +13,7 @@ Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``)
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -24,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import check_finite, check_tensor
+from .._checks import check_finite, check_tensor, is_real_scalar
 
 __all__ = [
     "JITTER_RETRIES",
@@ -113,6 +114,15 @@ def ridge_backend_impl(backend: str) -> SimpleNamespace:
 # --------------------------------------------------------------------------------------
 # Jitter policy
 # --------------------------------------------------------------------------------------
+def check_jitter(jitter: object) -> str | float:
+    """``"auto"``, or the first jitter as a finite float ≥ 0 (0, None, False: no jitter)."""
+    if jitter is None or jitter is False or (isinstance(jitter, str) and jitter == "auto"):
+        return "auto" if jitter else 0.0
+    if not is_real_scalar(jitter) or not (math.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"jitter: expected 'auto', 0 or a positive finite float, got {jitter!r}")
+    return float(jitter)
+
+
 def factor_with_jitter(
     run: Callable[[torch.Tensor, torch.Tensor], tuple],
     shift: torch.Tensor,
@@ -137,14 +147,12 @@ def factor_with_jitter(
     if n_batch == 0 or n == 0 or not bool(out[-1].any()):
         return (*out, used)
     failed = torch.nonzero(out[-1] != 0).flatten()
-    if jitter is None or jitter is False or (not isinstance(jitter, str) and float(jitter) == 0):
+    if check_jitter(jitter) == 0:
         _raise_not_psd(n, dtype, failed, None, what)
     if jitter == "auto":
         scale = diag().detach().double().abs() + shift.abs()
         start = JITTER_START[dtype] * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
     else:
-        if isinstance(jitter, str) or not float(jitter) > 0:
-            raise ValueError(f"jitter: expected 'auto', 0 or a positive float, got {jitter!r}")
         start = torch.full_like(shift, float(jitter))
     for attempt in range(JITTER_RETRIES + 1):
         extra = start[failed] * 10.0**attempt
@@ -293,6 +301,7 @@ def cholesky(
     """
     a = check_square(a, "a")
     check_finite(("a", a))
+    check_jitter(jitter)
     name = resolve_backend("cholesky", backend, a.device)
     batch, n = a.shape[:-2], a.shape[-1]
     a3 = a.reshape(batch.numel(), n, n)

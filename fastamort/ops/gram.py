@@ -16,13 +16,13 @@ from torch.autograd.function import once_differentiable
 from .._backends import cpp_module, note_backend, resolve_backend, triton_module
 from .._checks import (
     batch_shape,
-    check_finite,
     check_lengthscale,
+    check_points,
     check_same_kind,
     check_tensor,
     flatten_batch,
 )
-from .kernel_math import KERNEL_NAMES, kernel_from_s, kernel_id
+from .kernel_math import KERNEL_NAMES, is_euclidean, kernel_from_s, kernel_id
 
 __all__ = ["gram", "gram_ref"]
 
@@ -76,8 +76,11 @@ def scaled_distance_ref(
     the result is exactly symmetric with an exactly zero diagonal.
     """
     other = x if y is None else y
+    # × 1/ℓ rather than ÷ ℓ (or ℓ²): the ℓ-gradient of a ÷ at the smallest lengthscales goes
+    # through 1/ℓ³ or 1/ℓ⁴, which overflow (then ∞·0 = NaN where k is flat).
+    inv_ell = 1.0 / lengthscale
     if kernel == "laplacian":
-        s = torch.cdist(x, other, p=1) / lengthscale
+        s = torch.cdist(x, other, p=1) * inv_ell
     else:
         m, n = x.shape[-2], other.shape[-2]
         if y is None:
@@ -86,7 +89,7 @@ def scaled_distance_ref(
             centre = (x.sum(dim=-2, keepdim=True) + other.sum(dim=-2, keepdim=True)) / max(m + n, 1)
         xc, yc = x - centre, other - centre
         sq = xc.pow(2).sum(-1).unsqueeze(-1) + yc.pow(2).sum(-1).unsqueeze(-2) - 2.0 * (xc @ yc.mT)
-        s = sq.clamp_min(0.0) / (lengthscale * lengthscale)
+        s = sq.clamp_min(0.0) * inv_ell * inv_ell
     if y is None:
         s = 0.5 * (s + s.mT)
         s = s * (1.0 - torch.eye(s.shape[-1], dtype=s.dtype, device=s.device))
@@ -135,21 +138,23 @@ class GramFunction(torch.autograd.Function):
 # Public op
 # --------------------------------------------------------------------------------------
 def prepare_points(
-    x: object, y: object, kernel: str, lengthscale: object
+    x: object, y: object, kernel: str, lengthscale: object, names: tuple[str, str] = ("x", "y")
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
-    """Validates x (…, M, D), optional y (…, N, D), kernel and lengthscale."""
+    """Validates x (…, M, D), optional y (…, N, D), kernel and lengthscale; errors call x and y
+    by ``names``."""
     kid = kernel_id(kernel)
-    x = check_tensor(x, "x", min_ndim=2)
+    xn, yn = names
+    x = check_tensor(x, xn, min_ndim=2)
     if y is not None:
-        y = check_tensor(y, "y", min_ndim=2)
-        check_same_kind([("x", x), ("y", y)])
+        y = check_tensor(y, yn, min_ndim=2)
+        check_same_kind([(xn, x), (yn, y)])
         if y.shape[-1] != x.shape[-1]:
             raise ValueError(
-                f"y: feature dimension {y.shape[-1]} differs from x's {x.shape[-1]} "
-                f"(x {tuple(x.shape)}, y {tuple(y.shape)})"
+                f"{yn}: feature dimension {y.shape[-1]} differs from {xn}'s {x.shape[-1]} "
+                f"({xn} {tuple(x.shape)}, {yn} {tuple(y.shape)})"
             )
     ell = check_lengthscale(lengthscale, x)
-    check_finite(("x", x), *([] if y is None else [("y", y)]))
+    check_points((xn, x), *([] if y is None else [(yn, y)]), squared=is_euclidean(kernel))
     return x, y, ell, kid
 
 

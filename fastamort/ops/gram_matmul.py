@@ -12,7 +12,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import note_backend, resolve_backend
-from .._checks import batch_shape, check_finite, check_same_kind, check_tensor, flatten_batch
+from .._checks import (
+    as_columns,
+    batch_shape,
+    check_finite,
+    check_same_kind,
+    check_tensor,
+    flatten_batch,
+)
 from .gram import gram_backend_impl, gram_ref, prepare_points
 
 __all__ = ["gram_matmul", "gram_matmul_ref"]
@@ -92,13 +99,7 @@ def gram_matmul(
     check_same_kind([("x", x), ("v", v)])
     check_finite(("v", v))
     other = x if y is None else y
-    vector = v.ndim == x.ndim - 1
-    v2 = v.unsqueeze(-1) if vector else v
-    if v2.ndim < 2 or v2.shape[-2] != other.shape[-2]:
-        raise ValueError(
-            f"v: expected shape (..., N, P) or (..., N) with N = {other.shape[-2]} "
-            f"(the number of {'x' if y is None else 'y'} points), got {tuple(v.shape)}"
-        )
+    v2, vector = as_columns(v, "v", other.shape[-2], ("x", x))
     name = resolve_backend("gram_matmul", backend, x.device)
     batch = batch_shape(x.shape[:-2], other.shape[:-2], v2.shape[:-2], names=("x", "y", "v"))
     m, n, p = x.shape[-2], other.shape[-2], v2.shape[-1]

@@ -12,7 +12,9 @@ name            s                      k(s)
 ``laplacian``   ‖x − y‖₁/ℓ             exp(−s)   (scikit-learn's, gamma = 1/ℓ)
 ==============  =====================  ======================================
 
-The integer ids are the ones the C++ and Triton kernels use.
+The integer ids are the ones the C++ and Triton kernels use. Every backend clamps ``s`` at
+:data:`S_MAX` before ``k(s)``: each kernel is exactly 0 beyond it in float32 and float64, and an
+``s`` that overflowed to ∞ (a tiny lengthscale) then gives 0 instead of (1 + ∞)·0 = NaN.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ KERNEL_IDS: dict[str, int] = {
     "laplacian": 4,
 }
 KERNEL_NAMES: tuple[str, ...] = tuple(KERNEL_IDS)
+#: Largest scaled distance used: k(S_MAX) underflows to 0 for every kernel (e^{−√1e7} = 0).
+S_MAX = 1e7
 LAPLACIAN = KERNEL_IDS["laplacian"]
 
 
@@ -54,6 +58,7 @@ def _safe_sqrt(s: torch.Tensor) -> torch.Tensor:
 
 def kernel_from_s(s: torch.Tensor, kernel: str) -> torch.Tensor:
     """k(s) elementwise, differentiable (by autograd) everywhere k is."""
+    s = s.clamp(max=S_MAX)
     if kernel == "gaussian":
         return torch.exp(-0.5 * s)
     if kernel == "matern12":
@@ -72,6 +77,7 @@ def kernel_from_s(s: torch.Tensor, kernel: str) -> torch.Tensor:
 
 def kernel_grad_from_s(s: torch.Tensor, kernel: str) -> torch.Tensor:
     """dk/ds elementwise (0 where k is not differentiable, at s = 0 for ``matern12``)."""
+    s = s.clamp(max=S_MAX)
     if kernel == "gaussian":
         return -0.5 * torch.exp(-0.5 * s)
     if kernel == "matern12":

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import batch_shape, check_finite, check_same_kind, flatten_batch
+from .._checks import as_columns, batch_shape, check_finite, check_same_kind, flatten_batch
 from .cholesky import factor_with_jitter
 from .gram import gram, gram_ref, prepare_points
 from .gram_matmul import gram_matmul
@@ -95,14 +95,11 @@ def kernel_ridge_batched(
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y: expected a torch.Tensor, got {type(y).__name__}")
     check_same_kind([("x", x), ("y", y)])
-    vector = y.ndim == x.ndim - 1
-    y2 = y.unsqueeze(-1) if vector else y
     n = x.shape[-2]
-    if y2.ndim < 2 or y2.shape[-2] != n:
-        raise ValueError(f"y: expected shape (..., {n}, p) or (..., {n}), got {tuple(y.shape)}")
+    y2, vector = as_columns(y, "y", n, ("x", x))
     shapes, names = [x.shape[:-2], y2.shape[:-2]], ["x", "y"]
     if x_new is not None:
-        x_new, _, _, _ = prepare_points(x_new, None, kernel, lengthscale)
+        x_new = prepare_points(x_new, None, kernel, lengthscale, names=("x_new", "y"))[0]
         check_same_kind([("x", x), ("x_new", x_new)])
         if x_new.shape[-1] != x.shape[-1]:
             raise ValueError(

@@ -14,7 +14,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import note_backend, resolve_backend
-from .._checks import batch_shape, check_finite, check_same_kind, check_tensor, flatten_batch
+from .._checks import (
+    as_columns,
+    batch_shape,
+    check_finite,
+    check_same_kind,
+    check_tensor,
+    flatten_batch,
+    is_real_scalar,
+)
 from .cholesky import check_square, factor_with_jitter, mean_abs_diagonal, ridge_backend_impl
 
 __all__ = ["ridge_solve", "ridge_solve_ref"]
@@ -35,7 +43,7 @@ def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tenso
         if lam.device != like.device:
             raise ValueError(f"{name}: device {lam.device} differs from k's {like.device}")
         lam_t = lam.to(like.dtype)
-    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
+    elif is_real_scalar(lam):
         value = float(lam)
         if not math.isfinite(value):
             raise ValueError(f"{name}: contains NaN or infinite values")
@@ -145,13 +153,7 @@ def ridge_solve(
     b = check_tensor(b, "b", min_ndim=1)
     check_same_kind([("k", k), ("b", b)])
     n = k.shape[-1]
-    vector = b.ndim == k.ndim - 1
-    b2 = b.unsqueeze(-1) if vector else b
-    if b2.ndim < 2 or b2.shape[-2] != n:
-        raise ValueError(
-            f"b: expected shape (..., {n}, p) or (..., {n}) to match k {tuple(k.shape)}, "
-            f"got {tuple(b.shape)}"
-        )
+    b2, vector = as_columns(b, "b", n, ("k", k))
     lam_t = check_lam(lam, k)
     try:
         name = resolve_backend("ridge_solve", backend, k.device)

@@ -14,12 +14,14 @@ is λ on the diagonal only (the authors' random-feature ridge added λ to every 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .._checks import is_real_scalar
 from ..ops import ridge_solve
 
 KRR_DTYPE = torch.float64
@@ -42,9 +44,9 @@ CHUNK_ELEMENTS = 1 << 23
 
 
 def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class SolverConfig:
             if s != "cg":
                 raise ValueError(f"tol: only used by solver='cg', not {s!r}")
             tol = self.tol
-            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+            if not is_real_scalar(tol) or not 0 < tol < 1:
                 raise ValueError(f"tol: expected a number in (0, 1), got {tol!r}")
         if self.inducing not in INDUCING_RULES:
             raise ValueError(
