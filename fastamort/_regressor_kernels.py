@@ -218,24 +218,47 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sol.to(b.device)
 
 
-def _solve_one(k: torch.Tensor, b: torch.Tensor, alpha: float, backend: str) -> torch.Tensor:
-    """(K + αI)⁻¹ b: one Cholesky; float64 falls back to least squares like sklearn."""
+def _solve_one(
+    k: torch.Tensor,
+    b: torch.Tensor,
+    alpha: float,
+    backend: str,
+    k_full: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(K + αI)⁻¹ b: one Cholesky; float64 falls back to least squares like sklearn.
+
+    ``k`` is what the Cholesky (lower triangle) and the mixed-precision refinement read;
+    ``k_full`` (default ``k``) is the matrix of the least-squares fallback (scikit-learn's
+    ``lstsq`` reads the whole, possibly non-symmetric, matrix). A negative α (possible in an
+    alpha array, as in scikit-learn) is added to the diagonal as given and the system solved
+    with no ridge: a Cholesky when K + αI is still positive definite, else the fallback.
+    """
+    lam = alpha
+    if alpha < 0:
+        shifted = k.clone()
+        shifted.diagonal().add_(alpha)
+        if k_full is not None:
+            k_full = k_full.clone()
+            k_full.diagonal().add_(alpha)
+        k, lam = shifted, 0.0
+    if k_full is None:
+        k_full = k
     if k.dtype == torch.float64:
         if mixed_applies(k, b.shape[1], backend):
-            x = solve_mixed(k, b, alpha, backend)
+            x = solve_mixed(k, b, lam, backend)
             if x is not None:
                 return x
         try:
             with warnings.catch_warnings():
                 # no jitter in float64: a failed factorisation means scikit-learn's lstsq
                 warnings.simplefilter("error", NumericalWarning)
-                return ridge_solve(k, b, alpha, backend=backend)
+                return ridge_solve(k, b, lam, backend=backend)
         except (NumericalWarning, NotPSDError):
             warnings.warn(SINGULAR_WARNING, UserWarning, stacklevel=4)
-            eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
-            return _lstsq(k + alpha * eye, b)
+            eye = torch.eye(k_full.shape[0], dtype=k_full.dtype, device=k_full.device)
+            return _lstsq(k_full + lam * eye, b)
     try:
-        return ridge_solve(k, b, alpha, backend=backend)
+        return ridge_solve(k, b, lam, backend=backend)
     except NotPSDError as exc:
         n = k.shape[0]
         raise NotPSDError(
@@ -253,13 +276,16 @@ def solve_dual(
     *,
     backend: str = "auto",
     own_k: bool = False,
+    upper: bool = False,
 ) -> torch.Tensor:
     """Dual coefficients c (n, p) of ``(K + α_j I) c_j = y_j`` per target j.
 
     Like ``sklearn.linear_model._ridge._solve_cholesky_kernel``: weights enter as
     K ← diag(√w) K diag(√w), y ← √w·y, c ← √w·c; one α for all targets (all equal) means one
     factorisation; otherwise one factorisation per distinct α. ``own_k``: K may be scaled in
-    place.
+    place. ``upper``: the factorisation reads K's upper triangle, as scipy's
+    ``solve(assume_a="pos")`` does (for a user's, possibly non-symmetric, precomputed K); the
+    least-squares fallback still reads the whole matrix, as scikit-learn's.
     """
     p = y.shape[1]
     sw = None
@@ -268,9 +294,13 @@ def solve_dual(
         k = k.mul_(sw[:, None]) if own_k else k * sw[:, None]
         k.mul_(sw[None, :])
         y = y * sw[:, None]
-    alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
+    k_full = None
+    if upper and not torch.equal(k, k.mT):
+        k_full = k
+        k = k.triu() + k.triu(1).mT  # the symmetric matrix whose upper triangle is K's
+    alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64)).reshape(-1)
     if (alpha == alpha[0]).all():
-        coef = _solve_one(k, y, float(alpha[0]), backend)
+        coef = _solve_one(k, y, float(alpha[0]), backend, k_full)
     else:
         if alpha.shape[0] != p:
             raise ValueError(
@@ -280,10 +310,31 @@ def solve_dual(
         coef = torch.empty_like(y)
         for value in np.unique(alpha):
             cols = torch.from_numpy(np.flatnonzero(alpha == value)).to(y.device)
-            coef[:, cols] = _solve_one(k, y[:, cols].contiguous(), float(value), backend)
+            coef[:, cols] = _solve_one(k, y[:, cols].contiguous(), float(value), backend, k_full)
     if sw is not None:
         coef = coef * sw[:, None]
     return coef
+
+
+def check_gram_finite(k: torch.Tensor, kernel: object, degree: float) -> None:
+    """ValueError naming the kernel (and ``degree``) when K has NaN or ±inf entries.
+
+    scikit-learn's solve raises a ValueError there too (scipy's ``check_finite``); a
+    polynomial kernel with a non-integer degree is NaN wherever γ⟨x, y⟩ + coef0 < 0.
+    """
+    if not k.numel() or bool(torch.isfinite(k.sum())) or bool(torch.isfinite(k).all()):
+        return
+    name = kernel if isinstance(kernel, str) else getattr(kernel, "__name__", repr(kernel))
+    message = f"kernel={name!r}: the kernel matrix of X contains NaN or infinite values"
+    if kernel in ("poly", "polynomial") and not float(degree).is_integer():
+        message += (
+            f"; degree={degree} is not an integer, and gamma·<x, y> + coef0 is negative for "
+            "some pairs of samples (a negative base to a fractional power is NaN). Use an "
+            "integer degree, or a coef0/gamma that keeps the base non-negative"
+        )
+    elif kernel in ("poly", "polynomial"):
+        message += f" (overflow: degree={degree} with large gamma·<x, y> + coef0)"
+    raise ValueError(message + ".")
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import torch
 
 from ._regressor_kernels import (
     KERNEL_CHOICES,
+    NATIVE,
+    check_gram_finite,
     kernel_times,
     pairwise_callable,
     pairwise_torch,
@@ -29,8 +31,8 @@ from ._regressor_kernels import (
 
 try:
     from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
+    from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
     from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
     try:
@@ -43,6 +45,11 @@ except ImportError:  # scikit-learn is an optional dependency
 
     class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]
         """Raised when predict/score is called before fit (as scikit-learn's)."""
+
+    class InvalidParameterError(ValueError, TypeError):  # type: ignore[no-redef]
+        """A parameter of the wrong type or value (as scikit-learn's)."""
+
+    UndefinedMetricWarning = UserWarning  # type: ignore[misc,assignment]
 
     class BaseEstimator:  # type: ignore[no-redef]
         """get_params/set_params from the constructor signature (scikit-learn's contract)."""
@@ -155,26 +162,99 @@ def _torch_dtype(dtype: Any) -> torch.dtype:
     return out
 
 
-def _r2(y: torch.Tensor, pred: torch.Tensor, sample_weight: Any) -> float:
-    """R², uniform average over targets, as ``sklearn.metrics.r2_score`` (force_finite)."""
-    y = y.to(pred.dtype).reshape(pred.shape[0], -1)
-    pred = pred.reshape(pred.shape[0], -1)
-    if y.shape != pred.shape:
-        raise ValueError(f"y: shape {tuple(y.shape)} does not match the predictions'")
-    if y.shape[0] < 2:
+def _alpha_array(alpha: Any) -> np.ndarray:
+    """``alpha`` as a 1-D float64 array, as scikit-learn's ``np.atleast_1d(alpha)`` reads it.
+
+    Any shape of size 1 is one α; a 1-D array is one α per target. NaN/inf raise ValueError
+    (scikit-learn's solve raises one too); non-numeric values TypeError (as scikit-learn's
+    arithmetic does); an empty array IndexError (scikit-learn's ``alpha[0]``).
+    """
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.detach().cpu().numpy()
+    arr = np.asarray(alpha)
+    if arr.dtype.kind in "USVc":
+        raise TypeError(f"alpha: expected real numbers, got an array of dtype {arr.dtype}")
+    try:
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"alpha: expected real numbers: {exc}") from exc
+    if arr.size == 0:
+        raise IndexError("alpha: got an empty array; expected a float or one value per target")
+    if arr.size > 1 and arr.ndim > 1:
+        raise ValueError(
+            f"alpha: expected a float or a 1-D array with one value per target, got shape "
+            f"{arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"alpha: contains NaN or infinity: {arr.reshape(-1).tolist()}")
+    return arr.reshape(-1)
+
+
+def _r2(y: Any, pred: torch.Tensor, sample_weight: Any) -> float:
+    """R², uniform average over targets, as ``sklearn.metrics.r2_score`` (force_finite).
+
+    Validates y and sample_weight as ``r2_score`` does: y 1-D or 2-D, finite, one row per
+    prediction and as many columns; sample_weight an array of shape (n_samples,), finite and
+    not all zero (negative weights are accepted, as by scikit-learn).
+    """
+    yt = _as_tensor(y, "y").to(pred.device)
+    n = pred.shape[0]
+    if yt.ndim not in (1, 2):
+        raise ValueError(
+            f"y: expected a 1D or 2D array, got shape {tuple(yt.shape)} (Found array with "
+            f"dim {yt.ndim}, while dim <= 2 is required.)"
+        )
+    sw = None
+    if sample_weight is not None:
+        if isinstance(sample_weight, numbers.Number) or (
+            isinstance(sample_weight, (np.ndarray, torch.Tensor)) and sample_weight.ndim == 0
+        ):
+            raise InvalidParameterError(
+                "The 'sample_weight' parameter of r2_score must be an array-like or None. "
+                f"Got {sample_weight!r} instead."
+            )
+        sw = _as_tensor(sample_weight, "sample_weight").to(pred.device)
+    lengths = [("y", yt.shape[0]), ("X", n)]
+    if sw is not None and sw.ndim >= 1:
+        lengths.append(("sample_weight", sw.shape[0]))
+    if len({length for _, length in lengths}) > 1:
+        described = ", ".join(f"{name} has {length}" for name, length in lengths)
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: {described}."
+        )
+    _check_finite(yt, "y")
+    y2 = yt.to(pred.dtype).reshape(n, -1)
+    pred2 = pred.reshape(n, -1)
+    if y2.shape[1] != pred2.shape[1]:
+        raise ValueError(
+            f"y has {y2.shape[1]} output(s) (columns) but the model predicts {pred2.shape[1]} "
+            f"(y_true and y_pred have different number of output ({y2.shape[1]}!="
+            f"{pred2.shape[1]}))"
+        )
+    if sw is not None:
+        if sw.ndim != 1:
+            raise ValueError(
+                f"sample_weight: expected a 1D array of length {n}, got shape {tuple(sw.shape)}"
+            )
+        _check_finite(sw, "sample_weight")
+        if not bool((sw != 0).any()):
+            raise ValueError(
+                "sample_weight: Sample weights must contain at least one non-zero number."
+            )
+    if n < 2:
         warnings.warn(
             "R^2 score is not well-defined with less than two samples.",
-            UserWarning,
+            UndefinedMetricWarning,
             stacklevel=3,
         )
         return float("nan")
-    if sample_weight is None:
-        w = torch.ones(y.shape[0], 1, dtype=y.dtype, device=y.device)
+    if sw is None:
+        w = torch.ones(n, 1, dtype=y2.dtype, device=y2.device)
     else:
-        w = _as_tensor(sample_weight, "sample_weight").to(y.device, y.dtype).reshape(-1, 1)
-    num = (w * (y - pred).square()).sum(0)
-    mean = (w * y).sum(0) / w.sum()
-    den = (w * (y - mean).square()).sum(0)
+        w = sw.to(y2.dtype).reshape(-1, 1)
+    num = (w * (y2 - pred2).square()).sum(0)
+    mean = (w * y2).sum(0) / w.sum()
+    den = (w * (y2 - mean).square()).sum(0)
     ones = torch.ones_like(num)
     r2 = torch.where(
         den != 0, 1 - num / torch.where(den != 0, den, ones), torch.where(num == 0, ones, 0 * ones)
@@ -195,7 +275,12 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
     Parameters
     ----------
     alpha : float or array-like of shape (n_targets,), default=1.0
-        Ridge added to the kernel diagonal; one per target if an array is given.
+        Ridge added to the kernel diagonal; one per target if a 1-D array is given. An array
+        of size 1 (any shape) is one value, as in scikit-learn. A negative or non-finite
+        float is refused by the parameter check (``InvalidParameterError``, a ValueError);
+        a NaN or infinite entry of an array raises ValueError (as scikit-learn's solve
+        does); a negative entry of an array is accepted, as by scikit-learn, and added to
+        the diagonal as given (see Notes).
     kernel : str or callable, default="linear"
         scikit-learn's names: ``"linear"``, ``"rbf"``, ``"laplacian"``, ``"poly"`` /
         ``"polynomial"``, ``"sigmoid"``, ``"cosine"``, ``"additive_chi2"``, ``"chi2"``,
@@ -250,6 +335,17 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
       alphas, where scikit-learn raises). In float32 fastamort's jitter policy applies
       (a ``NumericalWarning`` per retry), then :class:`fastamort.NotPSDError` says to
       increase ``alpha`` or use float64.
+    * Negative entries of an alpha array (scikit-learn's parameter check only refuses a
+      negative float) are added to the diagonal as given: K + αI is factored when it is
+      still positive definite, else the least-squares fallback runs with its warning, with
+      scikit-learn's results.
+    * ``"precomputed"``: the factorisation reads the upper triangle of the (weighted) kernel
+      matrix, as scipy's ``solve(assume_a="pos")`` in scikit-learn does, so a non-symmetric
+      matrix gives scikit-learn's dual coefficients; the least-squares fallback reads the
+      whole matrix, as scikit-learn's.
+    * A kernel matrix with NaN or infinite entries (``"poly"`` with a non-integer ``degree``
+      and a negative base γ⟨x, y⟩ + coef0, or an overflow) raises ValueError naming the
+      kernel and ``degree``, where scikit-learn's solve raises a ValueError too.
     * Sparse X is accepted (as scikit-learn) and densified; ``X_fit_`` is then dense.
     * Callable kernels are evaluated on the CPU, row pair by row pair (through scikit-learn's
       ``pairwise_kernels`` when installed), on NumPy rows in the compute dtype.
@@ -460,6 +556,7 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
             sw = sw.to(device=device, dtype=dtype)
 
         precomputed = isinstance(self.kernel, str) and self.kernel == "precomputed"
+        alpha = _alpha_array(self.alpha)
         with torch.no_grad():
             if precomputed:
                 if x.shape[0] != x.shape[1]:
@@ -475,16 +572,18 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
                     x, None, self.kernel, backend=self.backend, **self._kernel_params()
                 )
                 own_k = True
-            alpha = self.alpha
-            if isinstance(alpha, torch.Tensor):
-                alpha = alpha.detach().cpu().numpy()
+            if not precomputed and not (isinstance(self.kernel, str) and self.kernel in NATIVE):
+                # X is finite, but a kernel can still make NaN or inf (gram's native kernels
+                # cannot: it refuses points and lengthscales that would overflow)
+                check_gram_finite(k, self.kernel, self.degree)
             coef = solve_dual(
                 k,
                 yt.reshape(n, -1),
-                np.asarray(alpha, dtype=np.float64),
+                alpha,
                 sw,
                 backend=self.backend,
                 own_k=own_k,
+                upper=precomputed,
             )
         coef = coef.reshape(yt.shape)
         if torch_in:
@@ -557,13 +656,30 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def score(self, X, y, sample_weight=None) -> float:
         """Coefficient of determination R² of the predictions (scikit-learn's ``r2_score``).
 
-        Works on NumPy (through scikit-learn when installed) and on torch tensors.
+        Works on NumPy (through scikit-learn when installed) and on torch tensors, with
+        scikit-learn's checks on both: y must be 1-D or 2-D, finite, with one row per sample
+        of X and one column per target; sample_weight an array of shape (n_samples,), finite
+        and not all zero. Each violation raises ValueError.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+            Test samples.
+        y : array-like or Tensor of shape (n_samples,) or (n_samples, n_targets)
+            True targets.
+        sample_weight : array-like or Tensor of shape (n_samples,), default=None
+            Sample weights.
+
+        Returns
+        -------
+        float
+            R² of ``self.predict(X)``, averaged uniformly over the targets.
         """
         if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
             return super().score(X, y, sample_weight=sample_weight)
         pred = self.predict(X)
         pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
-        return _r2(_as_tensor(y, "y").to(pred_t.device), pred_t, sample_weight)
+        return _r2(y, pred_t, sample_weight)
 
 
 if not HAVE_SKLEARN:

@@ -86,6 +86,28 @@ def test_cli_demo_without_cuda_is_a_clear_error(tmp_path, capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_cli_unwritable_output_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # a run that started would call these: the errors must come first
+    monkeypatch.setattr("fastamort.demo.make_data", lambda *a, **k: pytest.fail("demo ran"))
+    monkeypatch.setattr("fastamort.benchmarks.gram.run", lambda **k: pytest.fail("bench ran"))
+    for argv, flag in [
+        (["demo", "--quick", "--out", str(blocker / "out")], "--out"),
+        (["bench", "gram", "--quick", "--json", str(blocker / "r.json")], "--json"),
+        (["bench", "gram", "--quick", "--plot", str(blocker / "p" / "r.png")], "--plot"),
+        (["bench", "gram", "--device", "junk"], "--device"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert flag in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["bench", "gram", "--device", "cuda"])
+        assert "no CUDA device" in capsys.readouterr().err
+
+
 def test_cli_info_and_bench_still_parse(capsys):
     assert main(["info"]) == 0
     assert "backends:" in capsys.readouterr().out

@@ -131,6 +131,40 @@ def test_precomputed_matches_sklearn(weighted):
 
 
 @needs_sklearn
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_precomputed_non_symmetric_matches_sklearn(weighted):
+    """scipy's solve(assume_a="pos") reads the upper triangle of a non-symmetric K."""
+    for seed in SEEDS:
+        x, y, x_test, sw = problem(seed, targets=2)
+        rng = np.random.RandomState(seed)
+        n = len(x)
+        k = x @ x.T + 0.5 + 0.3 * rng.rand(n, n) + 3.0 * np.eye(n)  # not symmetric, upper PD
+        k_test = x_test @ x.T + 0.5
+        w = sw if weighted else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a Cholesky in both, no least-squares fallback
+            ref = SkKernelRidge(alpha=0.3, kernel="precomputed").fit(k, y, sample_weight=w)
+            ours = KernelRidge(alpha=0.3, kernel="precomputed").fit(k, y, sample_weight=w)
+        assert rel_err(ours.dual_coef_, ref.dual_coef_) < RTOL, seed
+        assert rel_err(ours.predict(k_test), ref.predict(k_test)) < RTOL, seed
+        tk, ty = torch.from_numpy(k), torch.from_numpy(y)
+        tw = None if w is None else torch.from_numpy(w)
+        got = KernelRidge(alpha=0.3, kernel="precomputed").fit(tk, ty, sample_weight=tw)
+        assert rel_err(got.dual_coef_.numpy(), ref.dual_coef_) < RTOL, seed
+        # per-target alphas read the same triangle
+        ref = SkKernelRidge(alpha=[0.3, 1.1], kernel="precomputed").fit(k, y, sample_weight=w)
+        ours = KernelRidge(alpha=[0.3, 1.1], kernel="precomputed").fit(k, y, sample_weight=w)
+        assert rel_err(ours.dual_coef_, ref.dual_coef_) < RTOL, seed
+        # an indefinite upper triangle: both solve the whole non-symmetric K by least squares
+        k_bad = k - 6.0 * np.eye(n)
+        with pytest.warns(UserWarning, match="Singular matrix"):
+            ref = SkKernelRidge(alpha=0.3, kernel="precomputed").fit(k_bad, y, sample_weight=w)
+        with pytest.warns(UserWarning, match="Singular matrix"):
+            ours = KernelRidge(alpha=0.3, kernel="precomputed").fit(k_bad, y, sample_weight=w)
+        assert rel_err(ours.dual_coef_, ref.dual_coef_) < 1e-6, seed
+
+
+@needs_sklearn
 @pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
 def test_matern_is_sklearn_gp_matern(nu):
     """matern12/32/52 with gamma = sklearn's GP Matern with length_scale = 1/sqrt(2·gamma)."""
@@ -154,6 +188,94 @@ def test_per_target_alpha_and_scalar_weights_match_sklearn():
             assert rel_err(ours.predict(x_test), ref.predict(x_test)) < RTOL, (alpha, sw)
     with pytest.raises(ValueError, match="one value per target"):
         KernelRidge(alpha=[0.1, 1.0], kernel="rbf").fit(x, y)
+
+
+@needs_sklearn
+def test_alpha_of_any_size_one_shape_and_numpy_scalars_match_sklearn():
+    x, y, x_test, _ = problem(22, targets=2)
+    alphas = [
+        np.array([[0.1]]),
+        np.array([[[0.7]]]),
+        np.array(0.3),
+        np.float32(0.1),
+        np.float64(0.2),
+        np.array([0.2, 1.5]),
+        np.array([0.4, 0.4], dtype=np.float32),
+        torch.tensor([0.2, 1.5]),
+    ]
+    for alpha in alphas:
+        sk_alpha = alpha.numpy() if isinstance(alpha, torch.Tensor) else alpha
+        if np.ndim(alpha) > 2:  # scikit-learn fails to broadcast alpha[0] (shape (1, 1))
+            sk_alpha = float(np.asarray(alpha).item())
+        for targets in (y, y[:, 0]):
+            if np.size(sk_alpha) > 1 and targets.ndim == 1:
+                continue
+            ref = SkKernelRidge(alpha=sk_alpha, kernel="rbf").fit(x, targets)
+            ours = KernelRidge(alpha=alpha, kernel="rbf").fit(x, targets)
+            assert ours.dual_coef_.shape == ref.dual_coef_.shape
+            assert rel_err(ours.dual_coef_, ref.dual_coef_) < RTOL, alpha
+            assert rel_err(ours.predict(x_test), ref.predict(x_test)) < RTOL, alpha
+
+
+@needs_sklearn
+def test_alpha_array_entries_like_sklearn():
+    """Negative entries: scikit-learn's result (lstsq fallback); NaN/inf: ValueError naming
+    alpha; strings: TypeError; size > 1 in 2-D: ValueError; empty: IndexError."""
+    x, y, _, _ = problem(23)
+    for kernel, alpha in (("linear", [-1.0]), ("rbf", np.array([-0.01])), ("rbf", [-1e-3])):
+        with pytest.warns(UserWarning, match="Singular matrix"):
+            ref = SkKernelRidge(alpha=alpha, kernel=kernel).fit(x, y)
+        with pytest.warns(UserWarning, match="Singular matrix"):
+            ours = KernelRidge(alpha=alpha, kernel=kernel).fit(x, y)
+        assert rel_err(ours.dual_coef_, ref.dual_coef_) < 1e-6, (kernel, alpha)
+    # a negative alpha that leaves K + alpha·I positive definite: a plain Cholesky, no warning
+    k = x @ x.T + 2.0 * np.eye(len(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = SkKernelRidge(alpha=[-0.5], kernel="precomputed").fit(k, y)
+        ours = KernelRidge(alpha=[-0.5], kernel="precomputed").fit(k, y)
+    assert rel_err(ours.dual_coef_, ref.dual_coef_) < RTOL
+    y2 = np.stack([y, -y], axis=1)
+    cases = [
+        (np.array([np.nan]), y, ValueError),
+        (np.array([np.inf]), y, ValueError),
+        (np.array([np.nan, 1.0]), y2, ValueError),
+        (np.array([[0.1, 0.2]]), y2, ValueError),
+        (["a"], y, TypeError),
+        ([], y, IndexError),
+    ]
+    for alpha, targets, error in cases:
+        with pytest.raises(error):
+            SkKernelRidge(alpha=alpha).fit(x, targets)
+        with pytest.raises(error, match="alpha") as info:
+            KernelRidge(alpha=alpha).fit(x, targets)
+        assert "lam" not in str(info.value)
+    for alpha in (-1.0, np.nan):  # scalars: the parameter check of both
+        with pytest.raises(ValueError) as ref_info:
+            SkKernelRidge(alpha=alpha).fit(x, y)
+        with pytest.raises(type(ref_info.value), match="alpha"):
+            KernelRidge(alpha=alpha).fit(x, y)
+
+
+@needs_sklearn
+def test_poly_fractional_degree_nan_kernel_names_degree():
+    x, y, _, _ = problem(24)
+    for kernel in ("poly", "polynomial"):
+        params = {"kernel": kernel, "degree": 2.5, "coef0": -1.0}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with pytest.raises(ValueError):
+                SkKernelRidge(**params).fit(x, y)
+        with pytest.raises(ValueError, match=r"degree=2\.5") as info:
+            KernelRidge(**params).fit(x, y)
+        message = str(info.value)
+        assert "NaN" in message and "kernel=" in message and "k:" not in message
+        with pytest.raises(ValueError, match="degree"):
+            KernelRidge(**params).fit(torch.from_numpy(x), torch.from_numpy(y))
+    # a fractional degree with a non-negative base is fine in both
+    ref = SkKernelRidge(kernel="poly", degree=2.5).fit(x, y)
+    ours = KernelRidge(kernel="poly", degree=2.5).fit(x, y)
+    assert rel_err(ours.dual_coef_, ref.dual_coef_) < RTOL
 
 
 @needs_sklearn
@@ -189,6 +311,43 @@ def test_score_is_sklearn_r2_numpy_and_torch():
         tw = None if w is None else torch.from_numpy(w)
         got = ours.score(torch.from_numpy(x), torch.from_numpy(y), sample_weight=tw)
         assert got == pytest.approx(expected, rel=1e-10)
+
+
+@needs_sklearn
+def test_score_on_tensors_validates_y_and_sample_weight_like_sklearn():
+    """The tensor path of score checks y and sample_weight as r2_score does (ValueError)."""
+    rng = np.random.RandomState(21)
+    x, y, x_test = rng.rand(20, 3), rng.randn(20, 2), rng.rand(5, 3)
+    ref = SkKernelRidge(kernel="rbf").fit(x, y)
+    ours = KernelRidge(kernel="rbf").fit(torch.from_numpy(x), torch.from_numpy(y))
+    y_ok = rng.randn(5, 2)
+    y_nan = y_ok.copy()
+    y_nan[1, 1] = np.nan
+    w_nan = np.array([1.0, np.nan, 1.0, 1.0, 1.0])
+    cases = [
+        ("y", rng.randn(2, 5), None),  # the transposed targets: inconsistent samples
+        ("y", rng.randn(10), None),  # as many entries as y, not as many rows
+        ("y", rng.randn(5), None),  # one output, the model has two
+        ("y", rng.randn(5, 3), None),
+        ("y", rng.randn(5, 2, 1), None),
+        ("y", y_nan, None),
+        ("sample_weight", y_ok, np.ones(4)),
+        ("sample_weight", y_ok, w_nan),
+        ("sample_weight", y_ok, np.zeros(5)),
+        ("sample_weight", y_ok, np.ones((5, 1))),
+        ("sample_weight", y_ok, 2.0),
+    ]
+    for name, y_bad, w in cases:
+        with pytest.raises(ValueError):
+            ref.score(x_test, y_bad, sample_weight=w)
+        tw = torch.from_numpy(w) if isinstance(w, np.ndarray) else w
+        with pytest.raises(ValueError, match=name):
+            ours.score(torch.from_numpy(x_test), torch.from_numpy(y_bad), sample_weight=tw)
+    # valid input, negative weights included (r2_score accepts them): sklearn's value
+    for w in (None, np.array([1.0, -0.5, 2.0, 1.0, 0.3])):
+        tw = None if w is None else torch.from_numpy(w)
+        got = ours.score(torch.from_numpy(x_test), torch.from_numpy(y_ok), sample_weight=tw)
+        assert got == pytest.approx(ref.score(x_test, y_ok, sample_weight=w), rel=1e-10)
 
 
 @needs_sklearn
@@ -282,6 +441,15 @@ def test_float32_not_psd_gives_guidance():
     message = str(info.value)
     assert "increase alpha" in message.lower() and "float64" in message
     assert isinstance(info.value, ValueError)
+
+
+def test_float32_torch_not_psd_gives_guidance():
+    model = KernelRidge(alpha=0.0, kernel="precomputed")
+    with pytest.warns(NumericalWarning), pytest.raises(NotPSDError) as info:
+        model.fit(-torch.eye(4), torch.ones(4))
+    message = str(info.value)
+    assert "increase alpha" in message.lower() and "float64" in message
+    assert "float32" in message and "lam" not in message
 
 
 def test_float32_close_to_float64():
