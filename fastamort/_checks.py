@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,20 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 def is_real_scalar(value: object) -> bool:
     """A Python or NumPy real number (ints included), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (NumPy integers too): TypeError naming ``name`` for a
+    non-integer (floats, bools, None), ValueError when it is too small."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if n < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {n}")
+    return n
 
 
 def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
@@ -30,6 +45,17 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
         )
     return t
+
+
+def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (≥ 0 with ``allow_zero``): TypeError for a non-number
+    (or bool), else ValueError."""
+    if not is_real_scalar(value):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}")
+    return float(value)
 
 
 def check_finite(*named: tuple[str, torch.Tensor]) -> None:

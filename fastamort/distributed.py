@@ -60,8 +60,9 @@ def current_rank() -> int:
 
 
 def sleep_seed(seed: int, rank: int, step: int) -> int:
-    """The RNG seed of ``rank``'s sleep samples at ``step`` (1-based) of a distributed run."""
-    return (int(seed) * 1_000_003 + int(step)) * 65_537 + int(rank)
+    """The RNG seed of ``rank``'s sleep samples at ``step`` (1-based) of a distributed run,
+    reduced mod 2⁶⁴ (what ``torch.manual_seed`` takes; unchanged for seeds below ~2.8e8)."""
+    return ((int(seed) * 1_000_003 + int(step)) * 65_537 + int(rank)) % (1 << 64)
 
 
 def shard_order(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

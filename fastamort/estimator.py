@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ._checks import check_int, is_real_scalar
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
 from .solvers import SolverConfig, WarmStart, krr_weights
@@ -78,10 +79,31 @@ class AmortisedEstimate:
         return WarmStart(self.sleep[1].detach(), w.detach(), aligned)
 
 
-def draw_sleep(model: torch.nn.Module, n: int) -> tuple[Any, torch.Tensor]:
+def check_lam(lam: object) -> float | torch.Tensor:
+    """λ >= 0: a real number (as a float) or a one-element real tensor (as a 0-d tensor,
+    gradients kept)."""
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1:
+            raise ValueError(
+                f"lam: expected a number or a one-element tensor, got shape {tuple(lam.shape)}"
+            )
+        if lam.dtype == torch.bool or lam.is_complex():
+            raise TypeError(f"lam: expected a real tensor, got {lam.dtype}")
+        value, lam = float(lam.detach()), lam.reshape(())
+    elif is_real_scalar(lam):
+        value = lam = float(lam)
+    else:
+        raise TypeError(f"lam: expected a number or a one-element tensor, got {type(lam).__name__}")
+    if not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"lam: must be finite and >= 0, got {value}")
+    return lam
+
+
+def draw_sleep(
+    model: torch.nn.Module, n: int, *, name: str = "n_sleep", minimum: int = 2
+) -> tuple[Any, torch.Tensor]:
     """(z, x) ~ p_θ without gradient; x as a detached tensor (n, *obs_shape)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise ValueError(f"n_sleep: need at least 2 sleep samples, got {n!r}")
+    n = check_int(n, name, minimum)
     with torch.no_grad():
         z, x = model.sample(n)
     if not isinstance(x, torch.Tensor) or x.shape[:1] != (n,):
@@ -89,6 +111,63 @@ def draw_sleep(model: torch.nn.Module, n: int) -> tuple[Any, torch.Tensor]:
         raise ValueError(
             f"model.sample({n}) must return (z, x) with x of shape ({n}, ...), got {got}"
         )
+    return z, x.detach()
+
+
+def _param_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device] | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    return None
+
+
+def _latent_tensors(z: Any) -> list[torch.Tensor]:
+    """The tensors of a latent (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(z, torch.Tensor):
+        return [z]
+    if isinstance(z, dict):
+        z = list(z.values())
+    if isinstance(z, (tuple, list)):
+        return [t for item in z for t in _latent_tensors(item)]
+    return []
+
+
+def check_sleep(
+    sleep: object, model: torch.nn.Module, name: str = "sleep", minimum: int = 2
+) -> tuple[Any, torch.Tensor]:
+    """A given sleep set ``(z, x)``: x a finite floating tensor (n >= ``minimum``, n, ...) of the
+    model's dtype and device; a tensor z with n rows; every tensor in z finite. Returns
+    ``(z, x.detach())``; errors name ``name``."""
+    if not isinstance(sleep, (tuple, list)) or len(sleep) != 2:
+        raise TypeError(f"{name}: expected a pair (z, x) of sleep samples")
+    z, x = sleep
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: x must be a tensor, got {type(x).__name__}")
+    if x.ndim == 0 or x.shape[0] < minimum:
+        raise ValueError(
+            f"{name}: x must be a tensor of shape (n, *obs_shape) with n >= {minimum}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: x must have a floating dtype, got {x.dtype}")
+    like = _param_dtype_device(model)
+    if like is not None and x.dtype != like[0]:
+        raise TypeError(
+            f"{name}: x has dtype {x.dtype} but the model's parameters are {like[0]} "
+            "(convert the sleep samples or the model)"
+        )
+    if like is not None and x.device != like[1]:
+        raise ValueError(f"{name}: x is on {x.device} but the model is on {like[1]}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: x contains NaN or infinite values")
+    if isinstance(z, torch.Tensor) and (z.ndim == 0 or z.shape[0] != x.shape[0]):
+        raise ValueError(
+            f"{name}: z must have one row per sample of x ({x.shape[0]}), "
+            f"got shape {tuple(z.shape)}"
+        )
+    for t in _latent_tensors(z):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: z contains NaN or infinite values")
     return z, x.detach()
 
 
@@ -282,12 +361,9 @@ def amortised_estimate(
     if sleep is None:
         z, xs = draw_sleep(model, n_sleep)
     else:
-        if not isinstance(sleep, (tuple, list)) or len(sleep) != 2:
-            raise TypeError("sleep: expected a pair (z, x) of sleep samples")
-        z, xs = sleep
-        if not isinstance(xs, torch.Tensor) or xs.ndim == 0 or xs.shape[0] < 2:
-            raise ValueError("sleep: x must be a tensor with at least 2 samples")
-        xs = xs.detach()
+        z, xs = check_sleep(sleep, model)
+    if lam is not None:
+        lam = check_lam(lam)
     x_wake = check_wake(x_wake, xs)
     if kernel is None:
         kernel = Gaussian().to(xs.device).init_from(xs)
@@ -301,8 +377,6 @@ def amortised_estimate(
             lam_value = choose_lambda(fs, kernel, targets, stats)
         else:
             lam_value = float(lam)
-            if not lam_value >= 0:
-                raise ValueError(f"lam: must be >= 0, got {lam_value}")
         if config.solver == "exact" and warm_start is None:
             rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
             weights = exact_solve(kernel.gram_features(fs), rhs, lam_value, kernel.backend)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .estimator import KRR_DTYPE, regression_targets, resolve_estimator
+from .estimator import KRR_DTYPE, check_lam, check_sleep, regression_targets, resolve_estimator
 from .kernels import Kernel
 from .models.base import check_model
 from .solvers import SolverConfig, feature_ridge_predict, nystrom_feature_map
@@ -59,13 +59,22 @@ def kernel_loss(
     check_model(model)
     estimator = resolve_estimator(model, estimator)
     config = SolverConfig(solver, n_inducing, n_features, None, inducing)
-    (z, x), (zh, xh) = sleep, held_out
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
+    z, x = check_sleep(sleep, model, "sleep", 1)
+    zh, xh = check_sleep(held_out, model, "held_out", 1)
+    if xh.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"held_out: observations of shape {tuple(xh.shape[1:])} do not match sleep's "
+            f"{tuple(x.shape[1:])}"
+        )
+    lam = check_lam(lam)
     with torch.no_grad():
         targets, _ = regression_targets(model, z, x, estimator)
         targets_h, stats_h = regression_targets(model, zh, xh, estimator)
-    phi_fit = kernel.features(x.detach()).to(KRR_DTYPE)
-    phi_held = kernel.features(xh.detach()).to(KRR_DTYPE)
-    lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
+    phi_fit = kernel.features(x).to(KRR_DTYPE)
+    phi_held = kernel.features(xh).to(KRR_DTYPE)
+    lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(lam)
     lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
     if config.solver == "exact":
         k_fit = kernel.gram_features(phi_fit)

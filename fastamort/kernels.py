@@ -17,19 +17,27 @@ import math
 import torch
 from torch import nn
 
+from ._checks import check_finite
 from .ops import gram, gram_matmul
 
 
 def flatten_points(x: torch.Tensor) -> torch.Tensor:
     """Observations (n, *shape) → feature vectors (n, D)."""
-    if x.ndim == 1:
-        return x.reshape(-1, 1)
-    return x.reshape(x.shape[0], -1)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError("x: expected observations of shape (n, *shape), got a 0-d tensor")
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit D: n may be 0
 
 
 def median_distance(x: torch.Tensor, *, p: float = 2.0, max_points: int = 1000) -> float:
-    """Median pairwise distance of the rows of x (n, D), on at most ``max_points`` rows."""
+    """Median pairwise distance of the rows of x (n, D), on at most ``max_points`` rows.
+
+    1.0 for fewer than 2 rows or a zero median; ValueError for NaN or infinite values in x
+    or distances that overflow.
+    """
     x = x.detach()
+    check_finite(("x", x))
     if x.shape[0] > max_points:
         g = torch.Generator(device="cpu").manual_seed(0)
         x = x[torch.randperm(x.shape[0], generator=g)[:max_points].to(x.device)]
@@ -38,7 +46,9 @@ def median_distance(x: torch.Tensor, *, p: float = 2.0, max_points: int = 1000) 
     d = torch.cdist(x.double(), x.double(), p=p)
     iu = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
     med = float(torch.quantile(d[iu[0], iu[1]], 0.5))  # as numpy: mean of the middle two
-    return med if med > 0 and math.isfinite(med) else 1.0
+    if not math.isfinite(med):
+        raise ValueError("x: pairwise distances overflow; rescale the data")
+    return med if med > 0 else 1.0
 
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -102,8 +112,16 @@ class Kernel(nn.Module):
         statistics of ``x`` (the network then always runs in eval mode, so that a batch never
         normalises itself — the authors' BatchNorm quirk).
         """
-        self._calibrate_batch_norm(flatten_points(x))
+        flat = flatten_points(x)
+        if flat.shape[0] < 2:
+            raise ValueError(
+                f"x: the median heuristic needs at least 2 points, got shape {tuple(x.shape)}"
+            )
+        check_finite(("x", flat))
+        self._calibrate_batch_norm(flat)
         phi = self.features(x)
+        if not bool(torch.isfinite(phi).all()):
+            raise ValueError("x: the feature network gives NaN or infinite features")
         p = 1.0 if self.name == "laplacian" else 2.0
         self.log_lengthscale.fill_(math.log(median_distance(phi, p=p)))
         self.initialised.fill_(True)

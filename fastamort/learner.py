@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import check_int, check_positive
 from .distributed import (
     DistributedContext,
     pooled_estimate,
@@ -50,6 +51,7 @@ from .distributed import (
 )
 from .estimator import (
     amortised_estimate,
+    check_lam,
     choose_lambda,
     draw_sleep,
     regression_targets,
@@ -130,12 +132,28 @@ class AmortisedLearner:
         sleep_refresh: float = 1.0,
     ):
         check_model(model)
-        if n_sleep < 2:
-            raise ValueError(f"n_sleep: need at least 2 sleep samples, got {n_sleep}")
-        if learn_kernel and n_held_out < 1:
-            raise ValueError(f"n_held_out: need at least 1 held-out sample, got {n_held_out}")
-        if lam is not None and not lam > 0:
-            raise ValueError(f"lam: must be > 0, got {lam}")
+        n_sleep = check_int(n_sleep, "n_sleep", 2)
+        n_held_out = check_int(n_held_out, "n_held_out", 1 if learn_kernel else 0)
+        if lam is not None:
+            lam = float(check_lam(lam))
+            if lam == 0:
+                raise ValueError("lam: must be > 0 (it is learnt as log λ), got 0.0")
+        seed = check_int(seed, "seed", 0)
+        if seed >= 2**32:
+            raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
+        if max_grad_norm is not None:
+            max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+        if kernel is not None and not isinstance(kernel, Kernel):
+            raise TypeError(
+                "kernel: expected a fastamort.kernels.Kernel instance such as "
+                f"fastamort.kernels.Gaussian() (or None), got {type(kernel).__name__}"
+            )
+        for name, opt in (("optimizer", optimizer), ("kernel_optimizer", kernel_optimizer)):
+            if opt is not None and not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(
+                    f"{name}: expected a torch.optim.Optimizer instance (or None for Adam; "
+                    f"set its learning rate with lr / kernel_lr), got {type(opt).__name__}"
+                )
         self.solver = SolverConfig(solver, n_inducing, n_features, tol, inducing)
         if (
             isinstance(sleep_refresh, bool)
@@ -169,6 +187,7 @@ class AmortisedLearner:
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
         self.initialised = False
+        self._obs_shape: tuple[int, ...] | None = None  # of the model's samples, once drawn
         self._dist: DistributedContext | None = None  # set by fit() under torch.distributed
 
     # ----------------------------------------------------------------------------------
@@ -178,9 +197,17 @@ class AmortisedLearner:
 
     def initialise(self) -> None:
         """Median-heuristic lengthscale and leave-one-out λ from one sleep set (once)."""
+        self._initialise(None)
+
+    def _initialise(self, data: torch.Tensor | None) -> None:
+        """:meth:`initialise`, first checking ``data``'s observation shape against the model's
+        (as soon as the sleep set shows it)."""
         if self.initialised:
+            _check_data_shape(data, self._obs_shape)
             return
         z, x = draw_sleep(self.model, self.n_sleep)
+        self._obs_shape = tuple(x.shape[1:])
+        _check_data_shape(data, self._obs_shape)
         if not bool(self.kernel.initialised):
             self.kernel.init_from(x)
         if not self._lam_given:
@@ -201,7 +228,7 @@ class AmortisedLearner:
             torch.manual_seed(sleep_seed(self.seed, dctx.rank, step))
         if self.learn_kernel:
             fit = draw_sleep(self.model, self.n_sleep)
-            held = draw_sleep(self.model, self.n_held_out)
+            held = draw_sleep(self.model, self.n_held_out, name="n_held_out", minimum=1)
             loss = kernel_loss(
                 self.model,
                 self.kernel,
@@ -366,10 +393,9 @@ class AmortisedLearner:
             lam, seconds).
         """
         data = _as_data(data, self.model)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        if epochs < 0:
-            raise ValueError(f"epochs: expected >= 0, got {epochs}")
+        batch_size = check_int(batch_size, "batch_size", 1)
+        epochs = check_int(epochs, "epochs", 0)
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
         dctx = resolve_distributed(distributed, _device_of(self.model), pool_sleep=pool_sleep)
@@ -378,14 +404,15 @@ class AmortisedLearner:
         if resume and Path(checkpoint).exists():
             self.load_checkpoint(checkpoint)
         n = data.shape[0]
-        if dctx is not None:
-            self.initialise()
-            # every rank starts from rank 0's parameters, kernel and λ
-            model_state, kernel_state = self.model.state_dict(), self.kernel.state_dict()
-            dctx.broadcast_([*model_state.values(), *kernel_state.values(), self.log_lam])
         world = 1 if dctx is None else dctx.world_size
         per_epoch = math.ceil(math.ceil(n / world) / batch_size)
         total = epochs * per_epoch
+        if dctx is not None or self.step_count < total:
+            self._initialise(data)  # as the first step would: the same random numbers
+        if dctx is not None:
+            # every rank starts from rank 0's parameters, kernel and λ
+            model_state, kernel_state = self.model.state_dict(), self.kernel.state_dict()
+            dctx.broadcast_([*model_state.values(), *kernel_state.values(), self.log_lam])
         main = dctx is None or dctx.is_main
         bar = _progress_bar(total, self.step_count, progress and main)
         stop = False
@@ -437,6 +464,7 @@ class AmortisedLearner:
             else (self._warm.x, self._warm.weights, self._warm.aligned),
             "sleep_seeds": None if self._sleep_seeds is None else list(self._sleep_seeds),
             "sleep_turn": self._sleep_turn,
+            "obs_shape": self._obs_shape,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -456,6 +484,8 @@ class AmortisedLearner:
         seeds = state.get("sleep_seeds")
         self._sleep_seeds = None if seeds is None else list(seeds)
         self._sleep_turn = int(state.get("sleep_turn", 0))
+        obs_shape = state.get("obs_shape")
+        self._obs_shape = None if obs_shape is None else tuple(obs_shape)
         _set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -501,6 +531,14 @@ def _as_data(data: object, model: nn.Module) -> torch.Tensor:
     if param is not None:
         data = data.to(device=param.device, dtype=param.dtype)
     return data
+
+
+def _check_data_shape(data: torch.Tensor | None, obs_shape: tuple[int, ...] | None) -> None:
+    if data is not None and obs_shape is not None and tuple(data.shape[1:]) != obs_shape:
+        raise ValueError(
+            f"data: observations of shape {tuple(data.shape[1:])} do not match the model's "
+            f"{obs_shape} (data {tuple(data.shape)})"
+        )
 
 
 def _cat_latents(parts: list[Any]) -> Any:

@@ -274,6 +274,9 @@ def test_categorical_encoder_trains_on_a_mixture():
         (lambda m, e, x: rws_losses(m, e, x, z=torch.zeros(4, 7, 1)), ValueError, "particles"),
         (lambda m, e, x: BaselineLearner(m, e, "gan"), ValueError, "method"),
         (lambda m, e, x: BaselineLearner(m, e).fit(x, batch_size=0), ValueError, "batch_size"),
+        (lambda m, e, x: BaselineLearner(m, e).fit(x, epochs=1.5), TypeError, "epochs"),
+        (lambda m, e, x: BaselineLearner(m, e, max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+        (lambda m, e, x: BaselineLearner(m, e, seed=None), TypeError, "seed"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, error, match):

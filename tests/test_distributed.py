@@ -247,3 +247,10 @@ def test_demo_runs_unchanged_under_torchrun(tmp_path):
 
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert metrics["steps"] == 6  # 200 points, 100 per rank, batches of 50, 3 epochs
+
+
+def test_sleep_seeds_fit_torch_for_every_learner_seed():
+    assert sleep_seed(7, 1, 3) == (7 * 1_000_003 + 3) * 65_537 + 1  # small seeds: as before
+    for seed in (0, 2**31, 2**32 - 1):  # the learner takes seeds in [0, 2**32)
+        torch.manual_seed(sleep_seed(seed, 7, 10**9))
+    assert sleep_seed(2**32 - 1, 0, 1) != sleep_seed(2**32 - 1, 1, 1)

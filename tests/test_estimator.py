@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.functional import cosine_similarity
@@ -164,6 +165,21 @@ def test_float32_models_work():
     assert torch.isfinite(model.weight.grad).all()
 
 
+def _x4():
+    return torch.randn(10, 4, dtype=torch.float64)
+
+
+def _sleep(model, *, z=None, x=None, z_rows=None):
+    """A sleep set of ``model`` with z (or x) poisoned by the value ``z`` (``x``) or cut to
+    ``z_rows`` rows."""
+    zs, xs = model.sample(50)
+    if z is not None:
+        zs[3, 0] = z
+    if x is not None:
+        xs[3, 0] = x
+    return (zs if z_rows is None else zs[:z_rows]), xs
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "match"),
     [
@@ -210,12 +226,61 @@ def test_float32_models_work():
             ValueError,
             "lam",
         ),
+        (lambda m: amortised_objective(m, _x4(), lam="0.1"), TypeError, "lam: expected a number"),
+        (
+            lambda m: amortised_objective(m, _x4(), lam=torch.tensor([0.1, 0.2])),
+            ValueError,
+            "lam: expected a number or a one-element tensor",
+        ),
+        (
+            lambda m: amortised_objective(m, _x4(), lam=math.nan),
+            ValueError,
+            "lam: must be finite",
+        ),
+        (lambda m: amortised_objective(m, _x4(), n_sleep=100.0), TypeError, "n_sleep"),
+        (lambda m: amortised_objective(m, _x4(), n_sleep=None), TypeError, "n_sleep"),
+        (
+            lambda m: amortised_objective(m, _x4(), sleep=_sleep(m, z=math.nan)),
+            ValueError,
+            "sleep: z contains NaN",
+        ),
+        (
+            lambda m: amortised_objective(m, _x4(), sleep=_sleep(m, z_rows=10)),
+            ValueError,
+            "sleep: z must have one row per sample of x",
+        ),
+        (
+            lambda m: amortised_objective(m, _x4(), sleep=_sleep(m, x=math.inf)),
+            ValueError,
+            "sleep: x contains NaN",
+        ),
+        (
+            lambda m: amortised_objective(FactorAnalysis(4, 2), _x4().float(), sleep=_sleep(m)),
+            TypeError,
+            "sleep: x has dtype torch.float64 but the model's parameters are torch.float32",
+        ),
+        (
+            lambda m: amortised_objective(m, _x4(), sleep=_sleep(m)[1]),
+            TypeError,
+            "sleep: expected a pair",
+        ),
     ],
 )
 def test_bad_input_gives_a_clear_error(call, exc, match):
     model = FactorAnalysis(4, 2).double()
     with pytest.raises(exc, match=match):
         call(model)
+
+
+def test_numpy_scalars_and_one_element_lam_are_accepted():
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    x = model.sample(20)[1]
+    torch.manual_seed(1)
+    a = amortised_objective(model, x, n_sleep=np.int64(100), lam=np.float64(0.1))
+    torch.manual_seed(1)
+    b = amortised_objective(model, x, n_sleep=100, lam=torch.tensor([0.1]))
+    torch.testing.assert_close(a, b)
 
 
 def test_expfam_requested_on_a_generic_model():

@@ -64,3 +64,36 @@ def test_init_from_sets_batch_norm_statistics_from_the_data():
     assert bn.momentum == 0.1, "the momentum is restored"
     out = k.features(x)
     torch.testing.assert_close(out.mean(0), net[1].bias.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (torch.full((5, 3), float("nan")), "x: contains NaN or infinite values"),
+        (torch.tensor([[0.0, 1.0], [float("inf"), 0.0], [1.0, 1.0]]), "x: contains NaN"),
+        (torch.randn(5, 3, dtype=torch.float64) * 1e200, "x: pairwise distances overflow"),
+        (torch.randn(0, 3), "x: the median heuristic needs at least 2 points"),
+        (torch.randn(1, 3), "x: the median heuristic needs at least 2 points"),
+        (torch.tensor(1.0), "x: expected observations of shape"),
+    ],
+)
+def test_init_from_rejects_data_without_a_median_distance(x, match):
+    k = Gaussian()
+    with pytest.raises(ValueError, match=match):
+        k.init_from(x)
+    assert not bool(k.initialised) and float(k.lengthscale) == 1.0
+
+
+def test_zero_rows_give_empty_results_and_0d_points_an_error():
+    x, y = torch.randn(0, 3), torch.randn(4, 3)
+    assert Gaussian(1.0)(x).shape == (0, 0)
+    assert Gaussian(1.0)(x, y).shape == (0, 4)
+    assert Gaussian(1.0)(y, x).shape == (4, 0)
+    assert fastamort.kernels.flatten_points(torch.randn(0, 2, 3)).shape == (0, 6)
+    assert fastamort.kernels.flatten_points(torch.randn(0)).shape == (0, 1)
+    with pytest.raises(ValueError, match="x: expected observations of shape"):
+        fastamort.kernels.flatten_points(torch.tensor(1.0))
+    with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
+        Gaussian(1.0)([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        median_distance(torch.tensor([[0.0], [float("nan")]]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,7 +183,29 @@ def test_float32_model_trains():
         ({}, {"resume": True}, None, "checkpoint"),
         ({}, {}, torch.full((10, 3), float("nan"), dtype=torch.float64), "data: contains NaN"),
         ({}, {}, torch.zeros(0, 3, dtype=torch.float64), "data: empty"),
-        ({}, {}, torch.randn(10, 4, dtype=torch.float64), "x_wake: observations of shape"),
+        ({}, {}, torch.randn(10, 4, dtype=torch.float64), "data: observations of shape"),
+        ({"max_grad_norm": -1.0}, {}, None, "max_grad_norm: expected a positive finite"),
+        ({"max_grad_norm": 0.0}, {}, None, "max_grad_norm: expected a positive finite"),
+        ({"max_grad_norm": math.nan}, {}, None, "max_grad_norm: expected a positive finite"),
+        ({"max_grad_norm": "1"}, {}, None, "max_grad_norm: expected a number"),
+        ({}, {"checkpoint_every": 0}, None, "checkpoint_every"),
+        ({}, {"epochs": math.inf}, None, "epochs: expected an integer"),
+        ({}, {"epochs": math.nan}, None, "epochs: expected an integer"),
+        ({}, {"epochs": 1.5}, None, "epochs: expected an integer"),
+        ({}, {"epochs": -1}, None, "epochs: expected an integer >= 0"),
+        ({}, {"batch_size": 5.0}, None, "batch_size: expected an integer"),
+        ({"n_sleep": 100.0}, {}, None, "n_sleep: expected an integer"),
+        ({"n_sleep": None}, {}, None, "n_sleep: expected an integer"),
+        ({"n_held_out": 0}, {}, None, "n_held_out"),
+        ({"kernel": "gaussian"}, {}, None, "kernel: expected a fastamort.kernels.Kernel"),
+        ({"optimizer": "adam"}, {}, None, "optimizer: expected a torch.optim.Optimizer"),
+        ({"kernel_optimizer": "adam"}, {}, None, "kernel_optimizer: expected a torch.optim"),
+        ({"seed": None}, {}, None, "seed: expected an integer"),
+        ({"seed": 2.5}, {}, None, "seed: expected an integer"),
+        ({"seed": -1}, {}, None, "seed: expected an integer >= 0"),
+        ({"lam": "0.1"}, {}, None, "lam: expected a number"),
+        ({"lam": torch.tensor([0.1, 0.2])}, {}, None, "lam: expected a number or a one-element"),
+        ({"lam": 0.0}, {}, None, "lam: must be > 0"),
     ],
 )
 def test_bad_input(kwargs, fit_kwargs, data, match):
@@ -189,7 +213,71 @@ def test_bad_input(kwargs, fit_kwargs, data, match):
     with pytest.raises((ValueError, TypeError), match=match):
         learner = AmortisedLearner(model, **{"n_sleep": 50, "n_held_out": 10, **kwargs})
         x = torch.randn(10, 3, dtype=torch.float64) if data is None else data
-        learner.fit(x, epochs=1, batch_size=5, progress=False, **fit_kwargs)
+        learner.fit(x, **{"epochs": 1, "batch_size": 5, "progress": False, **fit_kwargs})
+
+
+def test_numpy_scalars_are_accepted():
+    torch.manual_seed(0)
+    model = FactorAnalysis(3, 1).double()
+    data = model.sample(40)[1]
+    learner = AmortisedLearner(
+        model,
+        n_sleep=np.int64(100),
+        n_held_out=np.int32(20),
+        lam=np.float64(0.1),
+        seed=np.int64(3),
+        max_grad_norm=np.float32(1.0),
+    )
+    history = learner.fit(
+        data,
+        epochs=np.int64(1),
+        batch_size=np.int64(20),
+        checkpoint_every=np.int16(1),
+        progress=False,
+    )
+    assert len(history) == 2 and learner.n_sleep == 100 and type(learner.seed) is int
+
+
+def test_a_single_held_out_sample_is_enough():
+    torch.manual_seed(0)
+    model = FactorAnalysis(3, 1).double()
+    history = AmortisedLearner(model, n_sleep=50, n_held_out=1).fit(
+        model.sample(20)[1], epochs=1, batch_size=10, progress=False
+    )
+    assert len(history) == 2 and all(math.isfinite(r["kernel_loss"]) for r in history)
+
+
+def test_wrong_data_shape_is_reported_before_any_training_step():
+    torch.manual_seed(0)
+    learner = AmortisedLearner(FactorAnalysis(3, 1).double(), n_sleep=50, n_held_out=10)
+    with pytest.raises(ValueError, match=r"data: observations of shape \(4,\) do not match"):
+        learner.fit(torch.randn(10, 4, dtype=torch.float64), epochs=1, batch_size=5)
+    assert learner.step_count == 0 and not learner.initialised
+
+
+def test_kernel_loss_names_its_arguments():
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    kernel = fastamort.kernels.Gaussian(1.0)
+    fit, held = model.sample(30), model.sample(10)
+    nan_x = torch.full((10, 4), math.nan, dtype=torch.float64)
+    cases = [
+        (fit, (held[0], held[1][:, :3]), 0.1, "held_out: observations of shape"),
+        (fit, (held[0], nan_x), 0.1, "held_out: x contains NaN"),
+        ((fit[0], nan_x.repeat(3, 1)), held, 0.1, "sleep: x contains NaN"),
+        (fit, (held[0][:0], held[1][:0]), 0.1, "held_out: x must be a tensor of shape"),
+        (fit, (held[0][:5], held[1]), 0.1, "held_out: z must have one row per sample"),
+        (fit, held, torch.tensor([0.1, 0.2]), "lam: expected a number or a one-element"),
+        (fit, held, "0.1", "lam: expected a number"),
+        (fit, held, -0.1, "lam: must be finite and >= 0"),
+    ]
+    for sleep, held_out, lam, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            fastamort.kernel_loss(model, kernel, sleep, held_out, lam)
+    with pytest.raises(TypeError, match=r"kernel: expected a fastamort\.kernels\.Kernel"):
+        fastamort.kernel_loss(model, "gaussian", fit, held, 0.1)
+    one = fastamort.kernel_loss(model, kernel, fit, held, torch.tensor([0.1], dtype=torch.float64))
+    assert one.shape == () and torch.isfinite(one)
 
 
 def test_kernel_learning_lowers_the_held_out_error():

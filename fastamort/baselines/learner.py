@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_int, check_positive
 from ..models.base import check_model
 from .encoders import Encoder
 from .iwae import iwae_loss
@@ -91,6 +92,9 @@ class BaselineLearner:
             raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
         self.model, self.encoder, self.method = model, encoder, method
         self.k, self.n_samples, self.insomnia = k, n_samples, insomnia
+        if max_grad_norm is not None:
+            max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+        seed = check_int(seed, "seed", 0)
         self.train_model, self.seed, self.max_grad_norm = train_model, seed, max_grad_norm
         self.model_optimizer = torch.optim.Adam(model.parameters(), lr=lr) if train_model else None
         self.encoder_optimizer = torch.optim.Adam(
@@ -149,10 +153,8 @@ class BaselineLearner:
             data = torch.from_numpy(data)
         if not isinstance(data, torch.Tensor) or data.ndim == 0 or data.shape[0] == 0:
             raise ValueError("data: expected a non-empty tensor (N, *obs_shape)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs: expected an integer >= 0, got {epochs!r}")
+        batch_size = check_int(batch_size, "batch_size", 1)
+        epochs = check_int(epochs, "epochs", 0)
         param = next(iter(self.model.parameters()), None)
         if param is not None:
             data = data.to(device=param.device, dtype=param.dtype)
