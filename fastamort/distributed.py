@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import distributed as dist
 
+from ._checks import check_int
+
 __all__ = [
     "DistributedContext",
     "current_rank",
@@ -68,6 +70,12 @@ def sleep_seed(seed: int, rank: int, step: int) -> int:
 def shard_order(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """``rank``'s share of an epoch's permutation, padded (by wrapping around) to equal length
     on every rank: ranks take the same number of steps, as with ``DistributedSampler``."""
+    world_size = check_int(world_size, "world_size", 1)
+    rank = check_int(rank, "rank", 0)
+    if rank >= world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size = {world_size}, got {rank}")
+    if not isinstance(order, torch.Tensor) or order.ndim != 1:
+        raise TypeError(f"order: expected a 1-D tensor of indices, got {type(order).__name__}")
     n = order.numel()
     per_rank = -(-n // world_size)
     padded = order.repeat(-(-per_rank * world_size // n))[: per_rank * world_size]

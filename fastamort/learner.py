@@ -398,6 +398,8 @@ class AmortisedLearner:
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
+        if checkpoint is not None:
+            _check_checkpoint_path(checkpoint)  # now, not after the run
         dctx = resolve_distributed(distributed, _device_of(self.model), pool_sleep=pool_sleep)
         if dctx is not None and dctx.pool_sleep and self.solver.solver != "exact":
             raise ValueError(f"pool_sleep: needs solver='exact', got {self.solver.solver!r}")
@@ -505,11 +507,42 @@ class AmortisedLearner:
             raise
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        state = torch.load(path, map_location=_device_of(self.model), weights_only=False)
-        self.load_state_dict(state)
+        """Restores the state :meth:`save_checkpoint` wrote; ValueError naming the file when it
+        cannot be read or was written for another model, kernel or optimizer."""
+        try:
+            state = torch.load(path, map_location=_device_of(self.model), weights_only=False)
+        except Exception as err:
+            raise ValueError(
+                f"checkpoint: cannot read {str(path)!r} ({type(err).__name__}: {err})"
+            ) from err
+        if not isinstance(state, dict) or "version" not in state:
+            raise ValueError(f"checkpoint: {str(path)!r} is not a fastamort learner checkpoint")
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError) as err:
+            raise ValueError(
+                f"checkpoint: {str(path)!r} does not fit this learner (written for another "
+                f"model, kernel or optimizer?): {type(err).__name__}: {err}"
+            ) from err
 
 
 # --------------------------------------------------------------------------------------
+def _check_checkpoint_path(checkpoint: object) -> None:
+    """A file path whose folder exists (created) and is writable: ValueError/TypeError now,
+    rather than when the first checkpoint is written."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint: expected a file path, got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint: {str(path)!r} is a folder; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"checkpoint: cannot create the folder of {str(path)!r}: {err}") from err
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"checkpoint: the folder of {str(path)!r} is not writable")
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.functional import cosine_similarity
@@ -284,6 +285,18 @@ def test_bad_inputs_raise_clear_errors(call, error, match):
     enc = encoder_for(model)
     with pytest.raises(error, match=match):
         call(model, enc, x)
+
+
+def test_numpy_integer_counts_are_accepted():
+    model, x = _fa(13)
+    enc = encoder_for(model)
+    torch.manual_seed(0)
+    a = vae_loss(model, enc, x, n_samples=np.int64(3))
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, vae_loss(model, enc, x, n_samples=3))
+    assert torch.isfinite(iwae_loss(model, enc, x, k=np.int32(4)))
+    with pytest.raises(TypeError, match="k: expected an integer, got float"):
+        iwae_loss(model, enc, x, k=4.0)
 
 
 def test_discrete_encoder_cannot_be_reparameterised():

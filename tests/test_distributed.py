@@ -254,3 +254,13 @@ def test_sleep_seeds_fit_torch_for_every_learner_seed():
     for seed in (0, 2**31, 2**32 - 1):  # the learner takes seeds in [0, 2**32)
         torch.manual_seed(sleep_seed(seed, 7, 10**9))
     assert sleep_seed(2**32 - 1, 0, 1) != sleep_seed(2**32 - 1, 1, 1)
+
+
+def test_shard_order_checks_rank_and_world_size():
+    order = torch.arange(10)
+    for rank, world, match in ((1, 1, "rank: expected 0 <= rank"), (-1, 2, "rank: expected an"),
+                               (0, 0, "world_size: expected an integer >= 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            shard_order(order, rank, world)
+    with pytest.raises(TypeError, match="order: expected a 1-D tensor"):
+        shard_order(order.reshape(2, 5), 0, 2)

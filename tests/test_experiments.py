@@ -39,6 +39,16 @@ def test_unknown_experiment_and_bad_options_are_rejected(tmp_path, capsys):
         run_experiment("nope", out=tmp_path)
     with pytest.raises(ValueError, match="threads"):
         run_experiment("gradient-estimation", out=tmp_path, threads=-1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="out: cannot create the folder"):
+        run_experiment("circle", quick=True, out=blocker / "x")
+    assert main(["circle", "--quick", "--out", str(blocker / "x")]) == 2
+    assert "out: cannot create" in capsys.readouterr().err
+    for seed in ("-1", str(2**64)):
+        with pytest.raises(SystemExit):
+            main(["circle", "--quick", "--seed", seed])
+        assert "--seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
 
 
 def test_metrics_must_be_flat_numbers(tmp_path):

@@ -94,6 +94,29 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert [r["objective"] for r in straight.history] == [r["objective"] for r in resumed.history]
 
 
+def test_bad_checkpoint_paths_fail_before_training_and_bad_files_are_named(tmp_path):
+    data = _fa_data(n=40)[:, :3].contiguous()
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a checkpoint")
+    for path in (tmp_path, blocker / "ck.pt"):  # a folder; a folder that cannot exist
+        learner = _learner()
+        with pytest.raises(ValueError, match="checkpoint: "):
+            learner.fit(data, epochs=1, batch_size=20, progress=False, checkpoint=path)
+        assert learner.step_count == 0  # refused before any work
+    with pytest.raises(TypeError, match="checkpoint: expected a file path"):
+        _learner().fit(data, epochs=1, batch_size=20, progress=False, checkpoint=5)
+    with pytest.raises(ValueError, match=r"checkpoint: cannot read .*a-file"):
+        _learner().fit(data, batch_size=20, progress=False, checkpoint=blocker, resume=True)
+    assert blocker.read_bytes() == b"not a checkpoint"  # left as it was
+    other = tmp_path / "other.pt"
+    torch.manual_seed(0)
+    wider = AmortisedLearner(FactorAnalysis(4, 2).double(), n_sleep=200, n_held_out=50)
+    wider.fit(torch.randn(40, 4, dtype=torch.float64), batch_size=20, progress=False,
+              checkpoint=other)  # fmt: skip
+    with pytest.raises(ValueError, match=r"checkpoint: .*other\.pt.* does not fit this learner"):
+        _learner().fit(data, batch_size=20, progress=False, checkpoint=other, resume=True)
+
+
 class _NaNGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 from torch import distributions as dist
 
-from fastamort.models import CircleModel, FactorAnalysis, GaussianMixture, is_expfam
+from fastamort.models import (
+    BernoulliNMF,
+    CircleModel,
+    FactorAnalysis,
+    GaussianMixture,
+    HierarchicalMixture,
+    LaplaceICA,
+    LatentOscillator,
+    is_expfam,
+)
+
+MODELS = {
+    "factor-analysis": lambda: FactorAnalysis(3, 1),
+    "mixture": lambda: GaussianMixture(2, 3),
+    "circle": lambda: CircleModel(4),
+    "nmf": lambda: BernoulliNMF(5, 2),
+    "ica": lambda: LaplaceICA(3, 2),
+    "oscillator": lambda: LatentOscillator(5, 4),
+    "hierarchical": lambda: HierarchicalMixture(),
+}
 
 
 def test_factor_analysis_log_joint_and_marginal():
@@ -52,3 +73,37 @@ def test_circle_quadrature_is_converged_and_latents_on_the_circle():
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(10, dtype=torch.float64))
     torch.testing.assert_close(c.exact_log_likelihood(x, 720), c.exact_log_likelihood(x, 4000))
     assert float(c.log_prior(z)[0]) == -math.log(2 * math.pi)
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_sample_count_and_log_joint_rows_are_checked(make):
+    torch.manual_seed(0)
+    model = make()
+    for bad, error in ((-1, ValueError), (2.0, TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(error, match=r"^n: expected an integer"):
+            model.sample(bad)
+    z, x = model.sample(np.int64(4))
+    assert x.shape[0] == 4 and model.log_joint(z, x).shape == (4,)
+    with pytest.raises(ValueError, match=r"^x: 1 observations .* for 4 latents"):
+        model.log_joint(z, x[:1])  # once broadcast silently to 4 wrong values
+    with pytest.raises(ValueError, match=r"^x: 3 observations .* for 4 latents"):
+        model.log_joint(z, x[:3])
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: FactorAnalysis(0, 1), "obs_dim: expected an integer >= 1"),
+        (lambda: FactorAnalysis(3, -1), "latent_dim: expected an integer >= 1"),
+        (lambda: FactorAnalysis(3.0, 1), "obs_dim: expected an integer"),
+        (lambda: FactorAnalysis(3, 1, init_std=0.0), "init_std: expected a positive"),
+        (lambda: FactorAnalysis(3, 1, weight_scale=float("nan")), "weight_scale: expected"),
+        (lambda: GaussianMixture(2, 0), "n_components: expected an integer >= 1"),
+        (lambda: GaussianMixture(2, 3, mean_scale=float("inf")), "mean_scale: expected"),
+        (lambda: GaussianMixture(2, 3, init_std=-1.0), "init_std: expected a positive"),
+        (lambda: CircleModel(True), "obs_dim: expected an integer"),
+    ],
+)
+def test_constructors_name_bad_arguments(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -64,6 +66,17 @@ def test_nystrom_with_all_points_and_tight_cg_equal_the_exact_estimator(estimato
     if options["solver"] == "cg":
         assert est.info["converged"] and est.info["residual"] <= 1e-12
         assert 0 < est.info["iterations"] < 300
+
+
+def test_cg_that_does_not_converge_warns():
+    model, x, sleep = _problem()
+    kw = {"sleep": sleep, "kernel": Gaussian(2.5), "solver": "cg"}
+    with pytest.warns(fastamort.NumericalWarning, match="solver='cg': not converged"):
+        est = amortised_estimate(model, x, lam=1e-14, **kw)
+    assert not est.info["converged"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastamort.NumericalWarning)
+        assert amortised_estimate(model, x, lam=0.05, **kw).info["converged"]
 
 
 def test_cg_iteration_count_and_residual_are_reported():

@@ -29,12 +29,6 @@ def check_inputs(model: nn.Module, encoder: object, x: object) -> torch.Tensor:
     return x
 
 
-def check_count(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def log_joint_particles(model: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p_θ(z_sb, x_b) for particles z (S, B, *latent_shape) and data x (B, *obs_shape):
     (S, B), by one call of ``model.log_joint`` on the flattened S·B pairs."""

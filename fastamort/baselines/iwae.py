@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_count, check_inputs, log_joint_particles, log_mean_exp
+from .._checks import check_int
+from ._common import check_inputs, log_joint_particles, log_mean_exp
 from .encoders import Encoder
 
 
@@ -54,8 +55,8 @@ def iwae_bound(
     k-particle estimates (same expectation, lower variance). Differentiable in θ, and in φ
     for a Gaussian encoder (for a categorical one use :func:`iwae_loss`)."""
     x = check_inputs(model, encoder, x)
-    k = check_count("k", k, 1)
-    n_estimates = check_count("n_estimates", n_estimates, 1)
+    k = check_int(k, "k", 1)
+    n_estimates = check_int(n_estimates, "n_estimates", 1)
     log_w, _ = _log_weights(model, encoder, x, k, n_estimates)
     return log_mean_exp(log_w, 0).reshape(n_estimates, x.shape[0]).mean(0)
 
@@ -81,8 +82,8 @@ def iwae_loss(
         True
     """
     x = check_inputs(model, encoder, x)
-    k = check_count("k", k, 2 if encoder.discrete else 1)
-    n_estimates = check_count("n_estimates", n_estimates, 1)
+    k = check_int(k, "k", 2 if encoder.discrete else 1)
+    n_estimates = check_int(n_estimates, "n_estimates", 1)
     log_w, log_q = _log_weights(model, encoder, x, k, n_estimates)
     bound = log_mean_exp(log_w, 0)  # (R·B,)
     if encoder.discrete:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_count, check_inputs, log_joint_particles, log_mean_exp
+from .._checks import check_int
+from ._common import check_inputs, log_joint_particles, log_mean_exp
 from .encoders import Encoder
 
 
@@ -55,7 +56,7 @@ def importance_weights(
     """
     x = check_inputs(model, encoder, x)
     if z is None:
-        k = check_count("k", k, 2)
+        k = check_int(k, "k", 2)
         z = encoder.sample(x, k)
     elif not isinstance(z, torch.Tensor) or z.ndim < 2 or z.shape[1] != x.shape[0]:
         got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
@@ -106,7 +107,7 @@ def rws_losses(
     if insomnia > 0.0:
         phi_loss = phi_loss - insomnia * (w * log_q).sum(0).mean()
     if insomnia < 1.0:
-        n = x.shape[0] if n_sleep is None else check_count("n_sleep", n_sleep, 1)
+        n = x.shape[0] if n_sleep is None else check_int(n_sleep, "n_sleep", 1)
         with torch.no_grad():
             zs, xs = model.sample(n)
         phi_loss = phi_loss - (1.0 - insomnia) * encoder.log_prob(zs.unsqueeze(0), xs).mean()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_count, check_inputs, log_joint_particles
+from .._checks import check_int
+from ._common import check_inputs, log_joint_particles
 from .encoders import CategoricalEncoder, Encoder
 
 
@@ -24,7 +25,7 @@ def elbo(
 ) -> torch.Tensor:
     """Per-datum ELBO estimate, shape (B,), differentiable in θ and φ."""
     x = check_inputs(model, encoder, x)
-    n_samples = check_count("n_samples", n_samples, 1)
+    n_samples = check_int(n_samples, "n_samples", 1)
     if isinstance(encoder, CategoricalEncoder):
         z, log_q = encoder.enumerate(x)
         log_p = log_joint_particles(model, z, x)

@@ -121,6 +121,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") 
         parser.error("name an experiment (or --list)")
     if args.name not in EXPERIMENTS:
         parser.error(f"unknown experiment {args.name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
     try:
         metrics = run_experiment(
             args.name, quick=args.quick, seed=args.seed, out=args.out, device=args.device,

@@ -43,7 +43,10 @@ class PlotsSkippedWarning(UserWarning):
 def resolve_out(name: str, out: str | Path | None) -> Path:
     """The output folder (created): ``out``, or ``./fastamort-experiments/<name>``."""
     path = Path(out) if out is not None else Path(DEFAULT_ROOT) / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out: cannot create the folder {str(path)!r}: {err}") from err
     return path
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_int
+
 Latent = Any  # a tensor, or any structure of tensors the model understands
 
 EXPFAM_METHODS = ("sufficient_stats", "natural_params", "log_normaliser", "log_prior")
@@ -88,6 +90,12 @@ class ExpFamModel(GenerativeModel):
     def log_joint(self, z: Latent, x: torch.Tensor) -> torch.Tensor:
         eta = self.natural_params(z)
         stats = self.sufficient_stats(x)
+        if stats.ndim != 2 or eta.shape[0] != stats.shape[0]:  # no silent broadcasting
+            raise ValueError(
+                f"x: {stats.shape[0] if stats.ndim == 2 else 'no rows of'} observations "
+                f"(shape {tuple(x.shape)}) for {eta.shape[0]} latents; z and x need one row "
+                "per sample each"
+            )
         return (
             (eta * stats).sum(-1)
             - self.log_normaliser(z)
@@ -113,7 +121,7 @@ class GaussianObservationModel(ExpFamModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[Latent, torch.Tensor]:
-        z = self.sample_latent(n)
+        z = self.sample_latent(check_int(n, "n", 0))
         return z, self.likelihood.sample(self.mean(z))
 
     def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:

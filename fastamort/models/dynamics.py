@@ -34,6 +34,7 @@ import math
 import torch
 from torch import nn
 
+from .._checks import check_int
 from ..likelihoods import GaussianLikelihood
 from ._args import check_count, check_positive
 from .base import GaussianObservationModel
@@ -147,6 +148,7 @@ class LatentOscillator(GaussianObservationModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = check_int(n, "n", 0)
         z = self.sample_latent(n)
         x = self.likelihood.sample(self.frames(z))
         return z, x
@@ -295,6 +297,7 @@ class HodgkinHuxley(GaussianObservationModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = check_int(n, "n", 0)
         z = self.sample_latent(n)
         return z, self.likelihood.sample(self.mean(z))
 

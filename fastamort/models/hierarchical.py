@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_int
 from ..likelihoods import flat
 from ._args import check_count, check_positive
 from .base import ExpFamModel
@@ -122,6 +123,7 @@ class HierarchicalMixture(ExpFamModel):
     @torch.no_grad()
     def sample(self, n: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """((c, z), x (n, D))."""
+        n = check_int(n, "n", 0)
         c, z = self.sample_latent(n)
         mu = self.decode(z)
         return (c, z), mu + self.std() * torch.randn_like(mu)

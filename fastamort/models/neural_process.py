@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_int
 from ._args import check_count
 from .base import ExpFamModel
 
@@ -223,6 +224,7 @@ class ConditionalNP(ExpFamModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = check_int(n, "n", 0)
         z = self.prior().sample((n,))[:, 0]
         mu, std = self.decoded(z)
         return z, mu + std * torch.randn_like(mu)

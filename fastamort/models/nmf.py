@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import check_int
 from ..likelihoods import BernoulliLikelihood, flat
 from ._args import check_count
 from .base import ExpFamModel
@@ -92,6 +93,7 @@ class BernoulliNMF(ExpFamModel):
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(u (n, k), x (n, D) in {0, 1})."""
+        n = check_int(n, "n", 0)
         u = self.sample_latent(n)
         return u, self.likelihood.sample(self.logits(u))
 

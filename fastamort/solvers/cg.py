@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import torch
 
 from ..kernels import Kernel
 from ..ops import cholesky
+from ..ops.cholesky import NumericalWarning
 from ._common import KRR_DTYPE, check_finite_weights
 from .nystrom import nystrom_feature_map, pivoted_cholesky
 
@@ -184,6 +186,14 @@ def cg_weights(
         return kernel.gram_matmul_features(fs, None, p) + lam * p
 
     res = block_pcg(matvec, rhs, precond=precond, x0=x0, tol=tol, max_iter=max_iter)
+    if not res.converged:
+        warnings.warn(
+            f"solver='cg': not converged after {res.iterations} iterations (relative residual "
+            f"{res.residual:.3g} > tol {tol:.3g}); the weights are inaccurate. Increase lam, "
+            "n_inducing or max_iter, or use solver='exact'",
+            NumericalWarning,
+            stacklevel=2,
+        )
     info = {
         "iterations": res.iterations,
         "products": res.products + (1 if x0 is not None and not warm_start.aligned else 0),
