@@ -219,7 +219,7 @@ def pooled_estimate(
         regression_targets,
         wake_vectors,
     )
-    from .ops import ridge_solve
+    from .solvers import SolverConfig, krr_weights
 
     z, xs = draw_sleep(model, n_sleep)
     targets, _ = regression_targets(model, z, xs, estimator)
@@ -229,8 +229,7 @@ def pooled_estimate(
         fs_all = ctx.all_gather_rows(fs.to(ctx.device)).to(fs.device)
         fw_all = ctx.all_gather_rows(fw.to(ctx.device)).to(fw.device)
         v_all = ctx.all_gather_rows(v.to(ctx.device)).to(v.device) / ctx.world_size
-        rhs = kernel.gram_matmul_features(fs_all, fw_all, v_all)
-        weights = ridge_solve(kernel.gram_features(fs_all), rhs, lam, backend=kernel.backend)
+        weights, _ = krr_weights(SolverConfig("exact"), kernel, fs_all, fw_all, v_all, lam)
         mine = weights[ctx.rank * n_sleep : (ctx.rank + 1) * n_sleep]
     part = objective_from_weights(model, mine, targets, estimator, x_wake)
     log_h = getattr(model, "log_base_measure", None)

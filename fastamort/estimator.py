@@ -12,9 +12,11 @@ n = 1..N, K = k(X_s, X_s) and K_sw = k(X_s, X_w):
 pass. The weights β and C depend only on the (detached) sleep x's, the wake batch and the
 kernel, so they are computed without a graph, in float64, by one ``gram``, one fused
 ``gram_matmul`` (the M×N cross Gram is never stored) and one ``ridge_solve`` with 1 + P
-right-hand sides (on the CPU from M = 1536 with M ≥ 50(1 + P), a float32 Cholesky refined in
-float64 to the same accuracy, :func:`fastamort.solvers.exact.exact_solve`). The ridge is λI
-(not MλI).
+right-hand sides — or, with fewer wake points N than 1 + P, the cross Gram K_sw (M×N) itself
+as N right-hand sides, contracted with [1, S_w]/N afterwards (equal in exact arithmetic,
+:func:`fastamort.solvers.krr_weights`). On the CPU from M = 1536 with M ≥ 50 right-hand sides
+each, a float32 Cholesky refined in float64 to the same accuracy
+(:func:`fastamort.solvers.exact.exact_solve`). The ridge is λI (not MλI).
 
 For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier features or
 warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
@@ -37,7 +39,6 @@ from ._checks import check_int, is_real_scalar
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
 from .solvers import SolverConfig, WarmStart, krr_weights
-from .solvers.exact import exact_solve
 
 #: λ grid of the automatic choice (absolute: the kernels here have k(x, x) = 1). It starts at
 #: 1e-3: leave-one-out error at the sleep points cannot see the wake points, which lie off the
@@ -299,23 +300,6 @@ def wake_vectors(
         return fw, torch.cat([ones, model.sufficient_stats(x_wake).to(KRR_DTYPE)], 1) / n
 
 
-def wake_rhs(
-    model, kernel: Kernel, fs: torch.Tensor, x_wake: torch.Tensor, estimator: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Right-hand sides of the wake side of the regression (no gradient).
-
-    Returns ``(R, C)``: the weights are W = (K + λI)⁻¹ R, then ``W @ C`` when C is not None.
-    With V = [1, S_w]/N (or 1/N), R = K_sw V by one fused ``gram_matmul`` (K_sw never
-    stored) and C = None — unless V has more columns than there are wake points: then
-    R = K_sw (M×N) and C = V, which needs fewer solves (the authors' order).
-    """
-    with torch.no_grad():
-        fw, v = wake_vectors(model, kernel, x_wake, estimator)
-        if v.shape[1] <= x_wake.shape[0]:
-            return kernel.gram_matmul_features(fs, fw, v), None
-        return kernel.gram_features(fs, fw), v
-
-
 def objective_from_weights(
     model, weights: torch.Tensor, targets: torch.Tensor, estimator: str, x_wake: torch.Tensor
 ) -> torch.Tensor:
@@ -377,15 +361,8 @@ def amortised_estimate(
             lam_value = choose_lambda(fs, kernel, targets, stats)
         else:
             lam_value = float(lam)
-        if config.solver == "exact" and warm_start is None:
-            rhs, contract = wake_rhs(model, kernel, fs, x_wake, estimator)
-            weights = exact_solve(kernel.gram_features(fs), rhs, lam_value, kernel.backend)
-            if contract is not None:
-                weights = weights @ contract
-            info: dict[str, Any] = {"solver": "exact"}
-        else:
-            fw, v = wake_vectors(model, kernel, x_wake, estimator)
-            weights, info = krr_weights(config, kernel, fs, fw, v, lam_value, warm_start=warm_start)
+        fw, v = wake_vectors(model, kernel, x_wake, estimator)
+        weights, info = krr_weights(config, kernel, fs, fw, v, lam_value, warm_start=warm_start)
     objective = objective_from_weights(model, weights, targets, estimator, x_wake)
     beta = weights[:, 0]
     coeffs = None if estimator == "generic" else weights[:, 1:]

@@ -7,11 +7,14 @@ notebooks averaged the prediction first, AUTHORS_CODE.md §6.1). It is different
 the kernel's lengthscale and feature network and w.r.t. λ, through ``gram``,
 ``ridge_solve`` and ``gram_matmul``; the targets are detached (the model is not trained here).
 
-With ``solver="nystrom"`` or ``"rff"`` the regression is the same low-rank one the estimator
-runs (primal ridge on Nyström or random Fourier features, differentiable, O(M r²) time and, by
-activation checkpointing over row chunks, O(r² + chunk·r) memory). ``solver="cg"`` scores the
-cheaper Nyström surrogate with ``n_inducing`` points (its preconditioner's approximation): a
-CG solve would need a backward solve per step and O(M²) work per iteration.
+Every variant solves against whichever side has fewer columns: the 1 + P targets, or the
+cross Gram to the M' held-out points (:func:`fastamort.solvers.solve_against_gram`; equal in
+exact arithmetic). With ``solver="nystrom"`` or ``"rff"`` the regression is the same low-rank
+one the estimator runs (primal ridge on Nyström or random Fourier features, differentiable,
+O(M r²) time and, by activation checkpointing over row chunks, O(r² + chunk·r) memory).
+``solver="cg"`` scores the cheaper Nyström surrogate with ``n_inducing`` points (its
+preconditioner's approximation): a CG solve would need a backward solve per step and O(M²)
+work per iteration.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import torch
 from .estimator import KRR_DTYPE, check_lam, check_sleep, regression_targets, resolve_estimator
 from .kernels import Kernel
 from .models.base import check_model
-from .solvers import SolverConfig, feature_ridge_predict, nystrom_feature_map
+from .solvers import (
+    SolverConfig,
+    feature_ridge_predict,
+    nystrom_feature_map,
+    solve_against_gram,
+)
 from .solvers.exact import exact_solve
 from .solvers.rff import RandomFourierFeatures
 
@@ -78,6 +86,11 @@ def kernel_loss(
     lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
     if config.solver == "exact":
         k_fit = kernel.gram_features(phi_fit)
+        if solve_against_gram(targets.shape[1], phi_held.shape[0]):
+            solved = exact_solve(
+                k_fit, kernel.gram_features(phi_fit, phi_held), lam_t, kernel.backend
+            )
+            return solved_held_out_error(solved, targets, targets_h, stats_h)
         coef = exact_solve(k_fit, targets.to(KRR_DTYPE), lam_t, kernel.backend)
         return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
     if config.solver == "rff":
@@ -119,14 +132,36 @@ def held_out_error(
     return prediction_error(pred, targets_held, stats_held)
 
 
+def solved_held_out_error(
+    solved: torch.Tensor,
+    targets: torch.Tensor,
+    targets_held: torch.Tensor,
+    stats_held: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`held_out_error` from A = (K + λI)⁻¹ K_fh (M, M') instead of the coefficients:
+    the prediction at held-out point i is Σ_j A_ji T_j, so its error is
+    Σ_j A_ji (T_j·s_i) − T'_i·s_i with s_i = :func:`error_weights`. The M × M' matrix
+    Q = T sᵀ has no gradient, so the backward pass needs no product with the 1 + P targets."""
+    weights = error_weights(targets_held, stats_held)  # (M', 1 + P)
+    with torch.no_grad():
+        q = targets.detach().to(KRR_DTYPE) @ weights.mT  # (M, M')
+        offset = (targets_held.to(KRR_DTYPE) * weights).sum(-1)
+    return ((solved * q).sum(0) - offset).square().mean()
+
+
+def error_weights(targets_held: torch.Tensor, stats_held: torch.Tensor | None) -> torch.Tensor:
+    """s (M', 1 + P) with the log-joint error (T̂ − T)·s: [1] for the generic estimator (one
+    target, the log joint), [−1, S(x')] for the exponential family (η̂·S(x') − ψ̂)."""
+    if stats_held is None:
+        return torch.ones_like(targets_held, dtype=KRR_DTYPE)
+    s_h = stats_held.detach().to(KRR_DTYPE)
+    return torch.cat([-torch.ones_like(s_h[:, :1]), s_h], 1)
+
+
 def prediction_error(
     pred: torch.Tensor, targets_held: torch.Tensor, stats_held: torch.Tensor | None
 ) -> torch.Tensor:
     """Mean squared error of the log joint from predicted targets ``pred`` (M', 1 + P)."""
-    t_h = targets_held.to(KRR_DTYPE)
-    if stats_held is None:
-        err = pred[:, 0] - t_h[:, 0]
-    else:
-        s_h = stats_held.to(KRR_DTYPE)
-        err = ((pred[:, 1:] - t_h[:, 1:]) * s_h).sum(-1) - (pred[:, 0] - t_h[:, 0])
+    weights = error_weights(targets_held, stats_held)
+    err = ((pred - targets_held.to(KRR_DTYPE)) * weights).sum(-1)
     return err.square().mean()

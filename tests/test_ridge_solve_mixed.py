@@ -45,15 +45,29 @@ def test_gradcheck_float64(backend):
 
 
 def test_gradients_equal_ridge_solve():
+    """The gradients agree with the float64 route to the accuracy both can claim.
+
+    Refinement stops at the backward error bound of a float64 Cholesky solve,
+    ‖r‖∞ ≤ ‖x‖∞·‖A‖_F·eps·√n, so each solution is within κ(A)·√n·eps·(‖A‖_F/‖A‖₂) of the
+    truth, normwise; a float64 Cholesky solve usually lands well inside that worst case
+    (measured here against an extended-precision reference: 7e-14 of the largest entry
+    against the mixed route's 6.6e-13, κ = 2342). An element-wise tolerance is not implied
+    by either: small entries can differ by 1e-8 relative (seen on one BLAS build)."""
     k, b = _system(300, 2, seed=2)
+    lam_value = 0.05
+    eye = torch.eye(300, dtype=torch.float64)
+    a = k + lam_value * eye
+    bound = 2 * torch.linalg.cond(a) * 300**0.5 * torch.finfo(torch.float64).eps
+    bound *= torch.linalg.matrix_norm(a) / torch.linalg.matrix_norm(a, ord=2)
     grads = []
     for solve in (lambda *a: rsm.ridge_solve_mixed(*a, "auto"), ridge_solve):
         kr, br = k.clone().requires_grad_(), b.clone().requires_grad_()
-        lam = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        lam = torch.tensor(lam_value, dtype=torch.float64, requires_grad=True)
         (solve(kr, br, lam) * torch.linspace(-1, 1, 600).reshape(300, 2)).sum().backward()
         grads.append((kr.grad, br.grad, lam.grad))
     for got, want in zip(*grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+        err = float((got - want).abs().max() / want.abs().max())
+        assert err <= float(bound), (err, float(bound))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

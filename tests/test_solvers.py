@@ -340,3 +340,84 @@ def test_warm_start_needs_cg_and_matching_columns():
         kernel_loss(model, Gaussian(1.0), sleep, sleep, 0.1, solver="nystrom", n_features=5)
     assert SolverConfig("cg").rtol == fastamort.solvers.DEFAULT_TOL
     assert isinstance(prev.warm_start(), WarmStart)
+
+
+SOLVER_OPTIONS = [
+    {"solver": "exact"},
+    {"solver": "nystrom", "n_inducing": 60},
+    {"solver": "rff", "n_features": 300},
+    {"solver": "cg", "tol": 1e-14, "n_inducing": 30},
+]
+SOLVER_IDS = [o["solver"] for o in SOLVER_OPTIONS]
+
+
+def _in_both_orders(monkeypatch, run):
+    """``run()`` with the KRR solved against the targets and against the cross Gram (same
+    seeds: the Nyström centres and random features are drawn from the global generator)."""
+    results = []
+    for order in ("targets", "gram"):
+        monkeypatch.setattr(_common, "CONTRACTION", order)
+        torch.manual_seed(1234)
+        results.append(run())
+    return results
+
+
+def _assert_rel_close(got, want, rtol):
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err < rtol, err
+
+
+@pytest.mark.parametrize("estimator", ["expfam", "generic"])
+@pytest.mark.parametrize("options", SOLVER_OPTIONS, ids=SOLVER_IDS)
+def test_contraction_order_does_not_change_the_estimate(estimator, options, monkeypatch):
+    """((K + λI)⁻¹K_sw)V = (K + λI)⁻¹(K_sw V): both orders to 1e-10 in float64, every solver.
+    Five wake points against 11 columns of V (expfam), so "auto" takes the wake side."""
+    model, x, sleep = _problem(n_wake=5, m=120)
+    common = {"sleep": sleep, "kernel": Gaussian(2.5), "lam": 0.3, "estimator": estimator}
+
+    def run():
+        est, grad = _estimate_and_grad(model, x, **common, **options)
+        return est, grad
+
+    (by_targets, g_targets), (by_gram, g_gram) = _in_both_orders(monkeypatch, run)
+    assert by_gram.info["contracted"] and not by_targets.info["contracted"]
+    _assert_rel_close(by_gram.objective.detach(), by_targets.objective.detach(), 1e-10)
+    _assert_rel_close(g_gram, g_targets, 1e-10)
+    monkeypatch.setattr(_common, "CONTRACTION", "auto")
+    est, _ = _estimate_and_grad(model, x, **common, **options)
+    assert est.info["contracted"] == (estimator == "expfam")  # 11 columns > 5; 1 < 5
+
+
+@pytest.mark.parametrize("estimator", ["expfam", "generic"])
+@pytest.mark.parametrize("options", SOLVER_OPTIONS[:3], ids=SOLVER_IDS[:3])
+def test_contraction_order_does_not_change_the_kernel_loss(estimator, options, monkeypatch):
+    """The held-out error and its ℓ- and λ-gradients in both orders, to 1e-10 in float64."""
+    model, _, sleep = _problem(m=120)
+    held = model.sample(4)  # 4 held-out points against 11 (expfam) or 1 (generic) targets
+    opts = {k: v for k, v in options.items() if k != "tol"}
+
+    def run():
+        kernel = Gaussian(2.5)
+        lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        loss = kernel_loss(model, kernel, sleep, held, lam, estimator=estimator, **opts)
+        return (loss.detach(), *torch.autograd.grad(loss, [kernel.log_lengthscale, lam]))
+
+    by_targets, by_gram = _in_both_orders(monkeypatch, run)
+    for got, want in zip(by_gram, by_targets, strict=True):
+        _assert_rel_close(got, want, 1e-10)
+
+
+def test_kernel_loss_solves_against_the_held_out_gram_when_it_is_narrower(monkeypatch):
+    """With fewer held-out points than targets the solve has M' right-hand sides."""
+    model, _, sleep = _problem(m=120)
+    widths = []
+    real = fastamort.kernel_learning.exact_solve
+
+    def spy(k, rhs, lam, backend):
+        widths.append(rhs.shape[1])
+        return real(k, rhs, lam, backend)
+
+    monkeypatch.setattr(fastamort.kernel_learning, "exact_solve", spy)
+    for n_held in (4, 30):
+        kernel_loss(model, Gaussian(2.5), sleep, model.sample(n_held), 0.3, estimator="expfam")
+    assert widths == [4, 11]  # 1 + P = 11 targets for FactorAnalysis(5, 2)

@@ -34,6 +34,7 @@ from ._common import (
     SolverConfig,
     feature_ridge_predict,
     feature_ridge_weights,
+    solve_against_gram,
 )
 from .cg import CGResult, WarmStart, block_pcg, cg_weights
 from .exact import exact_weights
@@ -62,6 +63,7 @@ __all__ = [
     "nystrom_weights",
     "pivoted_cholesky",
     "rff_weights",
+    "solve_against_gram",
 ]
 
 
@@ -76,9 +78,31 @@ def krr_weights(
     *,
     warm_start: WarmStart | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """W (M, P) ≈ (K + λI)⁻¹ k(fs, fw) V by ``config.solver``; info dict with ``solver``."""
+    """W (M, P) ≈ (K + λI)⁻¹ k(fs, fw) V by ``config.solver``; info dict with ``solver`` and
+    ``contracted``.
+
+    With fewer wake points N than columns P in V (and no CG warm start, whose previous
+    solution has P columns), the solver runs against the cross Gram itself and W is
+    ((K + λI)⁻¹ K_sw) V: N right-hand sides instead of P (:func:`solve_against_gram`).
+    """
     if warm_start is not None and config.solver != "cg":
         raise ValueError(f"warm_start: only used by solver='cg', not {config.solver!r}")
+    contract = warm_start is None and solve_against_gram(v.shape[1], fw.shape[0])
+    w, info = _solver_weights(config, kernel, fs, fw, None if contract else v, lam, warm_start)
+    if contract:
+        w = w @ v
+    return w, {"solver": config.solver, "contracted": contract, **info}
+
+
+def _solver_weights(
+    config: SolverConfig,
+    kernel: Kernel,
+    fs: torch.Tensor,
+    fw: torch.Tensor,
+    v: torch.Tensor | None,
+    lam: float,
+    warm_start: WarmStart | None,
+) -> tuple[torch.Tensor, dict]:
     m = fs.shape[0]
     if config.solver == "exact":
         w, info = exact_weights(kernel, fs, fw, v, lam)
@@ -101,4 +125,4 @@ def krr_weights(
             max_iter=config.iterations,
             warm_start=warm_start,
         )
-    return w, {"solver": config.solver, **info}
+    return w, info

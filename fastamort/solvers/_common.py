@@ -41,6 +41,22 @@ DEFAULT_MAX_ITER = 200
 INDUCING_RULES = ("uniform", "greedy")
 #: Elements (float64) of one chunk of features: 2^23 ≈ 64 MiB.
 CHUNK_ELEMENTS = 1 << 23
+#: Contraction order of T ᵀ(K + λI)⁻¹ G (T the targets, G a cross Gram): "auto" solves against
+#: whichever of the two has fewer columns; "targets" / "gram" force one side (tests compare
+#: the two orders, which are equal in exact arithmetic).
+CONTRACTION = "auto"
+
+
+def solve_against_gram(n_targets: int, n_points: int) -> bool:
+    """Whether a KRR product Tᵀ(K + λI)⁻¹G with ``n_targets`` target columns and a cross Gram G
+    to ``n_points`` points is cheaper as ((K + λI)⁻¹G) then Tᵀ: when there are fewer points
+    than targets (exponential-family models on images: 2D + 1 targets against a wake batch of
+    100 or a held-out set of M/10)."""
+    if CONTRACTION == "auto":
+        return n_points < n_targets
+    if CONTRACTION not in ("targets", "gram"):
+        raise ValueError(f"CONTRACTION: expected 'auto', 'targets' or 'gram', got {CONTRACTION!r}")
+    return CONTRACTION == "gram"
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -130,7 +146,7 @@ def feature_ridge_weights(
     feature_map: FeatureMap,
     fs: torch.Tensor,
     fw: torch.Tensor,
-    v: torch.Tensor,
+    v: torch.Tensor | None,
     lam: float,
     *,
     rank: int,
@@ -142,7 +158,7 @@ def feature_ridge_weights(
     Args:
         feature_map: featurised points (n, D) → features (n, r), float64.
         fs, fw: featurised sleep (M, D) and wake (N, D) points.
-        v: wake weights (N, P).
+        v: wake weights (N, P); None for the identity (W = (K + λI)⁻¹ K_sw, P = N).
         lam: ridge λ ≥ 0.
         rank: r, the number of features (sets the chunk size).
         expand: y (r, P) ↦ Φ_s y without a second pass over the features (Nyström:
@@ -152,7 +168,9 @@ def feature_ridge_weights(
         W (M, P).
     """
     chunks = list(row_chunks(fs.shape[0], rank))
-    rhs = feature_map(fw).mT @ v  # (r, P)
+    rhs = feature_map(fw).mT  # (r, N)
+    if v is not None:
+        rhs = rhs @ v  # (r, P)
     gram = torch.zeros(rhs.shape[0], rhs.shape[0], dtype=KRR_DTYPE, device=fs.device)
     cached = None
     for sl in chunks:
@@ -188,7 +206,9 @@ def feature_ridge_predict(
     Gradients flow to whatever ``feature_map`` depends on (lengthscale, feature network,
     inducing points) and to ``lam``. With more than one chunk of fit points, each chunk's
     Φᵀ Φ and Φᵀ T run under activation checkpointing, so memory stays O(r² + chunk·r)
-    (the chunk's features are recomputed in the backward pass).
+    (the chunk's features are recomputed in the backward pass). With fewer query points than
+    target columns the r×r system is solved against φ(x_q)ᵀ instead of ΦᵀT
+    (:func:`solve_against_gram`).
     """
     chunks = list(row_chunks(phi_fit.shape[0], rank))
     gram = rhs = None
@@ -201,8 +221,10 @@ def feature_ridge_predict(
             )
         gram = g if gram is None else gram + g
         rhs = r if rhs is None else rhs + r
-    coef = ridge_solve(gram, rhs, lam, backend=backend)
-    return feature_map(phi_query) @ coef
+    phi_q = feature_map(phi_query)
+    if solve_against_gram(rhs.shape[1], phi_q.shape[0]):
+        return ridge_solve(gram, phi_q.mT, lam, backend=backend).mT @ rhs
+    return phi_q @ ridge_solve(gram, rhs, lam, backend=backend)
 
 
 def check_finite_weights(w: torch.Tensor, solver: str) -> torch.Tensor:

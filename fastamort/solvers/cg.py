@@ -153,7 +153,7 @@ def cg_weights(
     kernel: Kernel,
     fs: torch.Tensor,
     fw: torch.Tensor,
-    v: torch.Tensor,
+    v: torch.Tensor | None,
     lam: float,
     *,
     tol: float,
@@ -162,11 +162,11 @@ def cg_weights(
     max_iter: int = 200,
     warm_start: WarmStart | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """W (M, P) = (K + λI)⁻¹ K_sw V by preconditioned block CG, and an info dict
-    (iterations, products, residual, converged, warm_started)."""
+    """W (M, P) = (K + λI)⁻¹ K_sw V by preconditioned block CG (V None: the identity, P = N),
+    and an info dict (iterations, products, residual, converged, warm_started)."""
     if not lam > 0:
         raise ValueError(f"solver='cg' needs lam > 0 (K + λI must be definite), got {lam}")
-    rhs = kernel.gram_matmul_features(fs, fw, v)
+    rhs = kernel.gram_features(fs, fw) if v is None else kernel.gram_matmul_features(fs, fw, v)
     x0 = None
     if warm_start is not None:
         if warm_start.weights.shape[1] != rhs.shape[1]:

@@ -1,8 +1,8 @@
-"""The exact solve: one M×M Gram matrix and one Cholesky with 1 + P right-hand sides.
+"""The exact solve: one M×M Gram matrix and one Cholesky factorisation.
 
-R = K_sw V by one fused ``gram_matmul`` (K_sw never stored) — unless V has more columns than
-there are wake points: then R = K_sw (M×N) and the solution is contracted with V afterwards,
-which needs fewer solves (the authors' order). O(M³) time, O(M²) memory.
+R = K_sw V by one fused ``gram_matmul`` (K_sw never stored), or R = K_sw itself when
+:func:`fastamort.solvers.krr_weights` contracts with V afterwards (fewer right-hand sides).
+O(M³) time, O(M²) memory.
 """
 
 from __future__ import annotations
@@ -33,14 +33,9 @@ def exact_solve(
 
 @torch.no_grad()
 def exact_weights(
-    kernel: Kernel, fs: torch.Tensor, fw: torch.Tensor, v: torch.Tensor, lam: float
+    kernel: Kernel, fs: torch.Tensor, fw: torch.Tensor, v: torch.Tensor | None, lam: float
 ) -> tuple[torch.Tensor, dict]:
-    """W (M, P) = (K + λI)⁻¹ K_sw V exactly (:func:`exact_solve`), and an (empty) info dict."""
-    if v.shape[1] <= fw.shape[0]:
-        rhs, contract = kernel.gram_matmul_features(fs, fw, v), None
-    else:
-        rhs, contract = kernel.gram_features(fs, fw), v
-    weights = exact_solve(kernel.gram_features(fs), rhs, lam, kernel.backend)
-    if contract is not None:
-        weights = weights @ contract
-    return weights, {}
+    """W (M, P) = (K + λI)⁻¹ K_sw V exactly (:func:`exact_solve`; V None: the identity, P = N),
+    and an (empty) info dict."""
+    rhs = kernel.gram_features(fs, fw) if v is None else kernel.gram_matmul_features(fs, fw, v)
+    return exact_solve(kernel.gram_features(fs), rhs, lam, kernel.backend), {}

@@ -134,13 +134,13 @@ def nystrom_weights(
     kernel: Kernel,
     fs: torch.Tensor,
     fw: torch.Tensor,
-    v: torch.Tensor,
+    v: torch.Tensor | None,
     lam: float,
     *,
     n_inducing: int,
     inducing: str = "uniform",
 ) -> tuple[torch.Tensor, dict]:
-    """Nyström KRR weights W (M, P) ≈ (K + λI)⁻¹ K_sw V, and an info dict.
+    """Nyström KRR weights W (M, P) ≈ (K + λI)⁻¹ K_sw V (V None: the identity), and an info dict.
 
     The final W = Φ_s y is k(X_s, Z)·(T y), one fused ``gram_matmul`` (no second pass).
     """

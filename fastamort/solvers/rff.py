@@ -87,12 +87,13 @@ def rff_weights(
     kernel: Kernel,
     fs: torch.Tensor,
     fw: torch.Tensor,
-    v: torch.Tensor,
+    v: torch.Tensor | None,
     lam: float,
     *,
     n_features: int,
 ) -> tuple[torch.Tensor, dict]:
-    """Random-feature KRR weights W (M, P) ≈ (K + λI)⁻¹ K_sw V, and an info dict."""
+    """Random-feature KRR weights W (M, P) ≈ (K + λI)⁻¹ K_sw V (V None: the identity), and an
+    info dict."""
     phi = RandomFourierFeatures(kernel, fs.shape[1], n_features, device=fs.device)
     w = feature_ridge_weights(phi, fs, fw, v, lam, rank=n_features, backend=kernel.backend)
     return w, {"n_features": n_features}
