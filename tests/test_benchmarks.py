@@ -12,6 +12,10 @@ def test_step_benchmark_times_every_section():
     rows = bench_one(64, 2, torch.device("cpu"), repeats=1)
     assert [r["impl"] for r in rows] == ["fast", "torch", "authors"]
     for row in rows[:2]:
-        for section in ("sleep_s", "gram_s", "solve_s"):
+        sections = ("sleep_s", "gram_s", "solve_s", "backward_s")
+        for section in sections:
             assert row[section] is not None and row[section] > 0, (row["impl"], section)
-        assert row["time_s"] >= row["sleep_s"] + row["gram_s"] + row["solve_s"]
+        assert row["time_s"] >= sum(row[s] for s in sections)
+    for row in rows:  # the floor is measured in the same run and reported on every row
+        assert row["floor_s"] == row["floor_cholesky_s"] + row["floor_gemm_s"] > 0
+        assert row["x_floor"] == row["time_s"] / row["floor_s"]

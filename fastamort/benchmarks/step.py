@@ -9,8 +9,14 @@ Three implementations of the same step on the same model, data and sizes, in one
   cross Gram, and an LU solve (``torch.linalg.solve``) shared by the targets.
 
 The model is factor analysis with D-dimensional observations (k = min(D, 8) latents), wake
-batch N = 100, held-out set M/10. Time is split into sampling, Gram ops, solves and the rest
-(model log densities, autograd, optimiser), by timing wrappers around the engine calls.
+batch N = 100, held-out set M/10. Time is split into sampling, Gram ops (forward), solves
+(forward), backward passes and the rest (model log densities, casts, optimiser), by timing
+wrappers around the engine calls and ``torch.autograd.backward``.
+
+Every row also reports the step's **floor**, measured in the same run with torch's own
+routines: one float32 Cholesky factorisation of an M × M matrix plus one float32
+(M × D) @ (D × M) GEMM. A step needs about two of each (a kernel step and a model step), so
+``x_floor`` = step time / floor near 2 is the bound.
 
 Run as ``fastamort bench step [--quick] [--json PATH] [--csv PATH] [--plot PATH]``.
 """
@@ -33,7 +39,7 @@ from fastamort import kernels as kernels_module
 from fastamort.models import FactorAnalysis
 from fastamort.solvers import exact as exact_module
 
-from ._harness import bench_main, environment, sync
+from ._harness import bench_main, environment, measure, sync
 
 N_WAKE = 100
 
@@ -64,6 +70,7 @@ class SectionTimer:
             (exact_module, "exact_solve", "solve"),
             (kernel_learning_module, "exact_solve", "solve"),
             (estimator_module, "draw_sleep", "sleep"),
+            (torch.autograd, "backward", "backward"),
         ]
         import fastamort.learner as learner_module
 
@@ -166,10 +173,24 @@ def _time(step, device, repeats: int) -> tuple[float, dict[str, float]]:
     return total, parts
 
 
+def floor_time(m: int, d: int, device: torch.device) -> dict[str, float]:
+    """The step's floor: one float32 Cholesky of an M × M SPD matrix plus one float32
+    (M × D) @ (D × M) GEMM, each timed with torch's own routines (median of repeats)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(m, m, generator=g).to(device) / math.sqrt(m)
+    spd = a @ a.mT + torch.eye(m, device=device)
+    x = torch.randn(m, d, generator=g).to(device)
+    y = torch.randn(d, m, generator=g).to(device)
+    chol = measure(lambda: torch.linalg.cholesky(spd), device)["median_s"]
+    gemm = measure(lambda: torch.mm(x, y), device)["median_s"]
+    return {"floor_s": chol + gemm, "floor_cholesky_s": chol, "floor_gemm_s": gemm}
+
+
 def bench_one(m: int, d: int, device: torch.device, repeats: int) -> list[dict[str, Any]]:
     fast_backend = "auto"
     rows = []
     results = {}
+    floor = floor_time(m, d, device)
     for impl in ("fast", "torch", "authors"):
         if impl == "authors":
             step = _authors_step_fn(m, d, device)
@@ -188,7 +209,10 @@ def bench_one(m: int, d: int, device: torch.device, repeats: int) -> list[dict[s
                 "sleep_s": parts.get("sleep"),
                 "gram_s": parts.get("gram"),
                 "solve_s": parts.get("solve"),
+                "backward_s": parts.get("backward"),
                 "rest_s": rest,
+                **floor,
+                "x_floor": total / floor["floor_s"],
             }
         )
     for r in rows:
@@ -249,7 +273,10 @@ COLUMNS = [
     "sleep_s",
     "gram_s",
     "solve_s",
+    "backward_s",
     "rest_s",
+    "floor_s",
+    "x_floor",
     "speedup_vs_torch",
     "speedup_vs_authors",
 ]
