@@ -38,7 +38,7 @@ import torch
 from ._checks import check_int, is_real_scalar
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
-from .solvers import SolverConfig, WarmStart, krr_weights
+from .solvers import SolverConfig, WarmStart, krr_dtype, krr_weights, solver_config
 
 #: λ grid of the automatic choice (absolute: the kernels here have k(x, x) = 1). It starts at
 #: 1e-3: leave-one-out error at the sleep points cannot see the wake points, which lie off the
@@ -288,16 +288,27 @@ def pick_lambda(grid: Sequence[float], errors: Sequence[float]) -> float:
 
 
 def wake_vectors(
-    model, kernel: Kernel, x_wake: torch.Tensor, estimator: str
+    model, kernel: Kernel, x_wake: torch.Tensor, estimator: str, dtype: torch.dtype = KRR_DTYPE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Featurised wake points (N, D) and the wake weights V = [1, S_w]/N (or 1/N), float64."""
+    """Featurised wake points (N, D) and the wake weights V = [1, S_w]/N (or 1/N), in
+    ``dtype``."""
     with torch.no_grad():
-        fw = kernel.features(x_wake).to(KRR_DTYPE)
+        fw = kernel.features(x_wake).to(dtype)
         n = x_wake.shape[0]
-        ones = torch.ones(n, 1, dtype=KRR_DTYPE, device=fw.device)
+        ones = torch.ones(n, 1, dtype=dtype, device=fw.device)
         if estimator == "generic":
             return fw, ones / n
-        return fw, torch.cat([ones, model.sufficient_stats(x_wake).to(KRR_DTYPE)], 1) / n
+        return fw, torch.cat([ones, model.sufficient_stats(x_wake).to(dtype)], 1) / n
+
+
+def solve_dtype(
+    config: SolverConfig, points: torch.Tensor, lam: float, kernel: Kernel
+) -> torch.dtype:
+    """The regression's dtype: :func:`fastamort.solvers.krr_dtype` for the exact solver,
+    float64 for the others."""
+    if config.solver != "exact":
+        return KRR_DTYPE
+    return krr_dtype(points, lam, kernel.backend, config.precision)
 
 
 def objective_from_weights(
@@ -324,7 +335,7 @@ def amortised_estimate(
     kernel: Kernel | None = None,
     lam: float | torch.Tensor | None = None,
     estimator: str = "auto",
-    solver: str = "exact",
+    solver: str | SolverConfig = "exact",
     n_inducing: int | None = None,
     n_features: int | None = None,
     tol: float | None = None,
@@ -334,7 +345,7 @@ def amortised_estimate(
     """:func:`amortised_objective` with its ingredients (weights, λ, kernel, sleep set)."""
     check_model(model)
     estimator = resolve_estimator(model, estimator)
-    config = SolverConfig(solver, n_inducing, n_features, tol, inducing)
+    config = solver_config(solver, n_inducing, n_features, tol, inducing)
     if isinstance(warm_start, AmortisedEstimate):
         warm_start = warm_start.warm_start()
     elif warm_start is not None and not isinstance(warm_start, WarmStart):
@@ -356,13 +367,17 @@ def amortised_estimate(
 
     targets, stats = regression_targets(model, z, xs, estimator)
     with torch.no_grad():
-        fs = kernel.features(xs).to(KRR_DTYPE)
+        fs = kernel.features(xs)
         if lam is None:
             lam_value = choose_lambda(fs, kernel, targets, stats)
         else:
             lam_value = float(lam)
-        fw, v = wake_vectors(model, kernel, x_wake, estimator)
-        weights, info = krr_weights(config, kernel, fs, fw, v, lam_value, warm_start=warm_start)
+        dtype = solve_dtype(config, fs, lam_value, kernel)
+        fw, v = wake_vectors(model, kernel, x_wake, estimator, dtype)
+        weights, info = krr_weights(
+            config, kernel, fs.to(dtype), fw, v, lam_value, warm_start=warm_start
+        )
+        info["dtype"] = str(dtype).removeprefix("torch.")
     objective = objective_from_weights(model, weights, targets, estimator, x_wake)
     beta = weights[:, 0]
     coeffs = None if estimator == "generic" else weights[:, 1:]
@@ -378,7 +393,7 @@ def amortised_objective(
     kernel: Kernel | None = None,
     lam: float | torch.Tensor | None = None,
     estimator: str = "auto",
-    solver: str = "exact",
+    solver: str | SolverConfig = "exact",
     n_inducing: int | None = None,
     n_features: int | None = None,
     tol: float | None = None,
@@ -400,7 +415,8 @@ def amortised_objective(
             O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
             (``n_features`` random Fourier features, O(M D²)) or "cg" (preconditioned
             conjugate gradient to relative residual ``tol``, fused K products, O(M²) per
-            iteration but O(M) memory).
+            iteration but O(M) memory); or a :class:`fastamort.solvers.SolverConfig` with the
+            options below and the exact solver's ``precision``.
         n_inducing: Nyström inducing points, or the CG preconditioner's rank (default 1000).
         n_features: random Fourier features (default 2000).
         tol: CG relative-residual tolerance (default 1e-6).

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from .estimator import KRR_DTYPE, check_lam, check_sleep, regression_targets, resolve_estimator
+from .estimator import (
+    KRR_DTYPE,
+    check_lam,
+    check_sleep,
+    regression_targets,
+    resolve_estimator,
+    solve_dtype,
+)
 from .kernels import Kernel
 from .models.base import check_model
 from .solvers import (
@@ -31,6 +38,7 @@ from .solvers import (
     feature_ridge_predict,
     nystrom_feature_map,
     solve_against_gram,
+    solver_config,
 )
 from .solvers.exact import exact_solve
 from .solvers.rff import RandomFourierFeatures
@@ -44,7 +52,7 @@ def kernel_loss(
     lam: float | torch.Tensor,
     *,
     estimator: str = "auto",
-    solver: str = "exact",
+    solver: str | SolverConfig = "exact",
     n_inducing: int | None = None,
     n_features: int | None = None,
     inducing: str = "uniform",
@@ -58,7 +66,8 @@ def kernel_loss(
         held_out: ``(z', x')`` it is scored on, M' samples.
         lam: ridge λ > 0 (a tensor that requires grad to learn it).
         estimator: which regression the estimator will run ("auto", "generic", "expfam").
-        solver: "exact", "nystrom", "rff", or "cg" (scored by its Nyström surrogate).
+        solver: "exact", "nystrom", "rff", or "cg" (scored by its Nyström surrogate), or a
+            :class:`fastamort.solvers.SolverConfig`.
         n_inducing, n_features, inducing: as for :func:`fastamort.amortised_objective`.
 
     Returns:
@@ -66,7 +75,7 @@ def kernel_loss(
     """
     check_model(model)
     estimator = resolve_estimator(model, estimator)
-    config = SolverConfig(solver, n_inducing, n_features, None, inducing)
+    config = solver_config(solver, n_inducing, n_features, None, inducing)
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
     z, x = check_sleep(sleep, model, "sleep", 1)
@@ -80,19 +89,24 @@ def kernel_loss(
     with torch.no_grad():
         targets, _ = regression_targets(model, z, x, estimator)
         targets_h, stats_h = regression_targets(model, zh, xh, estimator)
-    phi_fit = kernel.features(x).to(KRR_DTYPE)
-    phi_held = kernel.features(xh).to(KRR_DTYPE)
+    phi_fit = kernel.features(x)
+    lam_value = float(lam.detach()) if isinstance(lam, torch.Tensor) else lam
+    dtype = solve_dtype(config, phi_fit, lam_value, kernel)
+    phi_fit = phi_fit.to(dtype)
+    phi_held = kernel.features(xh).to(dtype)
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(lam)
-    lam_t = lam_t.to(dtype=KRR_DTYPE, device=phi_fit.device)
+    lam_t = lam_t.to(dtype=dtype, device=phi_fit.device)
     if config.solver == "exact":
         k_fit = kernel.gram_features(phi_fit)
         if solve_against_gram(targets.shape[1], phi_held.shape[0]):
             solved = exact_solve(
                 k_fit, kernel.gram_features(phi_fit, phi_held), lam_t, kernel.backend
             )
-            return solved_held_out_error(solved, targets, targets_h, stats_h)
-        coef = exact_solve(k_fit, targets.to(KRR_DTYPE), lam_t, kernel.backend)
-        return held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
+            loss = solved_held_out_error(solved, targets, targets_h, stats_h)
+        else:
+            coef = exact_solve(k_fit, targets.to(dtype), lam_t, kernel.backend)
+            loss = held_out_error(kernel, phi_fit, phi_held, coef, targets_h, stats_h)
+        return loss.to(KRR_DTYPE)
     if config.solver == "rff":
         feature_map = RandomFourierFeatures(
             kernel, phi_fit.shape[1], config.features, device=phi_fit.device
@@ -142,19 +156,22 @@ def solved_held_out_error(
     the prediction at held-out point i is Σ_j A_ji T_j, so its error is
     Σ_j A_ji (T_j·s_i) − T'_i·s_i with s_i = :func:`error_weights`. The M × M' matrix
     Q = T sᵀ has no gradient, so the backward pass needs no product with the 1 + P targets."""
-    weights = error_weights(targets_held, stats_held)  # (M', 1 + P)
+    dtype = solved.dtype
+    weights = error_weights(targets_held, stats_held, dtype)  # (M', 1 + P)
     with torch.no_grad():
-        q = targets.detach().to(KRR_DTYPE) @ weights.mT  # (M, M')
-        offset = (targets_held.to(KRR_DTYPE) * weights).sum(-1)
+        q = targets.detach().to(dtype) @ weights.mT  # (M, M')
+        offset = (targets_held.to(dtype) * weights).sum(-1)
     return ((solved * q).sum(0) - offset).square().mean()
 
 
-def error_weights(targets_held: torch.Tensor, stats_held: torch.Tensor | None) -> torch.Tensor:
+def error_weights(
+    targets_held: torch.Tensor, stats_held: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
     """s (M', 1 + P) with the log-joint error (T̂ − T)·s: [1] for the generic estimator (one
     target, the log joint), [−1, S(x')] for the exponential family (η̂·S(x') − ψ̂)."""
     if stats_held is None:
-        return torch.ones_like(targets_held, dtype=KRR_DTYPE)
-    s_h = stats_held.detach().to(KRR_DTYPE)
+        return torch.ones_like(targets_held, dtype=dtype)
+    s_h = stats_held.detach().to(dtype)
     return torch.cat([-torch.ones_like(s_h[:, :1]), s_h], 1)
 
 
@@ -162,6 +179,6 @@ def prediction_error(
     pred: torch.Tensor, targets_held: torch.Tensor, stats_held: torch.Tensor | None
 ) -> torch.Tensor:
     """Mean squared error of the log joint from predicted targets ``pred`` (M', 1 + P)."""
-    weights = error_weights(targets_held, stats_held)
-    err = ((pred - targets_held.to(KRR_DTYPE)) * weights).sum(-1)
+    weights = error_weights(targets_held, stats_held, pred.dtype)
+    err = ((pred - targets_held.to(pred.dtype)) * weights).sum(-1)
     return err.square().mean()

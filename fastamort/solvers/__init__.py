@@ -35,9 +35,10 @@ from ._common import (
     feature_ridge_predict,
     feature_ridge_weights,
     solve_against_gram,
+    solver_config,
 )
 from .cg import CGResult, WarmStart, block_pcg, cg_weights
-from .exact import exact_weights
+from .exact import exact_weights, krr_dtype
 from .nystrom import nystrom_feature_map, nystrom_weights, pivoted_cholesky
 from .rff import RFF_KERNELS, RandomFourierFeatures, rff_weights
 
@@ -58,12 +59,14 @@ __all__ = [
     "exact_weights",
     "feature_ridge_predict",
     "feature_ridge_weights",
+    "krr_dtype",
     "krr_weights",
     "nystrom_feature_map",
     "nystrom_weights",
     "pivoted_cholesky",
     "rff_weights",
     "solve_against_gram",
+    "solver_config",
 ]
 
 

@@ -39,6 +39,9 @@ DEFAULT_MAX_ITER = 200
 #: Inducing-point rules: uniform subsample, or greedy pivoted Cholesky (largest residual
 #: variance first).
 INDUCING_RULES = ("uniform", "greedy")
+#: Precision of the exact solver's kernel ridge regression: "auto" (float32 for float32 points
+#: where that is safe, :func:`fastamort.solvers.exact.krr_dtype`), "float64" or "float32".
+PRECISIONS = ("auto", "float64", "float32")
 #: Elements (float64) of one chunk of features: 2^23 ≈ 64 MiB.
 CHUNK_ELEMENTS = 1 << 23
 #: Contraction order of T ᵀ(K + λI)⁻¹ G (T the targets, G a cross Gram): "auto" solves against
@@ -78,6 +81,9 @@ class SolverConfig:
         tol: CG relative-residual tolerance; default :data:`DEFAULT_TOL`.
         inducing: "uniform" or "greedy" (pivoted Cholesky) choice of the inducing points.
         max_iter: CG iteration cap; default :data:`DEFAULT_MAX_ITER`.
+        precision: dtype of the exact solver's Gram matrices and solves: "auto" (float32 for
+            float32 points at large M when λ keeps the solve well conditioned, else float64;
+            :func:`fastamort.solvers.exact.krr_dtype`), "float64" or "float32".
     """
 
     solver: str = "exact"
@@ -86,6 +92,7 @@ class SolverConfig:
     tol: float | None = None
     inducing: str = "uniform"
     max_iter: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         s = self.solver
@@ -112,6 +119,13 @@ class SolverConfig:
             )
         if self.max_iter is not None:
             _positive_int(self.max_iter, "max_iter")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
+                f"got {self.precision!r}"
+            )
+        if self.precision != "auto" and s != "exact":
+            raise ValueError(f"precision: only used by solver='exact', not {s!r}")
 
     @property
     def rank(self) -> int:
@@ -128,6 +142,28 @@ class SolverConfig:
     @property
     def iterations(self) -> int:
         return DEFAULT_MAX_ITER if self.max_iter is None else self.max_iter
+
+
+def solver_config(
+    solver: str | SolverConfig,
+    n_inducing: int | None = None,
+    n_features: int | None = None,
+    tol: float | None = None,
+    inducing: str = "uniform",
+) -> SolverConfig:
+    """``solver`` as a :class:`SolverConfig`: a name with its loose options, or a config as it
+    is (the loose options must then be left at their defaults)."""
+    if not isinstance(solver, SolverConfig):
+        return SolverConfig(solver, n_inducing, n_features, tol, inducing)
+    loose = {"n_inducing": n_inducing, "n_features": n_features, "tol": tol}
+    given = [k for k, v in loose.items() if v is not None] + (
+        ["inducing"] if inducing != "uniform" else []
+    )
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: set in the SolverConfig passed as solver=, not beside it"
+        )
+    return solver
 
 
 def row_chunks(n: int, width: int, elements: int | None = None) -> Iterator[slice]:
