@@ -216,13 +216,13 @@ def pooled_estimate(
         KRR_DTYPE,
         draw_sleep,
         objective_from_weights,
-        regression_targets,
+        regression_parts,
         wake_vectors,
     )
     from .solvers import SolverConfig, krr_weights
 
     z, xs = draw_sleep(model, n_sleep)
-    targets, _ = regression_targets(model, z, xs, estimator)
+    parts = regression_parts(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs).to(KRR_DTYPE)
         fw, v = wake_vectors(model, kernel, x_wake, estimator)
@@ -231,7 +231,7 @@ def pooled_estimate(
         v_all = ctx.all_gather_rows(v.to(ctx.device)).to(v.device) / ctx.world_size
         weights, _ = krr_weights(SolverConfig("exact"), kernel, fs_all, fw_all, v_all, lam)
         mine = weights[ctx.rank * n_sleep : (ctx.rank + 1) * n_sleep]
-    part = objective_from_weights(model, mine, targets, estimator, x_wake)
+    part = objective_from_weights(model, mine, parts, estimator, x_wake)
     log_h = getattr(model, "log_base_measure", None)
     base = log_h(x_wake).mean().detach().to(part.dtype) if callable(log_h) else part.new_zeros(())
     # Ĵ = Σ_r (part_r − log h_r) + mean_r log h_r: each part carries its own batch's log h.

@@ -206,17 +206,33 @@ def check_wake(x_wake: object, sleep_x: torch.Tensor) -> torch.Tensor:
     return x_wake
 
 
+def regression_parts(model, z, x, estimator: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The regression targets at the sleep points in two parts (with the graph to θ).
+
+    generic: (f (M,), None) with f = log p(z, x). expfam: (Ψ(z) − log p(z) (M,), η(z) (M, P)).
+    The estimator's objective takes them as they are: stacking them into one (M, 1 + P) tensor
+    would copy η, and its backward would fill an M × (1 + P) gradient.
+    """
+    if estimator == "generic":
+        return model.log_joint(z, x).reshape(-1), None
+    return (model.log_normaliser(z) - model.log_prior(z)).reshape(-1), model.natural_params(z)
+
+
+def stacked_targets(first: torch.Tensor, eta: torch.Tensor | None) -> torch.Tensor:
+    """The parts of :func:`regression_parts` as one (M, 1 + P) matrix [first, η]."""
+    first = first.reshape(-1, 1)
+    return first if eta is None else torch.cat([first, eta], dim=1)
+
+
 def regression_targets(model, z, x, estimator: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Targets of the regression at the sleep points (with the graph to θ).
 
     generic: (f (M, 1), None) with f = log p(z, x). expfam: (T (M, 1 + P), S(x) (M, P)) with
     T = [Ψ(z) − log p(z), η(z)].
     """
-    if estimator == "generic":
-        return model.log_joint(z, x).reshape(-1, 1), None
-    eta = model.natural_params(z)
-    psi = model.log_normaliser(z) - model.log_prior(z)
-    return torch.cat([psi.reshape(-1, 1), eta], dim=1), model.sufficient_stats(x)
+    first, eta = regression_parts(model, z, x, estimator)
+    stats = None if eta is None else model.sufficient_stats(x)
+    return stacked_targets(first, eta), stats
 
 
 @torch.no_grad()
@@ -312,14 +328,19 @@ def solve_dtype(
 
 
 def objective_from_weights(
-    model, weights: torch.Tensor, targets: torch.Tensor, estimator: str, x_wake: torch.Tensor
+    model,
+    weights: torch.Tensor,
+    parts: tuple[torch.Tensor, torch.Tensor | None],
+    estimator: str,
+    x_wake: torch.Tensor,
 ) -> torch.Tensor:
-    """Ĵ from the (constant) KRR weights W (M, 1 + P) and the targets (graph to θ)."""
+    """Ĵ from the (constant) KRR weights W (M, 1 + P) and the targets' parts (graph to θ), as
+    returned by :func:`regression_parts`."""
+    first, eta = parts
     beta = weights[:, 0]
-    if estimator == "generic":
-        return (beta.to(targets.dtype) * targets[:, 0]).sum()
-    eta, psi = targets[:, 1:], targets[:, 0]
-    objective = (weights[:, 1:].to(eta.dtype) * eta).sum() - (beta.to(psi.dtype) * psi).sum()
+    if estimator == "generic" or eta is None:
+        return (beta.to(first.dtype) * first).sum()
+    objective = (weights[:, 1:].to(eta.dtype) * eta).sum() - (beta.to(first.dtype) * first).sum()
     log_h = getattr(model, "log_base_measure", None)
     if callable(log_h):
         objective = objective + log_h(x_wake).mean().to(objective.dtype)
@@ -365,11 +386,12 @@ def amortised_estimate(
     elif not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
 
-    targets, stats = regression_targets(model, z, xs, estimator)
+    parts = regression_parts(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs)
         if lam is None:
-            lam_value = choose_lambda(fs, kernel, targets, stats)
+            stats = None if parts[1] is None else model.sufficient_stats(xs)
+            lam_value = choose_lambda(fs, kernel, stacked_targets(*parts), stats)
         else:
             lam_value = float(lam)
         dtype = solve_dtype(config, fs, lam_value, kernel)
@@ -378,7 +400,7 @@ def amortised_estimate(
             config, kernel, fs.to(dtype), fw, v, lam_value, warm_start=warm_start
         )
         info["dtype"] = str(dtype).removeprefix("torch.")
-    objective = objective_from_weights(model, weights, targets, estimator, x_wake)
+    objective = objective_from_weights(model, weights, parts, estimator, x_wake)
     beta = weights[:, 0]
     coeffs = None if estimator == "generic" else weights[:, 1:]
     return AmortisedEstimate(objective, beta, coeffs, lam_value, kernel, estimator, (z, xs), info)

@@ -27,9 +27,11 @@ from .estimator import (
     KRR_DTYPE,
     check_lam,
     check_sleep,
+    regression_parts,
     regression_targets,
     resolve_estimator,
     solve_dtype,
+    stacked_targets,
 )
 from .kernels import Kernel
 from .models.base import check_model
@@ -87,7 +89,7 @@ def kernel_loss(
         )
     lam = check_lam(lam)
     with torch.no_grad():
-        targets, _ = regression_targets(model, z, x, estimator)
+        targets = stacked_targets(*regression_parts(model, z, x, estimator))
         targets_h, stats_h = regression_targets(model, zh, xh, estimator)
     phi_fit = kernel.features(x)
     lam_value = float(lam.detach()) if isinstance(lam, torch.Tensor) else lam

@@ -48,13 +48,17 @@ class GaussianLikelihood(nn.Module):
 
     def natural_params(self, mean: torch.Tensor) -> torch.Tensor:
         mean = flat(mean)
-        var = self.variance().expand_as(mean)
-        return torch.cat([mean / var, -0.5 / var], dim=-1)
+        precision = torch.exp(-2.0 * self.log_std).expand(mean.shape[-1])  # (D,)
+        return torch.cat([mean * precision, (-0.5 * precision).expand_as(mean)], dim=-1)
 
     def log_normaliser(self, mean: torch.Tensor) -> torch.Tensor:
+        # ½ Σ_d μ_d²/σ_d² + ½ Σ_d log(2πσ_d²): the second sum is the same for every row, and
+        # the first is one matrix-vector product (no n × D temporaries beyond μ²)
         mean = flat(mean)
-        var = self.variance().expand_as(mean)
-        return (0.5 * mean * mean / var + 0.5 * torch.log(2 * math.pi * var)).sum(-1)
+        d = mean.shape[-1]
+        half_precision = 0.5 * torch.exp(-2.0 * self.log_std).expand(d)
+        log_term = (0.5 * math.log(2 * math.pi) + self.log_std).expand(d).sum()
+        return (mean * mean) @ half_precision + log_term
 
     @staticmethod
     def log_base_measure(x: torch.Tensor) -> torch.Tensor:

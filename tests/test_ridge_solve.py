@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from conftest import BACKEND_PARAMS
@@ -82,6 +84,36 @@ def test_gradcheck_float64(device, backend):
     assert ("ridge_solve.backward", backend) in ran
     scalar = torch.tensor(0.5, dtype=torch.float64, device=device, requires_grad=True)
     assert gradcheck(lambda s: ridge_solve(k.detach(), b.detach(), s, backend=backend), (scalar,))
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("wants", ["b", "lam", "k"])
+def test_backward_forms_only_the_gradients_asked_for(device, backend, wants, monkeypatch):
+    """No n×n gradient GEMM unless k needs a gradient; the λ sum only when λ does; the
+    gradients that are formed equal those of a call where everything needs one."""
+    rs = importlib.import_module("fastamort.ops.ridge_solve")  # the name is also the op's
+    calls = []
+    real = rs.k_and_lam_grads
+
+    def spy(grad_b, x, need_k, need_lam):
+        calls.append((need_k, need_lam))
+        return real(grad_b, x, need_k, need_lam)
+
+    monkeypatch.setattr(rs, "k_and_lam_grads", spy)
+    k = spd((), 9, torch.float64, device)
+    b = _rhs((9, 2), torch.float64, device)
+    lam = torch.tensor(0.3, dtype=torch.float64, device=device)
+    inputs = {"k": k, "b": b, "lam": lam}
+    full = {n: t.clone().requires_grad_() for n, t in inputs.items()}
+    (ridge_solve(full["k"], full["b"], full["lam"], backend=backend) ** 2).sum().backward()
+    one = {n: t.clone().requires_grad_(n == wants) for n, t in inputs.items()}
+    (ridge_solve(one["k"], one["b"], one["lam"], backend=backend) ** 2).sum().backward()
+    assert calls == [(True, True), (wants == "k", wants == "lam")]
+    for name, t in one.items():
+        if name == wants:
+            torch.testing.assert_close(t.grad, full[name].grad)
+        else:
+            assert t.grad is None
 
 
 @pytest.mark.parametrize(
