@@ -247,6 +247,14 @@ class StagedFiles:
         self.path(target).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         return Path(target)
 
+    def unstage(self, target: str | os.PathLike) -> None:
+        """Drops ``target`` from the set (its temporary file is removed; the target stays)."""
+        final = resolve_target(target)
+        for tmp, f in self._staged:
+            if f == final:
+                _unlink_quietly(tmp)
+        self._staged = [(t, f) for t, f in self._staged if f != final]
+
     def commit(self) -> None:
         for tmp, _ in self._staged:
             _fsync_file(tmp)
