@@ -340,3 +340,24 @@ def test_a_write_killed_by_sigkill_leaves_the_last_checkpoint_and_its_temp_is_cl
     _fit(learner, path, resume=True)
     assert learner.step_count == 3
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_continues_bit_exactly(tmp_path):
+    def learner(seed):
+        torch.manual_seed(seed)
+        return _learner(seed, model=FactorAnalysis(3, 1).to("cuda", torch.float64))
+
+    straight = learner(0)
+    torch.manual_seed(11)
+    _fit(straight, None, epochs=2)
+    first = learner(0)
+    torch.manual_seed(11)
+    _fit(first, tmp_path / "ck.pt")
+    assert "cuda" in torch.load(tmp_path / "ck.pt", weights_only=True)["state"]["rng"]
+    torch.manual_seed(999)
+    resumed = learner(5)
+    _fit(resumed, tmp_path / "ck.pt", epochs=2, resume=True)
+    assert [r["objective"] for r in resumed.history] == [r["objective"] for r in straight.history]
+    assert resumed.model.weight.device.type == "cuda"
