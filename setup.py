@@ -15,6 +15,7 @@ So one wheel per Python and platform runs on any CPU of that platform.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,19 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent
-VERSION = "0.1.0"
+
+
+def _version() -> str:
+    """``__version__`` of fastamort/_version.py (read, not imported: importing the package
+    needs torch, which a build environment need not have)."""
+    tree = ast.parse((ROOT / "fastamort" / "_version.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]:
+            return ast.literal_eval(node.value)
+    raise RuntimeError("fastamort/_version.py does not set __version__")
+
+
+VERSION = _version()
 
 
 def _extensions() -> list:

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <pybind11/pybind11.h>
 
+#include <mutex>
 #include <stdexcept>
 
 namespace py = pybind11;
@@ -38,6 +39,11 @@ struct Table {
 };
 
 Table g_table;
+
+// The BLAS thread count is process-wide: SingleThreaded guards share this state.
+std::mutex g_threads_mutex;
+int g_single_users = 0;   // live guards
+int g_saved_threads = 1;  // the count before the first live guard
 
 void* capsule_pointer(const py::dict& capi, const char* name, const char* module) {
   if (!capi.contains(name)) {
@@ -118,12 +124,23 @@ std::string describe() {
 
 SingleThreaded::SingleThreaded() {
   if (g_table.get_threads == nullptr) return;
-  previous_ = g_table.get_threads();
-  if (previous_ != 1) g_table.set_threads(1);
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
+  if (g_single_users++ == 0) {
+    g_saved_threads = g_table.get_threads();
+    if (g_saved_threads != 1) g_table.set_threads(1);
+  }
 }
 
 SingleThreaded::~SingleThreaded() {
-  if (g_table.set_threads != nullptr && previous_ != 1) g_table.set_threads(previous_);
+  if (g_table.set_threads == nullptr) return;
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
+  if (--g_single_users == 0 && g_saved_threads != 1) g_table.set_threads(g_saved_threads);
+}
+
+int num_threads() {
+  if (g_table.get_threads == nullptr) return -1;
+  std::lock_guard<std::mutex> lock(g_threads_mutex);
+  return g_table.get_threads();
 }
 
 template <class T>

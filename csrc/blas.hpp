@@ -23,19 +23,22 @@ std::string describe();  // one line for `fastamort info`
 // Whether the BLAS's thread count can be set (OpenBLAS's *_set_num_threads was found).
 bool thread_control();
 
-// While alive, the BLAS runs single-threaded, so that our own OpenMP threads can each call
-// it on their own tile without the two thread pools fighting over the cores. Restores the
-// previous count on exit. A no-op when thread_control() is false.
+// While any instance is alive, in any thread, the BLAS runs single-threaded, so that our own
+// OpenMP threads can each call it on their own tile without the two thread pools fighting over
+// the cores (OpenBLAS built with pthreads warns "Detect OpenMP Loop" and may hang when called
+// multi-threaded from an OpenMP region). The BLAS's thread count is process-wide, so the
+// guards share one reference count under a mutex: the first guard saves the count and sets
+// one thread, the last one restores the saved count. A no-op when thread_control() is false.
 class SingleThreaded {
  public:
   SingleThreaded();
   ~SingleThreaded();
   SingleThreaded(const SingleThreaded&) = delete;
   SingleThreaded& operator=(const SingleThreaded&) = delete;
-
- private:
-  int previous_ = 1;
 };
+
+// The BLAS's current thread count (-1 when thread_control() is false).
+int num_threads();
 
 // C[M×N] = alpha·op(A)·op(B) + beta·C, row-major, op = 'N' or 'T'.
 template <class T>

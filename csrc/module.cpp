@@ -21,6 +21,8 @@ PYBIND11_MODULE(_C, m) {
       "set_num_threads", [](int n) { omp_set_num_threads(n < 1 ? 1 : n); }, py::arg("n"),
       "Sets the OpenMP threads of the kernels (fastamort keeps it equal to torch's).");
   m.def("blas_source", []() { return fastamort::blas::describe(); });
+  m.def("blas_num_threads", &fastamort::blas::num_threads,
+        "The BLAS's current thread count (-1 without thread control).");
 #ifdef FASTAMORT_VERSION
   m.attr("__version__") = FASTAMORT_VERSION;
 #endif

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import kernels, models
 from ._backends import BACKENDS, BackendUnavailableError, backend_report, record_backends
+from ._version import __version__
 from .estimator import AmortisedEstimate, amortised_estimate, amortised_objective
 from .kernel_learning import kernel_loss
 from .learner import AmortisedLearner, NonFiniteError
@@ -23,8 +24,6 @@ from .ops import (
     kernel_ridge_batched,
     ridge_solve,
 )
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):

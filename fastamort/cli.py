@@ -52,7 +52,10 @@ def info_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fastamort._version import __version__
+
     parser = argparse.ArgumentParser(prog="fastamort", description="fastamort command line")
+    parser.add_argument("--version", action="version", version=f"fastamort {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and available backends")
     sub.add_parser(

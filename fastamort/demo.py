@@ -47,10 +47,13 @@ from typing import Any
 import torch
 
 import fastamort
+from fastamort._atomic import StagedFiles, probe_writable
+from fastamort._checks import check_int
 from fastamort.distributed import current_rank
 from fastamort.models import FactorAnalysis
 
 DEFAULT_OUT = "fastamort-demo"
+MAX_SEED = 2**32  # seeds lie in [0, MAX_SEED): the learner's data order takes a 32-bit seed
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,19 @@ def run_demo(
         out: output folder (created).
         device: "auto" (CUDA if available), "cpu" or "cuda".
         quick: the tiny budget (a few seconds) instead of the default (about a minute).
-        seed: seeds the data, the initial model and the sleep samples.
+        seed: seeds the data, the initial model and the sleep samples; in [0, 2**32).
         progress: show a tqdm progress bar.
         figure: write ``demo.png`` (skipped with a message if matplotlib is missing).
         verbose: print the metrics table.
         config: overrides the budget chosen by ``quick``.
+
+    ``metrics.json`` and ``demo.png`` are replaced together at the end (see
+    :mod:`fastamort._atomic`): an interrupted run leaves the previous run's files, complete.
     """
     t_start = time.perf_counter()
+    seed = check_int(seed, "seed", 0)
+    if seed >= MAX_SEED:
+        raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
     cfg = config or (QUICK if quick else FULL)
     dev = _resolve_device(device)
     out = Path(out)
@@ -186,7 +195,7 @@ def run_demo(
     main = current_rank() == 0
     say = print if verbose and main else (lambda *a, **k: None)
     if main:  # before training: an unusable folder fails now, not after the run
-        out.mkdir(parents=True, exist_ok=True)
+        probe_writable(out / "metrics.json")
 
     truth, x_train, x_test = make_data(cfg, seed)
     torch.manual_seed(seed + 1)
@@ -301,15 +310,17 @@ def run_demo(
         f"{', '.join(backends) or 'none'})"
     )
 
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json"]
-    if figure:
-        png = _plot(out / "demo.png", curve, ll, learned_cpu, mle, truth, say)
-        if png is not None:
-            written.append(png)
-    metrics["total_seconds"] = time.perf_counter() - t_start
-    metrics["figure"] = str(written[1]) if len(written) > 1 else None
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with StagedFiles() as stage:  # both files replaced at the end, metrics.json last
+        if figure:
+            png = _plot(stage.path(out / "demo.png"), curve, ll, learned_cpu, mle, truth, say)
+            if png is None:  # no matplotlib: the previous figure, if any, stays
+                stage.unstage(out / "demo.png")
+            else:
+                written.append(out / "demo.png")
+        metrics["total_seconds"] = time.perf_counter() - t_start
+        metrics["figure"] = str(written[1]) if len(written) > 1 else None
+        stage.write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     say(f"total {metrics['total_seconds']:.1f} s; wrote {', '.join(str(p) for p in written)}")
     return metrics
 
@@ -373,10 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: CUDA if available, else CPU (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny budget (a few seconds)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed in [0, 2**32) (default: %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-figure", action="store_true", help="do not write demo.png")
     args = parser.parse_args(argv)
+    if not 0 <= args.seed < MAX_SEED:
+        parser.error(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
     try:
         run_demo(
             args.out, device=args.device, quick=args.quick, seed=args.seed,

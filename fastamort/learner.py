@@ -19,9 +19,12 @@ steps like common random numbers), so row i of the new set follows row i of the 
 the old weights are a close start (``WarmStart(aligned=True)``).
 
 At the first step the lengthscale is set by the median heuristic and λ by leave-one-out
-(unless given). Checkpoints are written atomically (temporary file + rename) and hold the
-model, kernel, λ, optimisers, RNG states, step, epoch and history, so ``resume=True``
-continues bit for bit. A non-finite objective or gradient stops training with
+(unless given). Checkpoints (:mod:`fastamort.checkpoint`) are written atomically and hold the
+model, kernel, λ, optimisers, an optional learning rate scheduler, RNG states, step and
+history, so ``resume=True`` continues bit for bit; they load with
+``torch.load(weights_only=True)``, and a resume by a learner set up differently (solver,
+n_sleep, model, kernel, optimiser, data shape, ...) is refused with the differences named,
+before anything changes. A non-finite objective or gradient stops training with
 :class:`NonFiniteError` naming the step and the parameter, before any parameter changes; the
 last checkpoint stays as it was.
 """
@@ -30,17 +33,15 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint as _checkpoint
 from ._checks import check_int, check_positive
 from .distributed import (
     DistributedContext,
@@ -62,9 +63,9 @@ from .kernels import Gaussian, Kernel
 from .models.base import check_model
 from .solvers import SolverConfig, WarmStart
 
-CHECKPOINT_VERSION = 1
 #: Blocks (own seed each) of the model step's sleep set when ``sleep_refresh`` < 1.
 SLEEP_BLOCKS = 20
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
 class NonFiniteError(FloatingPointError):
@@ -178,6 +179,7 @@ class AmortisedLearner:
             )
         )
         self._lam_given = lam is not None
+        self._lam_init = lam
         self.n_sleep, self.n_held_out = n_sleep, n_held_out
         self.learn_kernel, self.seed, self.max_grad_norm = learn_kernel, seed, max_grad_norm
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -189,6 +191,29 @@ class AmortisedLearner:
         self.initialised = False
         self._obs_shape: tuple[int, ...] | None = None  # of the model's samples, once drawn
         self._dist: DistributedContext | None = None  # set by fit() under torch.distributed
+        #: the learning rate scheduler of the last :meth:`fit` (stepped after every step)
+        self.scheduler: Scheduler | None = None
+        self._fit_config: dict[str, Any] | None = None  # data shape and batch size of fit()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings a checkpoint records and a resume must match
+        (:data:`fastamort.checkpoint.HYPERPARAMETERS`)."""
+        return {
+            "n_sleep": self.n_sleep,
+            "n_held_out": self.n_held_out,
+            "estimator": self.estimator,
+            "learn_kernel": self.learn_kernel,
+            "seed": self.seed,
+            "max_grad_norm": self.max_grad_norm,
+            "solver": self.solver.solver,
+            "n_inducing": self.solver.n_inducing,
+            "n_features": self.solver.n_features,
+            "tol": self.solver.tol,
+            "inducing": self.solver.inducing,
+            "warm_start": self.warm_start,
+            "sleep_refresh": self.sleep_refresh,
+            "lam": self._lam_init,
+        }
 
     # ----------------------------------------------------------------------------------
     @property
@@ -371,14 +396,18 @@ class AmortisedLearner:
         callbacks: Sequence[Callable[[AmortisedLearner, dict[str, Any]], Any]] = (),
         distributed: str | bool = "auto",
         pool_sleep: bool = False,
+        scheduler: Scheduler | None = None,
     ) -> list[dict[str, Any]]:
         """Runs ``epochs`` passes over ``data`` (N, *obs_shape) in shuffled mini-batches.
 
         Args:
             checkpoint: path of the checkpoint file, written every ``checkpoint_every`` steps
-                and at the end (atomically).
+                and at the end (atomically; a write is tried before the first step).
             resume: continue from ``checkpoint`` if it exists (bit-exact continuation; from a
                 checkpoint of a run on another number of ranks, it continues at the same step).
+                The learner must be set up as the one that wrote it, and ``data`` and
+                ``batch_size`` must be the same: ValueError names any difference, and nothing
+                is changed.
             callbacks: called as ``cb(learner, record)`` after every step; returning True stops.
             distributed: "auto" runs data-parallel under ``torchrun`` or an initialised
                 process group (:mod:`fastamort.distributed`): each rank takes its shard of the
@@ -387,6 +416,9 @@ class AmortisedLearner:
                 process; True: distributed or an error.
             pool_sleep: distributed only: one regression on all ranks' sleep samples instead
                 of averaging the ranks' estimates (see :mod:`fastamort.distributed`).
+            scheduler: a learning rate scheduler of the learner's ``optimizer`` (or
+                ``kernel_optimizer``), stepped after every learner step (``ReduceLROnPlateau``
+                with the step's −objective); its state is in the checkpoint.
 
         Returns:
             the history: one dict per step (step, epoch, objective, kernel_loss, lengthscale,
@@ -398,13 +430,23 @@ class AmortisedLearner:
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
+        self._check_scheduler(scheduler)
         if checkpoint is not None:
-            _check_checkpoint_path(checkpoint)  # now, not after the run
+            checkpoint = _checkpoint.check_path(checkpoint)  # a real write now, not after the run
         dctx = resolve_distributed(distributed, _device_of(self.model), pool_sleep=pool_sleep)
         if dctx is not None and dctx.pool_sleep and self.solver.solver != "exact":
             raise ValueError(f"pool_sleep: needs solver='exact', got {self.solver.solver!r}")
-        if resume and Path(checkpoint).exists():
-            self.load_checkpoint(checkpoint)
+        before = self.scheduler, self._fit_config
+        self.scheduler = scheduler
+        self._fit_config = {"data_shape": list(data.shape), "batch_size": batch_size}
+        if resume and checkpoint.exists():
+            try:
+                _checkpoint.restore(
+                    self, _checkpoint.read(checkpoint), source=str(checkpoint), fit=True
+                )
+            except ValueError:
+                self.scheduler, self._fit_config = before
+                raise
         n = data.shape[0]
         world = 1 if dctx is None else dctx.world_size
         per_epoch = math.ceil(math.ceil(n / world) / batch_size)
@@ -427,6 +469,11 @@ class AmortisedLearner:
                     order = shard_order(order, dctx.rank, world)
                 batch = data[order[index * batch_size : (index + 1) * batch_size].to(data.device)]
                 record = self.step(batch, epoch=epoch)
+                if scheduler is not None:
+                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        scheduler.step(-record["objective"])
+                    else:
+                        scheduler.step()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
@@ -448,101 +495,43 @@ class AmortisedLearner:
                 bar.close()
         return self.history
 
+    def _check_scheduler(self, scheduler: object) -> None:
+        if scheduler is None:
+            return
+        kinds = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if not isinstance(scheduler, kinds):
+            raise TypeError(
+                "scheduler: expected a torch.optim.lr_scheduler scheduler (or None), got "
+                f"{type(scheduler).__name__}"
+            )
+        if scheduler.optimizer not in (self.optimizer, self.kernel_optimizer):
+            raise ValueError(
+                "scheduler: it schedules an optimiser that is not this learner's; build it on "
+                "learner.optimizer (or learner.kernel_optimizer)"
+            )
+
     # ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),
-            "kernel": self.kernel.state_dict(),
-            "log_lam": self.log_lam.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "kernel_optimizer": self.kernel_optimizer.state_dict(),
-            "step": self.step_count,
-            "initialised": self.initialised,
-            "history": list(self.history),
-            "rng": _rng_state(),
-            "warm": None
-            if self._warm is None
-            else (self._warm.x, self._warm.weights, self._warm.aligned),
-            "sleep_seeds": None if self._sleep_seeds is None else list(self._sleep_seeds),
-            "sleep_turn": self._sleep_turn,
-            "obs_shape": self._obs_shape,
-        }
+        """The checkpoint's content (see :mod:`fastamort.checkpoint`)."""
+        return _checkpoint.content(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint: unsupported version {state.get('version')!r}")
-        self.model.load_state_dict(state["model"])
-        self.kernel.load_state_dict(state["kernel"])
-        with torch.no_grad():
-            self.log_lam.copy_(state["log_lam"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.kernel_optimizer.load_state_dict(state["kernel_optimizer"])
-        self.step_count = int(state["step"])
-        self.initialised = bool(state["initialised"])
-        self.history = list(state["history"])
-        warm = state.get("warm")
-        self._warm = None if warm is None or not self.warm_start else WarmStart(*warm)
-        seeds = state.get("sleep_seeds")
-        self._sleep_seeds = None if seeds is None else list(seeds)
-        self._sleep_turn = int(state.get("sleep_turn", 0))
-        obs_shape = state.get("obs_shape")
-        self._obs_shape = None if obs_shape is None else tuple(obs_shape)
-        _set_rng_state(state["rng"])
+        """Restores :meth:`state_dict`'s content; ValueError naming the difference, with
+        nothing changed, when it was written by a learner set up differently."""
+        _checkpoint.restore(self, state, source="state_dict")
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Writes the full training state atomically (a crash leaves the old file intact)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self.state_dict(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _checkpoint.save(self, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restores the state :meth:`save_checkpoint` wrote; ValueError naming the file when it
-        cannot be read or was written for another model, kernel or optimizer."""
-        try:
-            state = torch.load(path, map_location=_device_of(self.model), weights_only=False)
-        except Exception as err:
-            raise ValueError(
-                f"checkpoint: cannot read {str(path)!r} ({type(err).__name__}: {err})"
-            ) from err
-        if not isinstance(state, dict) or "version" not in state:
-            raise ValueError(f"checkpoint: {str(path)!r} is not a fastamort learner checkpoint")
-        try:
-            self.load_state_dict(state)
-        except (KeyError, RuntimeError, TypeError) as err:
-            raise ValueError(
-                f"checkpoint: {str(path)!r} does not fit this learner (written for another "
-                f"model, kernel or optimizer?): {type(err).__name__}: {err}"
-            ) from err
+        """Restores the state :meth:`save_checkpoint` wrote; ValueError naming the file and
+        the difference (nothing changed) when it cannot be read, is corrupted, or was written
+        for another model, kernel, optimizer or settings."""
+        _checkpoint.restore(self, _checkpoint.read(path), source=str(path))
 
 
 # --------------------------------------------------------------------------------------
-def _check_checkpoint_path(checkpoint: object) -> None:
-    """A file path whose folder exists (created) and is writable: ValueError/TypeError now,
-    rather than when the first checkpoint is written."""
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint: expected a file path, got {type(checkpoint).__name__}")
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"checkpoint: {str(path)!r} is a folder; expected a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"checkpoint: cannot create the folder of {str(path)!r}: {err}") from err
-    if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"checkpoint: the folder of {str(path)!r} is not writable")
-
-
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -614,22 +603,3 @@ def _check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int) ->
                 f"step {step}: the gradient of parameter '{name}' is not finite; "
                 "no parameter was changed"
             )
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - user models may use the legacy global RNG
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -25,8 +25,8 @@ from ._checks import check_positive
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
-    """(n, *shape) → (n, D)."""
-    return x.reshape(x.shape[0], -1)
+    """(n, *shape) → (n, D), D = prod(shape); also for n = 0 (no samples)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 class GaussianLikelihood(nn.Module):

@@ -22,7 +22,7 @@ from fastamort.baselines import (
     rws_losses,
     vae_loss,
 )
-from fastamort.models import FactorAnalysis, GaussianMixture
+from fastamort.models import FactorAnalysis, GaussianMixture, HierarchicalMixture
 
 
 def _fa(seed, obs_dim=3, latent_dim=1, n=4):
@@ -306,3 +306,51 @@ def test_discrete_encoder_cannot_be_reparameterised():
     model = GaussianMixture(2, 3)
     with pytest.raises(ValueError, match="k: expected an integer >= 2"):
         iwae_loss(model, enc, torch.randn(4, 2), k=1)  # VIMCO needs a leave-one-out baseline
+
+
+@pytest.mark.parametrize(
+    ("model", "encoder", "match"),
+    [
+        (FactorAnalysis(3, 2), GaussianEncoder(3, 1), r"GaussianEncoder gives reals of shape \(1,\)"
+         r" per datum, but FactorAnalysis's latents are reals of shape \(2,\)"),
+        (FactorAnalysis(3, 2), CategoricalEncoder(3, 2), r"CategoricalEncoder gives one integer in"
+         r" \[0, 2\) per datum, but FactorAnalysis's latents are reals of shape \(2,\)"),
+        (GaussianMixture(3, 4), GaussianEncoder(3, 1), r"GaussianEncoder gives reals .* but "
+         r"GaussianMixture's latents are integers of shape \(\)"),
+        (GaussianMixture(3, 4), CategoricalEncoder(3, 5), r"CategoricalEncoder over 5 categories,"
+         r" but GaussianMixture has n_components = 4"),
+        (FactorAnalysis(3, 2).double(), GaussianEncoder(3, 2), r"encoder: its parameters are "
+         r"torch.float32 but FactorAnalysis's latents are torch.float64"),
+        (HierarchicalMixture(3), GaussianEncoder(3, 2), r"model: HierarchicalMixture's latents are "
+         r"a tuple, not one tensor per sample"),
+        (FactorAnalysis(4, 2), GaussianEncoder(3, 2), r"x: 3 values per datum .* but "
+         r"FactorAnalysis's observations have 4"),
+    ],
+    ids=["latent-size", "discrete-for-continuous", "continuous-for-discrete", "categories",
+         "dtype", "tuple-latents", "observation-size"],
+)  # fmt: skip
+def test_an_encoder_that_does_not_fit_the_model_is_named_before_the_model_runs(
+    model, encoder, match
+):
+    x = torch.randn(4, 3, dtype=next(model.parameters()).dtype)
+    rng = torch.get_rng_state()
+    losses = [
+        lambda: vae_loss(model, encoder, x),
+        lambda: iwae_loss(model, encoder, x, k=3),
+        lambda: rws_losses(model, encoder, x, k=3),
+        lambda: BaselineLearner(model, encoder, "iwae", k=3).step(x),
+    ]
+    for loss in losses:
+        with pytest.raises((ValueError, TypeError), match=match):
+            loss()
+    assert torch.equal(torch.get_rng_state(), rng)  # the check drew no random numbers
+
+
+def test_the_fit_check_does_not_change_the_random_numbers_of_a_run():
+    model, x = _fa(13)
+    enc = encoder_for(model)
+    torch.manual_seed(0)
+    a = vae_loss(model, enc, x)  # the first call samples the model once, under fork_rng
+    torch.manual_seed(0)
+    b = vae_loss(model, enc, x)
+    assert torch.equal(a, b)

@@ -121,6 +121,41 @@ def test_cli_info_and_bench_still_parse(capsys):
         main(["info", "--unknown"])
 
 
+@pytest.mark.skipif(not HAS_MPL, reason="needs matplotlib")
+def test_an_interrupted_figure_save_leaves_the_previous_complete_output(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    _quick(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"metrics.json", "demo.png"}
+    real_savefig = Figure.savefig
+
+    def interrupted(self, fname, *args, **kwargs):  # Ctrl-C half-way through the PNG
+        real_savefig(self, fname, *args, **kwargs)
+        with open(fname, "r+b") as fh:
+            fh.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _quick(tmp_path, seed=1)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # the previous run's files, complete; no temporary files
+
+
+def test_seed_out_of_range_is_a_clean_error(tmp_path, capsys):
+    for seed in (str(2**40), "-1"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "--quick", "--seed", seed, "--out", str(tmp_path)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--seed: expected an integer in [0, 2**32), got {seed}" in err
+        assert "Traceback" not in err
+    with pytest.raises(ValueError, match=r"seed: expected an integer in \[0, 2\*\*32\)"):
+        _quick(tmp_path, seed=2**40)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_default_demo_closes_the_gap_to_the_mle(tmp_path):
     """The default budget (200 steps) ends within 0.25 nats per point of the MLE, and the

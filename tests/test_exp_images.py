@@ -122,7 +122,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="x"):
         gen.log_joint(torch.zeros(3, 2), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="n"):
-        gen.sample(0)
+        gen.sample(-1)
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -64,6 +64,51 @@ def test_metrics_must_be_flat_numbers(tmp_path):
     assert json.loads(path.read_text())["details"] == {"non_finite": ["a"]}
 
 
+def _fake_experiment(monkeypatch, interrupt_after=None):
+    """Registers experiment "fake": it writes config.json, a plot, results.md, metrics.json
+    (through _common) and, with ``interrupt_after``, is interrupted after that file."""
+    import types
+
+    module = types.ModuleType("fake_experiment")
+
+    def run(*, quick, seed, out, device, progress):
+        env = {"seed": seed}
+        _common.write_json(out / "config.json", {"seed": seed})
+        if interrupt_after == "config.json":
+            raise KeyboardInterrupt
+        (out / "plot.png").write_bytes(b"\x89PNG" + bytes([seed]) * 50)
+        if interrupt_after == "plot.png":
+            (out / "plot.png").write_bytes(b"\x89PN")  # half-way through the figure
+            raise KeyboardInterrupt
+        _common.write_results_md(out, "fake", [("seed", str(seed))])
+        _common.write_metrics(out, {"seed": float(seed)}, {}, env)
+        return {"seed": float(seed)}
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "fake_experiment", module)
+    monkeypatch.setitem(EXPERIMENTS, "fake", "fake_experiment")
+
+
+def test_an_interrupted_experiment_leaves_the_previous_complete_output(tmp_path, monkeypatch):
+    _fake_experiment(monkeypatch)
+    assert run_experiment("fake", seed=1, out=tmp_path) == {"seed": 1.0}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"config.json", "plot.png", "results.md", "metrics.json"}
+    for where in ("config.json", "plot.png"):
+        _fake_experiment(monkeypatch, interrupt_after=where)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("fake", seed=2, out=tmp_path)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, where
+    # a run killed outright leaves its staging folder: the next run removes it
+    stale = tmp_path / ".staging.999999999.0123abcd.tmp"
+    stale.mkdir()
+    (stale / "metrics.json").write_text("{}")
+    _fake_experiment(monkeypatch)
+    run_experiment("fake", seed=3, out=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 3
+
+
 def test_plots_are_skipped_with_a_warning_without_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.warns(_common.PlotsSkippedWarning, match=r"fastamort\[bench\]"):

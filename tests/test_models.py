@@ -11,12 +11,16 @@ from torch import distributions as dist
 
 from fastamort.models import (
     BernoulliNMF,
+    CircleGenerator,
     CircleModel,
     FactorAnalysis,
     GaussianMixture,
     HierarchicalMixture,
+    HodgkinHuxley,
     LaplaceICA,
     LatentOscillator,
+    MLPGenerator,
+    NeuralProcess,
     is_expfam,
 )
 
@@ -90,6 +94,44 @@ def test_sample_count_and_log_joint_rows_are_checked(make):
         model.log_joint(z, x[:3])
 
 
+# every model the package exports, with small sizes
+ALL_MODELS = {
+    **MODELS,
+    "circle-image": lambda: CircleGenerator(16, hidden=(8,)),
+    "hodgkin-huxley": lambda: HodgkinHuxley(torch.ones(40)),
+    "mlp-bernoulli": lambda: MLPGenerator(6, 2, hidden=(8,)),
+    "mlp-gaussian": lambda: MLPGenerator(6, 2, hidden=(8,), likelihood="gaussian"),
+    "neural-process": lambda: NeuralProcess(h_dim=8, r_dim=8, z_dim=4).condition(
+        torch.randn(1, 3, 1), torch.randn(1, 3, 1), torch.randn(1, 4, 1)
+    ),
+}
+
+
+def test_every_exported_model_is_covered():
+    import fastamort.models as m
+
+    exported = {n for n in m.__all__ if isinstance(getattr(m, n), type)}
+    covered = {type(make()).__name__ for make in ALL_MODELS.values()}
+    bases = {"ExpFamModel", "GaussianObservationModel", "GenerativeModel", "NeuralProcess"}
+    assert exported - bases <= covered, exported - bases - covered
+
+
+@pytest.mark.parametrize("make", ALL_MODELS.values(), ids=ALL_MODELS.keys())
+def test_no_samples_give_an_empty_log_joint(make):
+    torch.manual_seed(0)
+    model = make()
+    z, x = model.sample(0)
+    assert x.shape[0] == 0
+    out = model.log_joint(z, x)
+    assert out.shape == (0,)
+    if is_expfam(model):
+        assert model.sufficient_stats(x).shape[0] == 0
+        assert model.natural_params(z).shape == model.sufficient_stats(x).shape
+        assert model.log_normaliser(z).shape == (0,) and model.log_prior(z).shape == (0,)
+    z1, x1 = model.sample(1)
+    assert x1.shape[1:] == x.shape[1:] and model.log_joint(z1, x1).shape == (1,)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
@@ -107,3 +149,23 @@ def test_sample_count_and_log_joint_rows_are_checked(make):
 def test_constructors_name_bad_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_neural_process_errors_name_the_argument():
+    net = NeuralProcess(x_dim=1, y_dim=2, h_dim=8, r_dim=8, z_dim=4)
+    xc, yc, xt = torch.randn(1, 3, 1), torch.randn(1, 3, 2), torch.randn(1, 4, 1)
+    yt = torch.randn(1, 4, 2)
+    with pytest.raises(ValueError, match=r"^y_context: expected shape \(1, 3, 2\)"):
+        net.condition(xc, yc[:, :2], xt)
+    with pytest.raises(ValueError, match=r"^y_context: expected shape \(1, 3, 2\)"):
+        net.condition(xc, yc[..., :1], xt)
+    with pytest.raises(ValueError, match=r"^x_context: expected shape \(B, points, 1\)"):
+        net.condition(torch.randn(1, 3, 2), yc, xt)
+    with pytest.raises(ValueError, match=r"^x_target: expected shape \(B, points, 1\)"):
+        net.condition(xc, yc, torch.randn(1, 4, 3))
+    with pytest.raises(ValueError, match=r"^y_target: expected shape \(1, 4, 2\)"):
+        net.elbo(xc, yc, xt, yt[:, :3])
+    with pytest.raises(ValueError, match=r"^y_context: expected shape"):
+        net.predictive_log_likelihood(xc, yc[:, :1], xt, yt)
+    with pytest.raises(ValueError, match=r"^x_target: expected shape"):
+        net.predict(xc, yc, xt[0])

@@ -27,6 +27,8 @@ TEXT = README.read_text()
 FENCED = re.findall(r"^```(\w*)\n(.*?)^```", TEXT, flags=re.S | re.M)
 BLOCKS = [code for lang, code in FENCED if lang == "python"]
 TEST_COMMAND = "TRITON_INTERPRET=1 python -m pytest -n 2 -q"
+SETUP_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && fastamort demo'
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 # command -> ("run", expected output fragment) | ("test", "tests/file.py::name") | ("skip", why)
 SHELL = {
@@ -34,6 +36,7 @@ SHELL = {
     'pip install -e ".[test]"': ("skip", "installs packages; .ci/run runs this install"),
     "fastamort demo": ("test", "tests/test_demo.py::test_default_demo_closes_the_gap_to_the_mle"),
     TEST_COMMAND: ("skip", "the test suite itself; CI runs it from the line after the marker"),
+    CPU_TORCH: ("skip", "installs torch from PyTorch's index (network); the set-up line's variant"),
     "fastamort bench gram --quick": ("run", "--quick"),  # run as --help: a timing run is ~1 min
     "pip wheel . --no-deps --no-build-isolation -w dist": (
         "test",
@@ -69,14 +72,53 @@ def test_readme_block_runs(index):
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
 
 
+def _ci_command(marker: str) -> str:
+    """The command .ci/run takes from README.md (through .ci/readme_command.py)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "readme_command.py"), marker],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.rstrip("\n")
+
+
 def test_readme_first_command_installs_and_runs_the_demo():
     first = next(code for lang, code in FENCED if lang == "bash").strip()
-    assert first == 'pip install torch==2.13.0 && pip install -e ".[test]" && fastamort demo'
+    assert first == SETUP_COMMAND
+    after = TEXT.split("<!-- setup-command -->", 1)[1].lstrip().splitlines()
+    assert after[0] == "```bash" and after[1] == SETUP_COMMAND
+    assert _ci_command("setup-command") == SETUP_COMMAND
 
 
 def test_readme_test_command_follows_the_marker():
     after = TEXT.split("<!-- test-command -->", 1)[1].lstrip().splitlines()
     assert after[0] == "```bash" and after[1] == TEST_COMMAND
+    assert _ci_command("test-command") == TEST_COMMAND
+
+
+def test_ci_runs_readme_commands_verbatim_in_a_fresh_virtual_environment():
+    script = (ROOT / ".ci" / "run").read_text()
+    lines = [line.strip() for line in script.splitlines()]
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        for prefix in (
+            'rm -rf "$venv"',
+            'python3 -m venv "$venv"',
+            '. "$venv/bin/activate"',
+            'bash -c "$setup_command"',
+            "ruff check fastamort tests bench",
+            'bash -c "$test_command"',
+        )
+    ]
+    assert order == sorted(order), "out of order: fresh venv, set-up, lint, tests"
+    assert "setup_command=$(python3 .ci/readme_command.py setup-command)" in lines
+    assert "test_command=$(python3 .ci/readme_command.py test-command)" in lines
+    assert "pip install" not in script, ".ci/run installs nothing README.md does not"
+
+
+def test_readme_says_which_torch_build_the_torch_step_brings():
+    assert "CUDA build" in TEXT and "nvidia-*" in TEXT  # what a plain PyPI install brings
+    assert CPU_TORCH in TEXT  # and how to get the CPU-only build instead
 
 
 @pytest.mark.parametrize("command", _shell_commands())

@@ -12,10 +12,14 @@ pip >= 22.3); torch, NumPy, SciPy and tqdm come from the running interpreter's s
 through a ``.pth`` path entry (after the venv's own site-packages, and without running the
 host's ``.pth`` hooks, so an editable install of the checkout stays invisible). The smoke test
 asserts that fastamort and its ``_C`` are imported from the venv.
+
+The builds run without build isolation (no network): the build requirements, setuptools >= 77
+and pybind11, come with the ``test`` extra (tests/test_packaging.py checks that they do).
 """
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import os
 import re
@@ -28,6 +32,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import fastamort
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = Path(__file__).resolve().parent / "wheel_smoke.py"
@@ -79,10 +85,13 @@ def _wheel_from(src: Path, out: Path, **env: str) -> Path:
     return path
 
 
-def _requires_dist(whl: zipfile.ZipFile) -> list[str]:
+def _metadata(whl: zipfile.ZipFile) -> email.message.Message:
     (name,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
-    meta = email.parser.Parser().parsestr(whl.read(name).decode())
-    return meta.get_all("Requires-Dist") or []
+    return email.parser.Parser().parsestr(whl.read(name).decode())
+
+
+def _requires_dist(whl: zipfile.ZipFile) -> list[str]:
+    return _metadata(whl).get_all("Requires-Dist") or []
 
 
 def _host_paths() -> list[str]:
@@ -105,6 +114,8 @@ def test_sdist_has_everything_the_build_needs(tmp_path):
     assert sources <= names, f"missing from the sdist: {sorted(sources - names)}"
     assert {"setup.py", "pyproject.toml", "README.md", "MANIFEST.in"} <= names
     assert "fastamort/__init__.py" in names and "fastamort/demo.py" in names
+    assert {"fastamort/_version.py", "fastamort/py.typed"} <= names
+    assert sdist.name == f"fastamort-{fastamort.__version__}.tar.gz"
     assert not [n for n in names if n.endswith((".so", ".pyd", ".pyc"))]
 
 
@@ -126,6 +137,8 @@ def test_cpu_wheel_builds_installs_and_runs_away_from_the_source_tree(tmp_path):
         ext = [n for n in names if re.fullmatch(r"fastamort/_C\.[^/]*(\.so|\.pyd)", n)]
         assert len(ext) == 1, f"the wheel has no compiled fastamort._C: {names}"
         assert "fastamort/demo.py" in names and "fastamort/cli.py" in names
+        assert "fastamort/py.typed" in names  # type information for users' checkers
+        assert _metadata(whl)["Version"] == fastamort.__version__
         assert not [n for n in names if n.startswith(("csrc/", "tests/", "bench/"))]
         so = tmp_path / "ext" / Path(ext[0]).name
         so.parent.mkdir()

@@ -3,12 +3,92 @@
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..models.base import check_model
-from .encoders import Encoder
+from .encoders import CategoricalEncoder, Encoder
+
+
+@dataclass(frozen=True)
+class SampleSignature:
+    """What one sample of a model looks like: its latent (None when not one tensor) and the
+    number of values of one observation."""
+
+    latent_shape: tuple[int, ...] | None  # per sample
+    latent_dtype: torch.dtype | None
+    latent_type: str
+    obs_size: int
+
+
+_SIGNATURES: weakref.WeakKeyDictionary[nn.Module, SampleSignature] = weakref.WeakKeyDictionary()
+
+
+def sample_signature(model: nn.Module) -> SampleSignature:
+    """:class:`SampleSignature` of ``model`` from one sample, drawn once per model with the
+    global torch RNG saved and restored (so a run's random numbers do not change)."""
+    sig = _SIGNATURES.get(model)
+    if sig is None:
+        param = next(iter(model.parameters()), None)
+        devices = [param.device] if param is not None and param.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            z, x = model.sample(1)
+        tensor = isinstance(z, torch.Tensor)
+        sig = SampleSignature(
+            tuple(z.shape[1:]) if tensor else None,
+            z.dtype if tensor else None,
+            type(z).__name__,
+            math.prod(x.shape[1:]),
+        )
+        _SIGNATURES[model] = sig
+    return sig
+
+
+def check_encoder_fits(model: nn.Module, encoder: Encoder, x: torch.Tensor) -> None:
+    """ValueError/TypeError naming the mismatch when ``encoder``'s latents (or ``x``) are not
+    what ``model.log_joint`` takes, before any particle reaches the model."""
+    sig = sample_signature(model)
+    name = type(model).__name__
+    if math.prod(x.shape[1:]) != sig.obs_size:
+        raise ValueError(
+            f"x: {math.prod(x.shape[1:])} values per datum (shape {tuple(x.shape)}), but "
+            f"{name}'s observations have {sig.obs_size}"
+        )
+    if sig.latent_shape is None:
+        raise TypeError(
+            f"model: {name}'s latents are a {sig.latent_type}, not one tensor per sample; the "
+            "baselines' encoders give one tensor (GaussianEncoder: (k,) reals; "
+            "CategoricalEncoder: one integer)"
+        )
+    model_latent = f"{'reals' if sig.latent_dtype.is_floating_point else 'integers'} of shape "
+    model_latent += f"{sig.latent_shape}"
+    if isinstance(encoder, CategoricalEncoder):
+        gives = f"one integer in [0, {encoder.n_categories})"
+        fits = not sig.latent_dtype.is_floating_point and sig.latent_shape == ()
+        k = getattr(model, "n_components", None)
+        if fits and isinstance(k, int) and k != encoder.n_categories:
+            raise ValueError(
+                f"encoder: CategoricalEncoder over {encoder.n_categories} categories, but {name} "
+                f"has n_components = {k}; use encoder_for(model)"
+            )
+    else:
+        latent_dim = getattr(encoder, "latent_dim", None)
+        gives = f"reals of shape ({latent_dim},)"
+        fits = sig.latent_dtype.is_floating_point and sig.latent_shape == (latent_dim,)
+        param = next(iter(encoder.parameters()), None)
+        if fits and param is not None and param.dtype != sig.latent_dtype:
+            raise ValueError(
+                f"encoder: its parameters are {param.dtype} but {name}'s latents are "
+                f"{sig.latent_dtype}; convert one of them (e.g. encoder.to({sig.latent_dtype}))"
+            )
+    if not fits:
+        raise ValueError(
+            f"encoder: {type(encoder).__name__} gives {gives} per datum, but {name}'s latents "
+            f"are {model_latent}; use encoder_for(model) or an encoder of the model's latent size"
+        )
 
 
 def check_inputs(model: nn.Module, encoder: object, x: object) -> torch.Tensor:
@@ -26,6 +106,7 @@ def check_inputs(model: nn.Module, encoder: object, x: object) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x: contains NaN or infinite values")
     encoder.flat(x)  # shape check against the encoder's input size
+    check_encoder_fits(model, encoder, x)
     return x
 
 

@@ -6,6 +6,7 @@ import argparse
 import csv
 import datetime as _dt
 import gc
+import io
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 import fastamort
+from fastamort._atomic import StagedFiles, probe_writable
 
 
 def available_backends(op: str, device: torch.device) -> list[str]:
@@ -158,28 +160,39 @@ def write_results(
     *,
     json_path: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
+    stage: StagedFiles | None = None,
 ) -> None:
-    """JSON: {"environment": env, "rows": rows} (overwritten). CSV: rows appended, env inlined."""
+    """JSON: {"environment": env, "rows": rows} (overwritten). CSV: rows appended, env inlined.
+
+    Both files are replaced atomically (the CSV with its old rows and the new ones), together
+    with the other files of ``stage`` when given (see :mod:`fastamort._atomic`).
+    """
+    if stage is None:
+        with StagedFiles() as own:
+            write_results(rows, env, json_path=json_path, csv_path=csv_path, stage=own)
+        return
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(json_path, "w") as fh:
-            json.dump({"environment": env, "rows": list(rows)}, fh, indent=1)
+        stage.write(json_path, json.dumps({"environment": env, "rows": list(rows)}, indent=1))
     if csv_path:
-        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
         full = [{**env, **r} for r in rows]
         fields: list[str] = []
         for r in full:
             fields += [k for k in r if k not in fields]
-        exists = Path(csv_path).exists() and Path(csv_path).stat().st_size > 0
-        if exists:
-            with open(csv_path) as fh:
-                header = next(csv.reader(fh), [])
-            fields = header  # keep the file's columns; new ones go to the JSON only
-        with open(csv_path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            if not exists:
-                writer.writeheader()
-            writer.writerows(full)
+        old = ""
+        if Path(csv_path).exists():
+            with open(csv_path, newline="") as fh:
+                old = fh.read()
+        if old:
+            fields = next(csv.reader(io.StringIO(old)), [])  # keep the file's columns;
+            # new ones go to the JSON only
+            if not old.endswith("\n"):
+                old += "\n"
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+        if not old:
+            writer.writeheader()
+        writer.writerows(full)
+        stage.write(csv_path, old + text.getvalue())
 
 
 def bench_main(
@@ -206,13 +219,14 @@ def bench_main(
         path = getattr(args, flag)
         try:
             if path is not None:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                probe_writable(path)
         except OSError as err:
             parser.error(f"--{flag}: cannot write {path!r}: {err}")
     rows, env = run(quick=args.quick, device=args.device)
     print(f"\n{env['device_name']}, torch {env['torch']}, {env['cpu_threads']} threads")
     print_table(rows, columns)
-    write_results(rows, env, json_path=args.json, csv_path=args.csv)
-    if args.plot:
-        plot(rows, args.plot)
+    with StagedFiles() as stage:  # all files replaced together at the end, or none
+        if args.plot:
+            plot(rows, str(stage.path(args.plot)))
+        write_results(rows, env, json_path=args.json, csv_path=args.csv, stage=stage)
     return 0

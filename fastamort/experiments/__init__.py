@@ -86,7 +86,8 @@ def run_experiment(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return module.run(quick=quick, seed=seed, out=folder, device=dev, progress=progress)
+        with _common.staged_output(folder) as stage:  # the files move into folder at the end
+            return module.run(quick=quick, seed=seed, out=stage, device=dev, progress=progress)
     finally:
         torch.set_num_threads(before)
 

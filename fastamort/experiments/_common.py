@@ -14,6 +14,11 @@ Every run writes into its output folder:
     plots (matplotlib, Agg backend). matplotlib is an optional dependency
     (``pip install 'fastamort[bench]'``): without it the plots are skipped with a
     :class:`PlotsSkippedWarning` and everything else is written.
+
+:func:`fastamort.experiments.run_experiment` runs an experiment in a staging folder
+(:func:`staged_output`) and moves its files into the output folder only when it has finished,
+``metrics.json`` last: an interrupted or failed run leaves the previous run's files, complete.
+Each file is also written atomically on its own (:mod:`fastamort._atomic`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _atomic
+
 DEFAULT_ROOT = "fastamort-experiments"
 
 
@@ -47,7 +54,18 @@ def resolve_out(name: str, out: str | Path | None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"out: cannot create the folder {str(path)!r}: {err}") from err
+    try:  # a real write now, rather than a failure after the run
+        _atomic.probe_writable(path / "metrics.json")
+    except OSError as err:
+        raise ValueError(f"out: cannot write into the folder {str(path)!r}: {err}") from err
     return path
+
+
+def staged_output(folder: Path):
+    """Context manager: a fresh staging folder for one run's files, moved into ``folder`` at a
+    clean exit (``metrics.json`` last), removed at an exception (see
+    :func:`fastamort._atomic.staged_folder`)."""
+    return _atomic.staged_folder(folder, last=("metrics.json",))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -118,9 +136,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> Path:
-    with open(path, "w") as fh:
-        json.dump(_jsonable(obj), fh, indent=1)
-        fh.write("\n")
+    _atomic.atomic_write(path, json.dumps(_jsonable(obj), indent=1) + "\n")
     return path
 
 
@@ -192,9 +208,7 @@ def write_results_md(out: Path, title: str, sections: Sequence[tuple[str, str]])
     text = [f"# {title}", ""]
     for heading, body in sections:
         text += [f"## {heading}", "", body.rstrip(), ""]
-    path = out / "results.md"
-    path.write_text("\n".join(text))
-    return path
+    return _atomic.atomic_write(out / "results.md", "\n".join(text))
 
 
 def pyplot():

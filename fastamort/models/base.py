@@ -36,6 +36,13 @@ def is_expfam(model: object) -> bool:
     return all(callable(getattr(model, name, None)) for name in EXPFAM_METHODS)
 
 
+def sample_categorical(probs: torch.Tensor, n: int) -> torch.Tensor:
+    """n independent draws from Categorical(probs) (K,): (n,) int64, also for n = 0."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=probs.device)
+    return torch.multinomial(probs, n, replacement=True)
+
+
 def check_model(model: object) -> None:
     """``TypeError`` unless ``model`` follows the protocol (names what is missing)."""
     missing = [m for m in ("sample", "log_joint") if not callable(getattr(model, m, None))]

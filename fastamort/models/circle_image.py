@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..likelihoods import GaussianLikelihood
+from ..likelihoods import GaussianLikelihood, flat
 from .base import GaussianObservationModel
 
 
@@ -109,7 +109,7 @@ class CircleGenerator(GaussianObservationModel):
         The squared error is the mean over pixels of (x − g_θ(z(â)))².
         """
         a, mu = self.sweep(n_angles)
-        x = x.reshape(x.shape[0], -1).to(mu.dtype)
+        x = flat(x).to(mu.dtype)
         d2 = _sq_dist(x, mu) / self.obs_dim  # (n, A)
         best, idx = d2.min(dim=1)
         return a[idx], best
@@ -122,7 +122,7 @@ class CircleGenerator(GaussianObservationModel):
         ref = self._ref()
         a = angle_grid(n_angles, dtype=ref.dtype, device=ref.device)
         mu = self.mean(circle_point(a))  # (A, D)
-        x = x.reshape(x.shape[0], -1).to(mu.dtype)
+        x = flat(x).to(mu.dtype)
         var = self.likelihood.variance()
         d2 = _sq_dist(x, mu)
         log_comp = -0.5 * d2 / var - 0.5 * self.obs_dim * torch.log(2 * math.pi * var)

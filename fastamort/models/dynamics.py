@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int
-from ..likelihoods import GaussianLikelihood
+from ..likelihoods import GaussianLikelihood, flat
 from ._args import check_count, check_positive
 from .base import GaussianObservationModel
 
@@ -131,7 +131,7 @@ class LatentOscillator(GaussianObservationModel):
         return z.reshape(z.shape[0], self.n_steps, 2)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.frames(self._latent(z)).reshape(z.shape[0], -1)
+        return flat(self.frames(self._latent(z)))
 
     def simulate(self, start: torch.Tensor, n_steps: int) -> torch.Tensor:
         """Forward simulation of ``n_steps`` states from ``start`` (..., 2): (..., n_steps, 2)."""

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from .._checks import check_int
 from ..likelihoods import flat
 from ._args import check_count, check_positive
-from .base import ExpFamModel
+from .base import ExpFamModel, sample_categorical
 
 
 class HierarchicalMixture(ExpFamModel):
@@ -115,7 +115,7 @@ class HierarchicalMixture(ExpFamModel):
 
     def sample_latent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(c (n,), z (n, d)) from the prior."""
-        c = torch.multinomial(self.mixing_weights().detach(), n, replacement=True)
+        c = sample_categorical(self.mixing_weights().detach(), n)
         eps = torch.randn(n, self.latent_dim, dtype=self.means.dtype, device=self.means.device)
         z = self.means[c] + (self.scale_tril()[c] @ eps[:, :, None])[:, :, 0]
         return c, z

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..likelihoods import GaussianLikelihood
+from ..likelihoods import GaussianLikelihood, flat
 from ._args import check_count, check_positive
 from .base import GaussianObservationModel
 
@@ -107,7 +107,7 @@ class LaplaceICA(GaussianObservationModel):
 
     def unmix(self, x: torch.Tensor) -> torch.Tensor:
         """A⁺ x, the least-squares sources: (n, D) → (n, K)."""
-        return x.reshape(x.shape[0], -1) @ torch.linalg.pinv(self.mixing).T
+        return flat(x) @ torch.linalg.pinv(self.mixing).T
 
     def noiseless_log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """Mean log p(x) of the noiseless model (σ → 0) for a square A, shape ()."""
@@ -121,7 +121,7 @@ class LaplaceICA(GaussianObservationModel):
 
 def laplace_ica_log_likelihood(mixing: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of Σ_i log Laplace((A⁻¹x)_i; 0, 1) − log|det A|, A square (D, D)."""
-    x = x.reshape(x.shape[0], -1).to(mixing.dtype)
+    x = flat(x).to(mixing.dtype)
     s = torch.linalg.solve(mixing, x.T).T
     _, logdet = torch.linalg.slogdet(mixing)
     return (-(s.abs().sum(-1)) - s.shape[1] * math.log(2.0)).mean() - logdet

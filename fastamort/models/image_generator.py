@@ -118,7 +118,7 @@ class MLPGenerator(ExpFamModel):
     def sample_latent(self, n: int) -> torch.Tensor:
         """z ~ N(0, I_k), (n, k), in the parameters' dtype and device."""
         p = self.net[-1].weight
-        return torch.randn(check_count("n", n), self.latent_dim, dtype=p.dtype, device=p.device)
+        return torch.randn(check_count("n", n, 0), self.latent_dim, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..likelihoods import GaussianLikelihood
 from ._args import check_count, check_positive
-from .base import GaussianObservationModel
+from .base import GaussianObservationModel, sample_categorical
 
 
 class GaussianMixture(GaussianObservationModel):
@@ -35,7 +35,7 @@ class GaussianMixture(GaussianObservationModel):
         return self.means[z]
 
     def sample_latent(self, n: int) -> torch.Tensor:
-        return torch.multinomial(torch.softmax(self.logits, 0), n, replacement=True)
+        return sample_categorical(torch.softmax(self.logits, 0), n)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.logits, 0)[z]

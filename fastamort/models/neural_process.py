@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import check_int
+from ..likelihoods import flat
 from ._args import check_count
 from .base import ExpFamModel
 
@@ -83,12 +84,21 @@ class NeuralProcess(nn.Module):
         self.decoder = _mlp([x_dim + z_dim, h_dim, h_dim, 2 * y_dim])
 
     # --- networks -------------------------------------------------------------------------
-    def _check(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def _check(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, names: tuple[str, str] = ("x", "y")
+    ) -> None:
+        """Shapes (B, points, x_dim) and (B, points, y_dim); errors use ``names``."""
+        x_name, y_name = names
         if x.ndim != 3 or x.shape[-1] != self.x_dim:
-            raise ValueError(f"x: expected shape (B, points, {self.x_dim}), got {tuple(x.shape)}")
-        if y is not None and (y.shape[:2] != x.shape[:2] or y.shape[-1] != self.y_dim):
             raise ValueError(
-                f"y: expected shape {(*x.shape[:2], self.y_dim)}, got {tuple(y.shape)}"
+                f"{x_name}: expected shape (B, points, {self.x_dim}), got {tuple(x.shape)}"
+            )
+        if y is not None and (
+            y.ndim != 3 or y.shape[:2] != x.shape[:2] or y.shape[-1] != self.y_dim
+        ):
+            raise ValueError(
+                f"{y_name}: expected shape {(*x.shape[:2], self.y_dim)} (one value of "
+                f"{self.y_dim} per point of {x_name}), got {tuple(y.shape)}"
             )
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,7 +135,8 @@ class NeuralProcess(nn.Module):
     ) -> torch.Tensor:
         """The NP ELBO per task, (B,): E_q log p(y_T | x_T, z) − KL(q(z | C ∪ T) ‖ p(z | C)),
         with q from the encoder on context ∪ targets, reparameterised."""
-        self._check(x_target, y_target)
+        self._check(x_context, y_context, names=("x_context", "y_context"))
+        self._check(x_target, y_target, names=("x_target", "y_target"))
         prior = self.latent(x_context, y_context)
         post = self.latent(torch.cat([x_context, x_target], 1), torch.cat([y_context, y_target], 1))
         z = post.rsample((n_samples,)).transpose(0, 1)  # (B, S, dz)
@@ -145,6 +156,8 @@ class NeuralProcess(nn.Module):
     ) -> torch.Tensor:
         """log p_θ(y_T | x_T, C) per task, (B,), by Monte Carlo over z ~ p_θ(z | C):
         log mean_s p(y_T | x_T, z_s) (a consistent, slightly low-biased estimate)."""
+        self._check(x_context, y_context, names=("x_context", "y_context"))
+        self._check(x_target, y_target, names=("x_target", "y_target"))
         prior = self.latent(x_context, y_context)
         parts = []
         for start in range(0, n_samples, chunk):
@@ -162,6 +175,8 @@ class NeuralProcess(nn.Module):
         n_samples: int = 500,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Mean and standard deviation of the predictive mixture p(y | x_T, C), (B, T, dy)."""
+        self._check(x_context, y_context, names=("x_context", "y_context"))
+        self._check(x_target, names=("x_target", ""))
         z = self.latent(x_context, y_context).sample((n_samples,)).transpose(0, 1)
         mu, std = self.decode(x_target, z)
         mean = mu.mean(1)
@@ -204,8 +219,8 @@ class ConditionalNP(ExpFamModel):
                 tensors[name] = t[None]
             elif t.ndim != 3 or t.shape[0] != 1:
                 raise ValueError(f"{name}: expected shape (1, points, dim), got {tuple(t.shape)}")
-        process._check(tensors["x_context"], tensors["y_context"])
-        process._check(tensors["x_target"])
+        process._check(tensors["x_context"], tensors["y_context"], names=("x_context", "y_context"))
+        process._check(tensors["x_target"], names=("x_target", ""))
         self.process = process
         for name, t in tensors.items():
             self.register_buffer(name, t.detach())
@@ -220,7 +235,7 @@ class ConditionalNP(ExpFamModel):
     def decoded(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, σ) of y_T given z (n, dz), each (n, T·dy)."""
         mu, std = self.process.decode(self.x_target, z[None])
-        return mu.reshape(z.shape[0], -1), std.reshape(z.shape[0], -1)
+        return flat(mu[0]), flat(std[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +245,7 @@ class ConditionalNP(ExpFamModel):
         return z, mu + std * torch.randn_like(mu)
 
     def sufficient_stats(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1)
+        x = flat(x)
         return torch.cat([x, x * x], -1)
 
     def natural_params(self, z: torch.Tensor) -> torch.Tensor:
