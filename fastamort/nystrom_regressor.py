@@ -1,0 +1,515 @@
+"""``fastamort.NystromKernelRidge``: Nyström kernel ridge regression for 10⁵–10⁷ points.
+
+Solves min_w ‖y − K_nm w‖² + α wᵀK_mm w (K_nm = k(X, C), K_mm = k(C, C), C the m centres) by
+conjugate gradients preconditioned as in Falkon (Rudi, Carratino & Rosasco, NeurIPS 2017;
+Meanti et al., NeurIPS 2020), with every product Kᵀ_nm W K_nm v streamed by the fused
+:func:`fastamort.ops.normal_matmul.normal_matmul` (the n × m matrix is never stored), or, for
+small m, by one Cholesky of the m × m normal equations (``solver="direct"``). Shares
+:class:`fastamort.KernelRidge`'s input handling (NumPy in/out, torch in/out on the tensor's
+device, scikit-learn's validation when installed).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._regressor_kernels import NATIVE, lengthscale_for, resolve_gamma
+from .ops.gram import gram
+from .ops.gram_matmul import gram_matmul
+from .ops.normal_matmul import BLOCK_ENTRIES, normal_matmul
+from .regressor import (
+    _BACKENDS,
+    HAVE_SKLEARN,
+    BaseEstimator,
+    KernelRidge,
+    MultiOutputMixin,
+    RegressorMixin,
+    _as_tensor,
+    _check_x,
+    _from_numpy,
+    _r2,
+    _torch_dtype,
+)
+from .solvers.cg import block_pcg
+from .solvers.nystrom import EIG_RTOL
+
+if HAVE_SKLEARN:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils.validation import check_is_fitted
+else:
+    from .regressor import NotFittedError
+
+    class ConvergenceWarning(UserWarning):  # type: ignore[no-redef]
+        """An iterative solver stopped before reaching its tolerance (as scikit-learn's)."""
+
+    def check_random_state(seed):  # type: ignore[no-redef]
+        """A RandomState from None, an int or a RandomState (scikit-learn's rule)."""
+        if seed is None or seed is np.random:
+            return np.random.mtrand._rand
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            return np.random.RandomState(seed)
+        if isinstance(seed, np.random.RandomState):
+            return seed
+        raise ValueError(f"random_state: {seed!r} cannot be used to seed a RandomState instance")
+
+    def check_is_fitted(estimator) -> None:  # type: ignore[no-redef]
+        if not hasattr(estimator, "dual_coef_"):
+            raise NotFittedError(
+                f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+
+__all__ = ["ConvergenceWarning", "NystromKernelRidge"]
+
+#: Kernel names → the engine's kernel (``"gaussian"`` is ``"rbf"``'s alias here).
+KERNELS = {**NATIVE, "gaussian": "gaussian"}
+SOLVERS = ("pcg", "direct")
+#: Default CG stopping rule: relative residual of the preconditioned normal equations.
+DEFAULT_TOL = 1e-4
+#: Default cap on CG iterations.
+DEFAULT_MAX_ITER = 100
+#: First jitter added to K_mm's diagonal for the preconditioner's Cholesky factor, per centre
+#: (Falkon's 1e-13·m in float64); multiplied by 10 until the factorisation succeeds. It only
+#: shapes the preconditioner: CG solves the system without it.
+JITTER_PER_CENTRE = 1e-13
+
+
+def _positive_cholesky(a: torch.Tensor, start: float) -> torch.Tensor:
+    """Lower Cholesky factor L (LLᵀ = a + jitter·I), jitter 0, then from ``start`` up by 10×
+    until the factorisation succeeds."""
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    jitter = 0.0
+    for attempt in range(16):
+        lower, info = torch.linalg.cholesky_ex(a + jitter * eye)
+        if int(info) == 0:
+            return lower
+        jitter = start * 10.0**attempt
+    raise ValueError(
+        f"the {a.shape[0]}×{a.shape[0]} centre kernel matrix is not positive definite even "
+        f"with jitter {jitter:.3g} (are the centres or the lengthscale extreme?)"
+    )
+
+
+class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    r"""Nyström kernel ridge regression, scikit-learn compatible, for up to millions of points.
+
+    Fits ``w`` in
+
+    .. math:: \min_w \|y - K_{nm} w\|^2_W + \alpha\, w^\top K_{mm} w,
+
+    with ``K_nm = k(X, C)``, ``K_mm = k(C, C)`` for m centres C drawn uniformly from the rows of
+    X (W: the sample weights), and predicts ``k(X_new, C) @ w``. With m = n (all rows as
+    centres) this is :class:`fastamort.KernelRidge`'s objective ‖y − Kc‖² + α cᵀKc; with
+    m < n it is what scikit-learn's ``make_pipeline(Nystroem(n_components=m, gamma=γ),
+    Ridge(alpha=α, fit_intercept=False))`` solves, so the same α means the same model (and the
+    same ``random_state`` draws the same centres as ``Nystroem``).
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Ridge, > 0.
+    kernel : {"rbf", "gaussian", "laplacian", "matern12", "matern32", "matern52"}, default="rbf"
+        As for :class:`fastamort.KernelRidge` (``"gaussian"`` is ``"rbf"``).
+    gamma : float, default=None
+        rbf: exp(−γ‖x − y‖²); laplacian: exp(−γ‖x − y‖₁); Matérn: lengthscale 1/√(2γ).
+        ``None``: ``1/n_features``, unless ``lengthscale`` is given.
+    lengthscale : float, default=None
+        The kernel's lengthscale ℓ instead of γ (rbf: exp(−‖x − y‖²/(2ℓ²)); laplacian:
+        exp(−‖x − y‖₁/ℓ)). Give ``gamma`` or ``lengthscale``, not both.
+    n_components : int, default=1000
+        Number of centres m. More than the number of samples is clipped to it, with a warning
+        (as scikit-learn's ``Nystroem``).
+    centers : "uniform" or array-like of shape (m, n_features), default="uniform"
+        ``"uniform"``: m rows of X drawn without replacement (``random_state``); an array: these
+        centres (then ``n_components`` is not used).
+    solver : {"pcg", "direct"}, default="pcg"
+        ``"pcg"``: preconditioned conjugate gradients, O(n·m·D) time per iteration and
+        O(n·D + m²) memory. ``"direct"``: forms Kᵀ_nm W K_nm (m × m) in row blocks, O(n·m²)
+        time, then one eigendecomposition and one Cholesky of m × m matrices; best for small m.
+    max_iter : int, default=None
+        CG iterations at most (``None``: 100). Stopping there raises a ``ConvergenceWarning``.
+    tol : float, default=None
+        CG stops when every target's relative residual of the preconditioned normal equations
+        is ≤ tol (``None``: 1e-4).
+    random_state : int, RandomState instance or None, default=None
+        Draws the centres (as ``Nystroem``'s ``random_state``).
+    backend : {"auto", "triton", "cpp", "torch"}, default="auto"
+        Backend of the fastamort ops.
+    dtype : torch or NumPy float dtype, or its name, default=None
+        Precision of the distances and kernel values (products, sums, the preconditioner and the
+        coefficients are float64 whatever it is). ``None``: float64 for NumPy input, the
+        input's dtype for a float32/float64 tensor. float32 is about twice as fast on the CPU.
+
+    Attributes
+    ----------
+    centers_ : ndarray or Tensor of shape (m, n_features)
+        The centres (a tensor on the input's device for torch input).
+    dual_coef_ : ndarray or Tensor of shape (m,) or (m, n_targets)
+        The coefficients w (float64).
+    n_components_ : int
+        m, the number of centres used.
+    lengthscale_ : float
+        The kernel's lengthscale (from ``gamma`` or ``lengthscale``).
+    n_iter_ : int or None
+        CG iterations run (``None`` for ``solver="direct"``).
+    residual_ : float
+        Final relative residual (largest over the targets): of the preconditioned normal
+        equations for ``"pcg"``, of the m × m normal equations for ``"direct"``.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only for input with string column names (a pandas DataFrame).
+
+    Notes
+    -----
+    Which estimator to pick: :class:`fastamort.KernelRidge` (exact, O(n³) time, O(n²) memory)
+    up to n ≈ 2·10⁴; beyond, this one with ``solver="pcg"``, which needs O(n·D + m²) memory and
+    O(n·m·D) time per CG iteration (10–30 iterations are typical); ``solver="direct"`` when
+    n·m² is cheaper than the iterations (m of a few hundred). m = 1000–5000 centres usually
+    match exact KRR's accuracy on smooth targets.
+
+    The preconditioner (Falkon's) is built from two m × m Cholesky factors: K_mm = TᵀT (plus
+    jitter), A = chol(TTᵀ/m + (α/n_w)·I) with n_w the total sample weight, and B = T⁻¹A⁻¹/√n_w,
+    so that BBᵀ ≈ ((n_w/m)·K_mm² + α·K_mm)⁻¹; CG solves Bᵀ(Kᵀ_nm W K_nm + α·K_mm)B β = BᵀKᵀ_nm W y
+    and w = Bβ. Sample weights must be ≥ 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastamort import NystromKernelRidge
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(500, 3), rng.randn(500)
+    >>> model = NystromKernelRidge(alpha=0.1, n_components=100, random_state=0).fit(X, y)
+    >>> model.predict(X[:2]).shape
+    (2,)
+    """
+
+    if HAVE_SKLEARN:
+        _parameter_constraints: dict = {
+            "alpha": [Interval(numbers.Real, 0, None, closed="neither")],
+            "kernel": [StrOptions(set(KERNELS))],
+            "gamma": [Interval(numbers.Real, 0, None, closed="neither"), None],
+            "lengthscale": [Interval(numbers.Real, 0, None, closed="neither"), None],
+            "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+            "centers": [StrOptions({"uniform"}), "array-like"],
+            "solver": [StrOptions(set(SOLVERS))],
+            "max_iter": [Interval(numbers.Integral, 1, None, closed="left"), None],
+            "tol": [Interval(numbers.Real, 0, None, closed="left"), None],
+            "random_state": ["random_state"],
+            "backend": [StrOptions(set(_BACKENDS))],
+            "dtype": [torch.dtype, np.dtype, type, str, None],
+        }
+
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        kernel="rbf",
+        gamma=None,
+        lengthscale=None,
+        n_components=1000,
+        centers="uniform",
+        solver="pcg",
+        max_iter=None,
+        tol=None,
+        random_state=None,
+        backend="auto",
+        dtype=None,
+    ):
+        self.alpha = alpha
+        self.kernel = kernel
+        self.gamma = gamma
+        self.lengthscale = lengthscale
+        self.n_components = n_components
+        self.centers = centers
+        self.solver = solver
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.backend = backend
+        self.dtype = dtype
+
+    # ---- input handling shared with KernelRidge (reads only n_features_in_ and dtype) ----
+    _validate_numpy = KernelRidge._validate_numpy
+    _validate_tensor = KernelRidge._validate_tensor
+    _sample_weight = KernelRidge._sample_weight
+    _fit_dtype = KernelRidge._fit_dtype
+    _fitted = KernelRidge._fitted
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    # ---- validation ----------------------------------------------------------------
+    def _check_params(self) -> None:
+        if HAVE_SKLEARN:
+            self._validate_params()
+        else:
+            self._check_params_without_sklearn()
+        if self.gamma is not None and self.lengthscale is not None:
+            raise ValueError(
+                f"gamma, lengthscale: give one of them, not both (got gamma={self.gamma!r}, "
+                f"lengthscale={self.lengthscale!r})"
+            )
+        if self.dtype is not None:
+            _torch_dtype(self.dtype)
+
+    def _check_params_without_sklearn(self) -> None:
+        def positive(name: str, value: Any, *, none_ok: bool, integer: bool = False) -> None:
+            if value is None and none_ok:
+                return
+            kind = numbers.Integral if integer else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+                what = "a positive integer" if integer else "a positive number"
+                raise ValueError(f"{name}: expected {what}, got {value!r}")
+
+        positive("alpha", self.alpha, none_ok=False)
+        positive("gamma", self.gamma, none_ok=True)
+        positive("lengthscale", self.lengthscale, none_ok=True)
+        positive("n_components", self.n_components, none_ok=False, integer=True)
+        positive("max_iter", self.max_iter, none_ok=True, integer=True)
+        if self.tol is not None and not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"tol: expected a number >= 0 or None, got {self.tol!r}")
+        for name, value, choices in (
+            ("kernel", self.kernel, tuple(KERNELS)),
+            ("solver", self.solver, SOLVERS),
+            ("backend", self.backend, _BACKENDS),
+        ):
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+        if isinstance(self.centers, str) and self.centers != "uniform":
+            raise ValueError(f"centers: expected 'uniform' or an array, got {self.centers!r}")
+
+    def _lengthscale(self, n_features: int) -> float:
+        if self.lengthscale is not None:
+            return float(self.lengthscale)
+        gamma = resolve_gamma(self.kernel, self.gamma, n_features)
+        return lengthscale_for(KERNELS[self.kernel], gamma)
+
+    def _choose_centers(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if not isinstance(self.centers, str):
+            c = _as_tensor(self.centers, "centers")
+            _check_x(c, "centers")
+            if c.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"centers: {c.shape[1]} features, but X has {x.shape[1]} (shape "
+                    f"{tuple(c.shape)}, expected (m, {x.shape[1]}))"
+                )
+            return c.to(device=x.device, dtype=x.dtype)
+        m = self.n_components
+        if m > n:
+            warnings.warn(
+                f"n_components={m} > n_samples={n}: n_components was set to n_samples (every "
+                "row is a centre), which is exact kernel ridge at Nyström's cost.",
+                UserWarning,
+                stacklevel=4,
+            )
+            m = n
+        # as scikit-learn's Nystroem: the first m of a permutation drawn from random_state
+        index = check_random_state(self.random_state).permutation(n)[:m]
+        return x[torch.from_numpy(index).to(x.device)]
+
+    # ---- fit -----------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the model; on any error the estimator is left exactly as it was.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+            Training data.
+        y : array-like or Tensor of shape (n_samples,) or (n_samples, n_targets)
+            Targets.
+        sample_weight : float or array-like of shape (n_samples,), default=None
+            Per-sample weights (≥ 0).
+
+        Returns
+        -------
+        self : NystromKernelRidge
+        """
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X, y, sample_weight)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X, y, sample_weight):
+        self._check_params()
+        torch_in = isinstance(X, torch.Tensor)
+        X_np = None
+        if torch_in or not HAVE_SKLEARN:
+            x, yt = self._validate_tensor(X, y, reset=True)
+        else:
+            X_np, y_np = self._validate_numpy(X, y, reset=True)
+            x, yt = _from_numpy(np.asarray(X_np)), _as_tensor(y_np, "y")
+        dtype = self._fit_dtype(x if torch_in else None)
+        device = X.device if torch_in else torch.device("cpu")
+        x = x.to(device=device, dtype=dtype)
+        n = x.shape[0]
+        y2 = yt.to(device=device, dtype=torch.float64).reshape(n, -1)
+        sw = self._sample_weight(sample_weight, n, X_np)
+        if sw is not None:
+            sw = sw.to(device=device, dtype=torch.float64)
+            if not float(sw.sum()) > 0:
+                raise ValueError("sample_weight: the weights sum to 0; at least one must be > 0")
+        ell = self._lengthscale(x.shape[1])
+        kernel = KERNELS[self.kernel]
+        with torch.no_grad():
+            centers = self._choose_centers(x)
+            if self.solver == "direct":
+                coef, n_iter, residual = self._solve_direct(x, centers, y2, sw, kernel, ell)
+            else:
+                coef, n_iter, residual = self._solve_pcg(x, centers, y2, sw, kernel, ell)
+        if not bool(torch.isfinite(coef).all()):
+            raise ValueError(
+                "NystromKernelRidge: the coefficients are not finite (alpha too small for the "
+                "conditioning of the problem?); increase alpha or change the lengthscale"
+            )
+        coef = coef.reshape(centers.shape[0], *yt.shape[1:])
+        if torch_in:
+            self.dual_coef_, self.centers_ = coef, centers
+        else:
+            self.dual_coef_, self.centers_ = coef.cpu().numpy(), centers.cpu().numpy()
+        self.n_components_ = int(centers.shape[0])
+        self.lengthscale_ = ell
+        self.n_iter_ = n_iter
+        self.residual_ = residual
+        return self
+
+    def _normal(self, x, centers, kernel, ell, **operands) -> torch.Tensor:
+        return normal_matmul(
+            x, centers, kernel=kernel, lengthscale=ell, backend=self.backend, **operands
+        )
+
+    def _centre_gram(self, centers: torch.Tensor, kernel: str, ell: float) -> torch.Tensor:
+        """K_mm in float64 (exactly symmetric)."""
+        return gram(centers.to(torch.float64), kernel=kernel, lengthscale=ell, backend=self.backend)
+
+    def _solve_pcg(self, x, centers, y2, sw, kernel, ell):
+        m = centers.shape[0]
+        alpha = float(self.alpha)
+        n_w = float(sw.sum()) if sw is not None else float(x.shape[0])
+        kmm = self._centre_gram(centers, kernel, ell)
+        # Falkon's factors with lower triangles: K_mm = LLᵀ (T = Lᵀ), LᵀL/m + (α/n_w)·I = MMᵀ
+        # (A = Mᵀ), so Bᵀ = M⁻¹L⁻¹/√n_w = (LM)⁻¹/√n_w, formed once (lower triangular): every
+        # CG iteration then needs two m × m GEMVs (per-iteration triangular solves with one
+        # right-hand side are 100× slower than that in torch 2.13's CPU build)
+        lower = _positive_cholesky(kmm, JITTER_PER_CENTRE * m)
+        eye = torch.eye(m, dtype=torch.float64, device=kmm.device)
+        inner = _positive_cholesky(
+            lower.mT @ lower / m + (alpha / n_w) * eye, JITTER_PER_CENTRE * m
+        )
+        bt = torch.linalg.solve_triangular(lower @ inner, eye / math.sqrt(n_w), upper=False)
+
+        def matvec(beta: torch.Tensor) -> torch.Tensor:  # Bᵀ(Kᵀ_nm W K_nm + α·K_mm)B β
+            w = bt.mT @ beta
+            hw = self._normal(x, centers, kernel, ell, v=w, weights=sw) + alpha * (kmm @ w)
+            return bt @ hw
+
+        rhs = bt @ self._normal(x, centers, kernel, ell, y=y2, weights=sw)
+        tol = DEFAULT_TOL if self.tol is None else float(self.tol)
+        max_iter = DEFAULT_MAX_ITER if self.max_iter is None else int(self.max_iter)
+        res = block_pcg(matvec, rhs, tol=tol, max_iter=max_iter)
+        if not res.converged:
+            warnings.warn(
+                f"NystromKernelRidge: CG stopped after max_iter={res.iterations} iterations with "
+                f"relative residual {res.residual:.3g} > tol={tol:.3g}; the coefficients are "
+                "not converged. Increase max_iter or tol (or alpha).",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        return bt.mT @ res.x, res.iterations, res.residual
+
+    def _solve_direct(self, x, centers, y2, sw, kernel, ell):
+        m = centers.shape[0]
+        alpha = float(self.alpha)
+        normal = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+        step = max(1, BLOCK_ENTRIES // max(m, 1))
+        for i in range(0, x.shape[0], step):  # Kᵀ W K, one row block of K at a time
+            kb = gram(x[i : i + step], centers, kernel=kernel, lengthscale=ell,
+                      backend=self.backend).to(torch.float64)  # fmt: skip
+            wk = kb if sw is None else kb * sw[i : i + step, None]
+            normal += kb.mT @ wk
+        rhs = self._normal(x, centers, kernel, ell, y=y2, weights=sw)
+        kmm = self._centre_gram(centers, kernel, ell)
+        # w = P θ with P = U S^{-1/2} on the eigen-directions of K_mm above EIG_RTOL·max, where
+        # (Pᵀ Kᵀ W K P + α I) θ = Pᵀ Kᵀ W y is positive definite (eigenvalues ≥ α)
+        s, u = torch.linalg.eigh(kmm)
+        keep = s > EIG_RTOL * float(s.max().clamp_min(torch.finfo(torch.float64).tiny))
+        p = u[:, keep] * s[keep].rsqrt()
+        reduced = p.mT @ normal @ p
+        reduced = 0.5 * (reduced + reduced.mT)
+        reduced.diagonal().add_(alpha)
+        theta = torch.cholesky_solve(p.mT @ rhs, torch.linalg.cholesky(reduced))
+        coef = p @ theta
+        resid = (normal + alpha * kmm) @ coef - rhs
+        bnorm = rhs.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+        return coef, None, float((resid.norm(dim=0) / bnorm).max())
+
+    # ---- predict / score -----------------------------------------------------------
+    def predict(self, X):
+        """Predict with the fitted model.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray or Tensor of shape (n_samples,) or (n_samples, n_targets)
+            NumPy (float64) for NumPy input; for a tensor, a tensor on its device and in its
+            dtype.
+        """
+        check_is_fitted(self)
+        torch_in = isinstance(X, torch.Tensor)
+        if torch_in or not HAVE_SKLEARN:
+            x = self._validate_tensor(X, reset=False)
+        else:
+            x = _from_numpy(np.asarray(self._validate_numpy(X, reset=False)))
+        device = X.device if torch_in else torch.device("cpu")
+        coef = self._fitted("dual_coef_", torch.float64, device)
+        centers = self._fitted("centers_", torch.float64, device)
+        coef2 = coef.reshape(coef.shape[0], -1)
+        with torch.no_grad():
+            out = gram_matmul(
+                x.to(device=device, dtype=torch.float64),
+                centers,
+                coef2,
+                kernel=KERNELS[self.kernel],
+                lengthscale=self.lengthscale_,
+                backend=self.backend,
+            )
+        out = out.reshape(x.shape[0], *coef.shape[1:])
+        if not torch_in:
+            return out.cpu().numpy()
+        return out.to(dtype=X.dtype if X.is_floating_point() else torch.float64)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """R² of the predictions (scikit-learn's ``r2_score``), on NumPy or torch input.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or Tensor of shape (n_samples, n_features)
+        y : array-like or Tensor of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like or Tensor of shape (n_samples,), default=None
+
+        Returns
+        -------
+        float
+        """
+        if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
+        return _r2(y, pred_t, sample_weight)
