@@ -77,22 +77,20 @@ SOLVERS = ("pcg", "direct")
 DEFAULT_TOL = 1e-4
 #: Default cap on CG iterations.
 DEFAULT_MAX_ITER = 100
-#: First jitter added to K_mm's diagonal for the preconditioner's Cholesky factor, per centre
-#: (Falkon's 1e-13·m in float64); multiplied by 10 until the factorisation succeeds. It only
-#: shapes the preconditioner: CG solves the system without it.
+#: Jitter ε added to K_mm's diagonal, per centre (Falkon's 1e-13·m in float64), multiplied by 10
+#: until its Cholesky factor exists; ``solver="pcg"`` solves with α·(K_mm + εI) as the ridge.
 JITTER_PER_CENTRE = 1e-13
 
 
-def _positive_cholesky(a: torch.Tensor, start: float) -> torch.Tensor:
-    """Lower Cholesky factor L (LLᵀ = a + jitter·I), jitter 0, then from ``start`` up by 10×
-    until the factorisation succeeds."""
+def _positive_cholesky(a: torch.Tensor, start: float) -> tuple[torch.Tensor, float]:
+    """Lower Cholesky factor L (LLᵀ = a + jitter·I) and the jitter, which starts at ``start``
+    and grows by 10× until the factorisation succeeds."""
     eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    jitter = 0.0
     for attempt in range(16):
+        jitter = start * 10.0**attempt
         lower, info = torch.linalg.cholesky_ex(a + jitter * eye)
         if int(info) == 0:
-            return lower
-        jitter = start * 10.0**attempt
+            return lower, jitter
     raise ValueError(
         f"the {a.shape[0]}×{a.shape[0]} centre kernel matrix is not positive definite even "
         f"with jitter {jitter:.3g} (are the centres or the lengthscale extreme?)"
@@ -159,8 +157,8 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         m, the number of centres used.
     lengthscale_ : float
         The kernel's lengthscale (from ``gamma`` or ``lengthscale``).
-    n_iter_ : int or None
-        CG iterations run (``None`` for ``solver="direct"``).
+    n_iter_ : int
+        CG iterations run (1 for ``solver="direct"``: one factorisation).
     residual_ : float
         Final relative residual (largest over the targets): of the preconditioned normal
         equations for ``"pcg"``, of the m × m normal equations for ``"direct"``.
@@ -401,18 +399,22 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         alpha = float(self.alpha)
         n_w = float(sw.sum()) if sw is not None else float(x.shape[0])
         kmm = self._centre_gram(centers, kernel, ell)
-        # Falkon's factors with lower triangles: K_mm = LLᵀ (T = Lᵀ), LᵀL/m + (α/n_w)·I = MMᵀ
-        # (A = Mᵀ), so Bᵀ = M⁻¹L⁻¹/√n_w = (LM)⁻¹/√n_w, formed once (lower triangular): every
-        # CG iteration then needs two m × m GEMVs (per-iteration triangular solves with one
-        # right-hand side are 100× slower than that in torch 2.13's CPU build)
-        lower = _positive_cholesky(kmm, JITTER_PER_CENTRE * m)
+        # Falkon's factors with lower triangles: K_mm + εI = LLᵀ (T = Lᵀ), LᵀL/m + (α/n_w)·I
+        # = MMᵀ (A = Mᵀ), so Bᵀ = M⁻¹L⁻¹/√n_w = (LM)⁻¹/√n_w, formed once (lower triangular):
+        # every CG iteration then needs two m × m GEMVs (per-iteration triangular solves with
+        # one right-hand side are 100× slower than that in torch 2.13's CPU build). The ridge
+        # term uses K_mm + εI too, the matrix the preconditioner inverts: with K_mm alone, its
+        # null directions (duplicate centres, flat kernels) would get BᵀB's 1/ε scale and no
+        # ridge, and CG run to a tight tol would fill them with amplified round-off.
+        lower, eps = _positive_cholesky(kmm, JITTER_PER_CENTRE * m)
+        kmm.diagonal().add_(eps)
         eye = torch.eye(m, dtype=torch.float64, device=kmm.device)
-        inner = _positive_cholesky(
+        inner, _ = _positive_cholesky(
             lower.mT @ lower / m + (alpha / n_w) * eye, JITTER_PER_CENTRE * m
         )
         bt = torch.linalg.solve_triangular(lower @ inner, eye / math.sqrt(n_w), upper=False)
 
-        def matvec(beta: torch.Tensor) -> torch.Tensor:  # Bᵀ(Kᵀ_nm W K_nm + α·K_mm)B β
+        def matvec(beta: torch.Tensor) -> torch.Tensor:  # Bᵀ(Kᵀ_nm W K_nm + α·(K_mm + εI))B β
             w = bt.mT @ beta
             hw = self._normal(x, centers, kernel, ell, v=w, weights=sw) + alpha * (kmm @ w)
             return bt @ hw
@@ -455,7 +457,7 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         coef = p @ theta
         resid = (normal + alpha * kmm) @ coef - rhs
         bnorm = rhs.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny)
-        return coef, None, float((resid.norm(dim=0) / bnorm).max())
+        return coef, 1, float((resid.norm(dim=0) / bnorm).max())
 
     # ---- predict / score -----------------------------------------------------------
     def predict(self, X):
