@@ -37,7 +37,8 @@ needs_cpp = pytest.mark.skipif(
 )
 
 KERNELS = ["rbf", "laplacian", "matern12", "matern32", "matern52"]
-TIGHT = {"tol": 1e-13, "max_iter": 500}  # CG run to float64 round-off
+# float64 kernel values and CG run to round-off: the model of the dense float64 solve
+TIGHT = {"tol": 1e-13, "max_iter": 500, "dtype": np.float64}
 
 
 def rel_err(a, b) -> float:
@@ -77,9 +78,9 @@ def dense_nystrom(x, y, x_test, centers, kernel, ell, alpha, sw=None):
 # scikit-learn's own estimator checks
 # --------------------------------------------------------------------------------------
 LOOSE_TOL = (
-    "CG stops at the default tol=1e-4, so fits with weights and with repeated rows agree to "
-    "about 1e-5, not to the check's 1e-7; with a tight tol they do "
-    "(test_sample_weights_equal_repeated_rows_with_a_tight_tol)"
+    "CG stops at the default tol=1e-4 and the kernel values are float32 by default, so fits "
+    "with weights and with repeated rows agree to about 1e-5, not to the check's 1e-7; with a "
+    "tight tol and float64 they do (test_sample_weights_equal_repeated_rows_with_a_tight_tol)"
 )
 
 if HAVE_SKLEARN:
@@ -87,7 +88,9 @@ if HAVE_SKLEARN:
     @parametrize_with_checks(
         [
             NystromKernelRidge(),
-            NystromKernelRidge(solver="direct", n_components=40, kernel="matern32"),
+            NystromKernelRidge(
+                solver="direct", n_components=40, kernel="matern32", dtype=np.float64
+            ),
         ],
         expected_failed_checks=lambda est: (
             {}
@@ -170,7 +173,7 @@ def test_direct_equals_pcg_and_lengthscale_equals_gamma():
     x, y, x_test = problem(3, n=120)
     pcg = NystromKernelRidge(alpha=0.2, gamma=2.0, n_components=30, random_state=1, **TIGHT)
     direct = NystromKernelRidge(alpha=0.2, lengthscale=0.5, n_components=30, random_state=1,
-                                solver="direct")  # fmt: skip
+                                solver="direct", dtype=np.float64)  # fmt: skip
     pcg.fit(x, y)
     direct.fit(x, y)
     assert pcg.lengthscale_ == direct.lengthscale_ == 0.5  # γ = 1/(2ℓ²)
@@ -182,18 +185,30 @@ def test_direct_equals_pcg_and_lengthscale_equals_gamma():
 
 
 def test_float32_kernel_values_keep_the_float64_model():
-    """dtype=float32: float32 distances and kernel values, float64 products and solve."""
+    """The default dtype: float32 distances and kernel values, float64 products and solve."""
     x, y, x_test = problem(4, n=400, d=5)
     f64 = NystromKernelRidge(alpha=0.1, gamma=1.0, n_components=60, random_state=0, **TIGHT)
-    f32 = clone(f64) if HAVE_SKLEARN else NystromKernelRidge(**f64.get_params())
-    f32.set_params(dtype=np.float32)
+    f32 = NystromKernelRidge(**{**f64.get_params(), "dtype": None})
     f64.fit(x, y)
     with record_backends() as ran:
         f32.fit(x, y)
-    assert ("normal_matmul", "cpp" if fastamort.backend_report()["cpp"] == "available" else
-            "torch") in ran  # fmt: skip
+    backend = "cpp" if fastamort.backend_report()["cpp"] == "available" else "torch"
+    assert ("normal_matmul", backend) in ran
     assert f32.dual_coef_.dtype == np.float64
     assert rel_err(f32.predict(x_test), f64.predict(x_test)) < 1e-4
+    explicit = NystromKernelRidge(**{**f64.get_params(), "dtype": "float32"}).fit(x, y)
+    np.testing.assert_array_equal(explicit.predict(x_test), f32.predict(x_test))
+
+
+@pytest.mark.parametrize("dtype", [None, np.float64])
+def test_an_offset_of_the_data_costs_no_digits(dtype):
+    """Distances in float32 are taken on data centred in float64: shifting X by 10⁵ (float32
+    resolves 0.008 there) changes nothing but round-off."""
+    x, y, x_test = problem(18, n=200, d=4)
+    kw = {"alpha": 0.1, "gamma": 2.0, "n_components": 50, "random_state": 0, "dtype": dtype}
+    near = NystromKernelRidge(**kw, **{"tol": 1e-10, "max_iter": 500}).fit(x, y)
+    far = NystromKernelRidge(**kw, **{"tol": 1e-10, "max_iter": 500}).fit(x + 1e5, y)
+    assert rel_err(far.predict(x_test + 1e5), near.predict(x_test)) < 1e-4
 
 
 @needs_cpp
@@ -407,7 +422,8 @@ from fastamort.nystrom_regressor import ConvergenceWarning
 rng = np.random.RandomState(0)
 x, y = rng.rand(60, 3), rng.randn(60, 2)
 m = fastamort.NystromKernelRidge(alpha=0.5, n_components=20, random_state=0, tol=1e-13,
-                                 max_iter=500).fit(x, y, sample_weight=rng.rand(60) + 0.1)
+                                 max_iter=500, dtype="float64")
+m.fit(x, y, sample_weight=rng.rand(60) + 0.1)
 print(repr(m.predict(x[:2]).tolist()))
 print(repr(m.centers_.tolist()))
 print(m.score(x, y))
