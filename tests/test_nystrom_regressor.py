@@ -221,6 +221,27 @@ def test_fit_runs_the_fused_cpp_op():
     assert all(backend == "cpp" for _, backend in ran), ran
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("solver", ["pcg", "direct"])
+def test_triton_backend_matches_the_torch_reference(solver):
+    """On CUDA, or on CPU tensors through the Triton interpreter (TRITON_INTERPRET=1)."""
+    interpret = fastamort._backends.interpreter_enabled()
+    if fastamort.backend_report()["triton"].startswith("triton does not import") or not (
+        interpret or torch.cuda.is_available()
+    ):
+        pytest.skip("needs Triton with CUDA, or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+    x, y, x_test = (torch.from_numpy(a).to(device) for a in problem(19, n=40))
+    kw = {"alpha": 0.1, "n_components": 9, "random_state": 0, "solver": solver, **TIGHT}
+    with record_backends() as ran:
+        fast = NystromKernelRidge(backend="triton", **kw).fit(x, y)
+        pred = fast.predict(x_test)
+    assert {backend for _, backend in ran} == {"triton"}
+    assert ("normal_matmul", "triton") in ran
+    ref = NystromKernelRidge(backend="torch", **kw).fit(x, y).predict(x_test)
+    assert rel_err(pred.cpu(), ref.cpu()) < 1e-9
+
+
 # --------------------------------------------------------------------------------------
 # Solver behaviour: the convergence warning, n_iter_, residual_
 # --------------------------------------------------------------------------------------
