@@ -82,6 +82,17 @@ DEFAULT_MAX_ITER = 100
 JITTER_PER_CENTRE = 1e-13
 
 
+#: The preconditioner samples s = min(n, PRECOND_ROWS_MAX·m, max(m, PRECOND_ROWS_PER_N·n/m))
+#: rows: its cost (3·s·m² flops) stays near a few CG iterations' (n·m kernel values each).
+PRECOND_ROWS_MAX = 10
+PRECOND_ROWS_PER_N = 100
+
+
+def preconditioner_rows(n: int, m: int) -> int:
+    """How many rows the preconditioner of :class:`NystromKernelRidge` samples (see above)."""
+    return int(min(n, PRECOND_ROWS_MAX * m, max(m, math.ceil(PRECOND_ROWS_PER_N * n / m))))
+
+
 def _positive_cholesky(a: torch.Tensor, start: float) -> tuple[torch.Tensor, float]:
     """Lower Cholesky factor L (LLᵀ = a + jitter·I) and the jitter, which starts at ``start``
     and grows by 10× until the factorisation succeeds."""
@@ -297,7 +308,8 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         gamma = resolve_gamma(self.kernel, self.gamma, n_features)
         return lengthscale_for(KERNELS[self.kernel], gamma)
 
-    def _choose_centers(self, x: torch.Tensor) -> torch.Tensor:
+    def _choose_centers(self, x: torch.Tensor, order: np.ndarray) -> torch.Tensor:
+        """The given centres, or the rows ``order[:m]`` (``order``: a permutation of the rows)."""
         n = x.shape[0]
         if not isinstance(self.centers, str):
             c = _as_tensor(self.centers, "centers")
@@ -317,9 +329,7 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 stacklevel=4,
             )
             m = n
-        # as scikit-learn's Nystroem: the first m of a permutation drawn from random_state
-        index = check_random_state(self.random_state).permutation(n)[:m]
-        return x[torch.from_numpy(index).to(x.device)]
+        return x[torch.from_numpy(order[:m]).to(x.device)]
 
     # ---- fit -----------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
@@ -370,14 +380,17 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ell = self._lengthscale(x.shape[1])
         kernel = KERNELS[self.kernel]
         with torch.no_grad():
-            centers = self._choose_centers(x)
+            # as scikit-learn's Nystroem: the centres are the first m rows of a permutation
+            # drawn from random_state (the preconditioner takes its rows from it too)
+            order = check_random_state(self.random_state).permutation(n)
+            centers = self._choose_centers(x, order)
             # the kernels are translation invariant: centre in float64 before rounding to the
             # kernel dtype, so that an offset of the data does not eat float32's digits
             shift = centers.to(torch.float64).mean(0)
             xk = (x.to(torch.float64) - shift).to(kernel_dtype)
             ck = (centers.to(torch.float64) - shift).to(kernel_dtype)
             solve = self._solve_direct if self.solver == "direct" else self._solve_pcg
-            coef, n_iter, residual = solve(xk, ck, y2, sw, kernel, ell)
+            coef, n_iter, residual = solve(xk, ck, y2, sw, kernel, ell, order)
         if not bool(torch.isfinite(coef).all()):
             raise ValueError(
                 "NystromKernelRidge: the coefficients are not finite (alpha too small for the "
@@ -403,27 +416,49 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         """K_mm in float64 (exactly symmetric)."""
         return gram(centers.to(torch.float64), kernel=kernel, lengthscale=ell, backend=self.backend)
 
-    def _solve_pcg(self, x, centers, y2, sw, kernel, ell):
-        m = centers.shape[0]
+    def _kernel_blocks(self, x, centers, kernel, ell, rows=None, entries=BLOCK_ENTRIES):
+        """(start, K(x[rows][start:start+b], centers) in float64) in blocks of about
+        ``entries`` entries (rows: all of x)."""
+        n = x.shape[0] if rows is None else rows.shape[0]
+        step = max(1, entries // max(centers.shape[0], 1))
+        for i in range(0, n, step):
+            xb = x[i : i + step] if rows is None else x[rows[i : i + step]]
+            kb = gram(xb, centers, kernel=kernel, lengthscale=ell, backend=self.backend)
+            yield i, kb.to(torch.float64)
+
+    def _solve_pcg(self, x, centers, y2, sw, kernel, ell, order):
+        n, m = x.shape[0], centers.shape[0]
         alpha = float(self.alpha)
-        n_w = float(sw.sum()) if sw is not None else float(x.shape[0])
         kmm = self._centre_gram(centers, kernel, ell)
-        # Falkon's factors with lower triangles: K_mm + εI = LLᵀ (T = Lᵀ), LᵀL/m + (α/n_w)·I
-        # = MMᵀ (A = Mᵀ), so Bᵀ = M⁻¹L⁻¹/√n_w = (LM)⁻¹/√n_w, formed once (lower triangular):
-        # every CG iteration then needs two m × m GEMVs (per-iteration triangular solves with
-        # one right-hand side are 100× slower than that in torch 2.13's CPU build). The ridge
-        # term uses K_mm + εI too, the matrix the preconditioner inverts: with K_mm alone, its
-        # null directions (duplicate centres, flat kernels) would get BᵀB's 1/ε scale and no
+        # The preconditioner P = L Q Lᵀ ≈ H = Kᵀ_nm W K_nm + α·K̃ with K̃ = K_mm + εI = LLᵀ and
+        # Q = (n/s)·ΦᵀW_sΦ + α·I, Φ = K_sm L⁻ᵀ the Nyström features of s sampled rows. With the
+        # m centres as the rows this is Falkon's (n/m)·K_mm² + α·K_mm; more rows (see
+        # preconditioner_rows) approximate H better, and save more CG iterations than they
+        # cost (see PRECOND_ROWS_PER_N). Φ is formed by triangular solves (rows of norm ≤ 1),
+        # never as L⁻¹GL⁻ᵀ from G = Kᵀ_sm K_sm, whose round-off L⁻¹ would amplify by 1/ε.
+        # Bᵀ = M⁻¹L⁻¹ = (LM)⁻¹ (Q = MMᵀ) is formed once: every CG iteration then needs two m × m
+        # GEMVs (triangular solves with one right-hand side are 100× slower than that in
+        # torch 2.13's CPU build). The ridge is α·K̃, the matrix the preconditioner inverts:
+        # with K_mm alone, its null directions (duplicate centres, flat kernels) would get no
         # ridge, and CG run to a tight tol would fill them with amplified round-off.
         lower, eps = _positive_cholesky(kmm, JITTER_PER_CENTRE * m)
         kmm.diagonal().add_(eps)
-        eye = torch.eye(m, dtype=torch.float64, device=kmm.device)
-        inner, _ = _positive_cholesky(
-            lower.mT @ lower / m + (alpha / n_w) * eye, JITTER_PER_CENTRE * m
-        )
-        bt = torch.linalg.solve_triangular(lower @ inner, eye / math.sqrt(n_w), upper=False)
+        s = preconditioner_rows(n, m)
+        rows = torch.from_numpy(order[:s]).to(x.device)
+        q = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+        for i, kb in self._kernel_blocks(x, centers, kernel, ell, rows, entries=1 << 20):
+            phi_t = torch.linalg.solve_triangular(lower, kb.mT, upper=False)  # (m, b)
+            if sw is not None:
+                q += (phi_t * sw[rows[i : i + kb.shape[0]]]) @ phi_t.mT
+            else:
+                q += phi_t @ phi_t.mT
+        q *= n / s
+        q.diagonal().add_(alpha)
+        inner, _ = _positive_cholesky(q, JITTER_PER_CENTRE * m * alpha)
+        eye = torch.eye(m, dtype=torch.float64, device=x.device)
+        bt = torch.linalg.solve_triangular(lower @ inner, eye, upper=False)
 
-        def matvec(beta: torch.Tensor) -> torch.Tensor:  # Bᵀ(Kᵀ_nm W K_nm + α·(K_mm + εI))B β
+        def matvec(beta: torch.Tensor) -> torch.Tensor:  # Bᵀ(Kᵀ_nm W K_nm + α·K̃)B β
             w = bt.mT @ beta
             hw = self._normal(x, centers, kernel, ell, v=w, weights=sw) + alpha * (kmm @ w)
             return bt @ hw
@@ -442,16 +477,12 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
             )
         return bt.mT @ res.x, res.iterations, res.residual
 
-    def _solve_direct(self, x, centers, y2, sw, kernel, ell):
+    def _solve_direct(self, x, centers, y2, sw, kernel, ell, order):
         m = centers.shape[0]
         alpha = float(self.alpha)
         normal = torch.zeros(m, m, dtype=torch.float64, device=x.device)
-        step = max(1, BLOCK_ENTRIES // max(m, 1))
-        for i in range(0, x.shape[0], step):  # Kᵀ W K, one row block of K at a time
-            kb = gram(x[i : i + step], centers, kernel=kernel, lengthscale=ell,
-                      backend=self.backend).to(torch.float64)  # fmt: skip
-            wk = kb if sw is None else kb * sw[i : i + step, None]
-            normal += kb.mT @ wk
+        for i, kb in self._kernel_blocks(x, centers, kernel, ell):  # Kᵀ W K, block by block
+            normal += kb.mT @ (kb if sw is None else kb * sw[i : i + kb.shape[0], None])
         rhs = self._normal(x, centers, kernel, ell, y=y2, weights=sw)
         kmm = self._centre_gram(centers, kernel, ell)
         # w = P θ with P = U S^{-1/2} on the eigen-directions of K_mm above EIG_RTOL·max, where

@@ -415,7 +415,7 @@ def test_fit_memory_stays_far_below_the_n_by_m_matrix():
     from fastamort.benchmarks._harness import peak_extra_memory
 
     rng = np.random.RandomState(0)
-    n, m = 100_000, 500
+    n, m = 200_000, 500
     x, y = rng.rand(n, 8), rng.randn(n)
     model = NystromKernelRidge(n_components=m, max_iter=2, random_state=0)
 
@@ -424,11 +424,12 @@ def test_fit_memory_stays_far_below_the_n_by_m_matrix():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(x, y)
 
+    fit()  # the first call pages in library code (LAPACK, the extension): not the fit's memory
     peak = peak_extra_memory(fit, torch.device("cpu"))
     if peak is None:
         pytest.skip("no resident-set high-water mark on this platform")
-    k_bytes = n * m * 8  # 400 MB
-    assert peak < k_bytes / 8, f"peak {peak / 2**20:.0f} MiB"
+    k_bytes = n * m * 8  # 800 MB
+    assert peak < k_bytes / 16, f"peak {peak / 2**20:.0f} MiB"
 
 
 # --------------------------------------------------------------------------------------
