@@ -22,12 +22,13 @@ without it its columns stay empty.
 Large n (rows with ``case="nystrom"``, CPU only, with scikit-learn installed):
 :class:`fastamort.NystromKernelRidge` on ``make_friedman1(n + 10⁴, n_features=8, noise=1.0,
 random_state=0)`` (the last 10⁴ rows are the test set), rbf kernel with γ = 1, m = 2000
-centres, α ∈ {1, 0.1}, n ∈ {2·10⁴, 10⁵, 10⁶} (``--quick``: n = 3000, m = 200, α = 1), against
-scikit-learn's ``make_pipeline(Nystroem(n_components=m, gamma=γ, random_state=0),
-Ridge(alpha=α, fit_intercept=False))`` (n ≤ 10⁵: it stores the n × m features, 16 GB at
-n = 10⁶) and exact :class:`fastamort.KernelRidge` (n ≤ 2·10⁴). Each fit + predict runs once,
-in a fresh subprocess, which reports its time, test RMSE and peak resident memory (the whole
-process, interpreter and data included: ``VmHWM`` of /proc/self/status).
+centres, α ∈ {1, 0.1}, n ∈ {2·10⁴, 10⁵, 10⁶} (``--quick``: n = 3000, m = 200, α = 1), with its
+default dtype (float32 kernel values; at n = 10⁵ also float64 ones), against scikit-learn's
+``make_pipeline(Nystroem(n_components=m, gamma=γ, random_state=0), Ridge(alpha=α,
+fit_intercept=False))`` (n ≤ 10⁵: it stores the n × m features, 16 GB at n = 10⁶) and exact
+:class:`fastamort.KernelRidge` (n ≤ 2·10⁴). Each fit + predict runs once, in a fresh
+subprocess, which reports its time, test RMSE and peak resident memory (the whole process,
+interpreter and data included: ``VmHWM`` of /proc/self/status).
 
 Run as ``fastamort bench regressor [--quick] [--json PATH] [--csv PATH] [--plot PATH]``.
 """
@@ -190,6 +191,8 @@ LARGE_SIZES = (20_000, 100_000, 1_000_000)
 SKLEARN_MAX_N = 100_000
 #: Exact KernelRidge stores the n × n Gram matrix (3.2 GB at n = 2·10⁴).
 EXACT_MAX_N = 20_000
+#: The size at which the rows also time float64 kernel values (dtype=float64).
+FLOAT64_N = 100_000
 
 
 def large_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +209,9 @@ def large_child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["impl"] == "fastamort":
         from fastamort import NystromKernelRidge
 
-        model = NystromKernelRidge(alpha, gamma=gamma, n_components=m, random_state=0)
+        model = NystromKernelRidge(
+            alpha, gamma=gamma, n_components=m, random_state=0, dtype=spec.get("kernel_dtype")
+        )
     elif spec["impl"] == "sklearn":
         from sklearn.kernel_approximation import Nystroem
         from sklearn.linear_model import Ridge
@@ -264,9 +269,11 @@ def bench_large(
     n_test: int = LARGE_N_TEST,
     with_sklearn: bool = True,
     with_exact: bool = False,
+    with_float64: bool = False,
 ) -> dict[str, Any]:
-    """One large-n row: NystromKernelRidge, and optionally scikit-learn's pipeline and exact
-    KernelRidge, each fit + predict once in its own subprocess on the same data."""
+    """One large-n row: NystromKernelRidge (default dtype: float32 kernel values), and
+    optionally scikit-learn's pipeline, exact KernelRidge and NystromKernelRidge with float64
+    kernel values, each fit + predict once in its own subprocess on the same data."""
     spec = {"n": n, "n_test": n_test, "m": m, "alpha": alpha, "gamma": gamma}
     ours = _in_subprocess({**spec, "impl": "fastamort"})
     row: dict[str, Any] = {
@@ -279,6 +286,7 @@ def bench_large(
         "gamma": gamma,
         "alpha": alpha,
         "dtype": "float64",
+        "kernel_dtype": "float32",
         "fastamort_s": ours["time_s"],
         "fit_s": ours["fit_s"],
         "predict_s": ours["predict_s"],
@@ -294,6 +302,9 @@ def bench_large(
         "exact_s": None,
         "exact_rmse": None,
         "rmse_rel_vs_exact": None,
+        "float64_kernel_s": None,
+        "float64_kernel_rmse": None,
+        "float64_kernel_iters": None,
     }
     if with_sklearn:
         sk = _in_subprocess({**spec, "impl": "sklearn"})
@@ -303,6 +314,13 @@ def bench_large(
             sklearn_peak_rss_mib=sk["peak_rss_mib"],
             speedup_vs_sklearn=sk["time_s"] / ours["time_s"],
             rmse_rel_vs_sklearn=(ours["rmse"] - sk["rmse"]) / sk["rmse"],
+        )
+    if with_float64:
+        f64 = _in_subprocess({**spec, "impl": "fastamort", "kernel_dtype": "float64"})
+        row.update(
+            float64_kernel_s=f64["time_s"],
+            float64_kernel_rmse=f64["rmse"],
+            float64_kernel_iters=f64["n_iter"],
         )
     if with_exact:
         ex = _in_subprocess({**spec, "impl": "exact"})
@@ -330,6 +348,7 @@ def run_large(*, quick: bool = False) -> list[dict[str, Any]]:
                 n_test=n_test,
                 with_sklearn=n <= SKLEARN_MAX_N,
                 with_exact=n <= EXACT_MAX_N,
+                with_float64=n == FLOAT64_N,
             )
         )
         print(f"  done nystrom n={n} alpha={alpha}", flush=True)
@@ -351,6 +370,8 @@ LARGE_COLUMNS = [
     "exact_s",
     "exact_rmse",
     "rmse_rel_vs_exact",
+    "float64_kernel_s",
+    "float64_kernel_rmse",
 ]
 
 
