@@ -184,16 +184,20 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
     Notes
     -----
-    Which estimator to pick: :class:`fastamort.KernelRidge` (exact, O(n³) time, O(n²) memory)
-    up to n ≈ 2·10⁴; beyond, this one with ``solver="pcg"``, which needs O(n·D + m²) memory and
-    O(n·m·D) time per CG iteration (10–30 iterations are typical); ``solver="direct"`` when
-    n·m² is cheaper than the iterations (m of a few hundred). m = 1000–5000 centres usually
-    match exact KRR's accuracy on smooth targets.
+    Which estimator to pick: :class:`fastamort.KernelRidge` (exact, O(n³) time, O(n²) memory:
+    3.2 GB in float64 at n = 2·10⁴) up to n ≈ 2·10⁴, or for kernels other than the ones here;
+    beyond, this one with ``solver="pcg"``: O(n·D + m²) memory, O(n·m·D) time per CG
+    iteration, about 10–20 iterations; ``solver="direct"`` when n·m² costs less than the
+    iterations (m of a few hundred). On make_friedman1 (8 features, rbf γ = 1, α = 1 or 0.1),
+    m = 2000 centres match exact KRR's test RMSE within 0.1 % at n = 2·10⁴.
 
-    The preconditioner (Falkon's) is built from two m × m Cholesky factors: K_mm = TᵀT (plus
-    jitter), A = chol(TTᵀ/m + (α/n_w)·I) with n_w the total sample weight, and B = T⁻¹A⁻¹/√n_w,
-    so that BBᵀ ≈ ((n_w/m)·K_mm² + α·K_mm)⁻¹; CG solves Bᵀ(Kᵀ_nm W K_nm + α·K_mm)B β = BᵀKᵀ_nm W y
-    and w = Bβ. Sample weights must be ≥ 0.
+    Solver: preconditioned CG on Bᵀ H B β = Bᵀ Kᵀ_nm W y, w = Bβ, with
+    H = Kᵀ_nm W K_nm + α·(K_mm + εI) (ε: the jitter that K_mm's Cholesky factor needs, from
+    1e-13·m) and BBᵀ ≈ H⁻¹ built from two m × m Cholesky factors as in Falkon: K_mm + εI = LLᵀ,
+    Q = (n/s)·Φᵀ W_s Φ + α·I = MMᵀ with Φ = K_sm L⁻ᵀ the Nyström features of s ≥ m sampled
+    rows, Bᵀ = (LM)⁻¹. With the m centres as the s rows this is Falkon's preconditioner
+    ((n/m)·K_mm² + α·K_mm); more rows approximate H better (10⁶ points: 9–11 iterations
+    instead of 38–70). Sample weights must be ≥ 0.
 
     Examples
     --------

@@ -485,3 +485,52 @@ def test_works_without_sklearn():
     with_sk.fit(x, y, sample_weight=sw)
     np.testing.assert_array_equal(with_sk.centers_, centres)
     assert float(lines[2]) == pytest.approx(with_sk.score(x, y), rel=1e-8)
+
+
+# --------------------------------------------------------------------------------------
+# The README's large-n table comes from the stored benchmark results
+# --------------------------------------------------------------------------------------
+def _power_of_ten(n: int) -> str:
+    exponent = len(str(n)) - 1
+    lead = n // 10**exponent
+    sup = str(exponent).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return f"10{sup}" if lead == 1 else f"{lead}·10{sup}"
+
+
+def nystrom_table() -> str:
+    """The README's table, from bench/results/regressor_cpu.json (the rows case="nystrom")."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    rows = json.loads((root / "bench/results/regressor_cpu.json").read_text())["rows"]
+    lines = [
+        "| n | α | `NystromKernelRidge` | CG iterations | test RMSE | scikit-learn `Nystroem` + "
+        "`Ridge` | peak memory (ours / sklearn) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r.get("case") == "nystrom"):
+        rmse = f"{r['rmse']:.3f}"
+        if r["exact_rmse"] is not None:
+            rmse += f" (exact KRR: {r['exact_rmse']:.3f}, {r['exact_s']:.3g} s)"
+        ours_mem = f"{r['peak_rss_mib'] / 1024:.2f}"
+        if r["sklearn_s"] is None:
+            sk = f"– (its n × m features: {r['n'] * r['m'] * 8 / 1e9:.0f} GB)"
+            mem = f"{ours_mem} GiB / –"
+        else:
+            sk = f"{r['sklearn_s']:.3g} s, RMSE {r['sklearn_rmse']:.3f}"
+            mem = f"{ours_mem} / {r['sklearn_peak_rss_mib'] / 1024:.2f} GiB"
+        lines.append(
+            f"| {_power_of_ten(r['n'])} | {r['alpha']:g} | {r['fastamort_s']:.3g} s | "
+            f"{r['iters']} | {rmse} | {sk} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def test_readme_large_n_table_matches_the_stored_results():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- nystrom-table -->\n", 1)[1].split("\n\n", 1)[0]
+    expected = nystrom_table()
+    assert table == expected, f"regenerate the README table; from bench/results:\n{expected}"
