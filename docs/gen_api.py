@@ -37,8 +37,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ),
     (
         "Drop-in regressor",
-        "scikit-learn's kernel ridge regressor on the engine ops.",
-        ["KernelRidge"],
+        "scikit-learn's kernel ridge regressor on the engine ops, and Nyström KRR for large n.",
+        ["KernelRidge", "NystromKernelRidge"],
     ),
     (
         "Amortised learning",

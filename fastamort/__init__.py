@@ -27,11 +27,15 @@ from .ops import (
 
 
 def __getattr__(name: str):
-    # KernelRidge is imported on first use: it pulls in scikit-learn (optional) when installed
+    # the regressors are imported on first use: they pull in scikit-learn (optional) if installed
     if name == "KernelRidge":
         from .regressor import KernelRidge
 
         return KernelRidge
+    if name == "NystromKernelRidge":
+        from .nystrom_regressor import NystromKernelRidge
+
+        return NystromKernelRidge
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -48,6 +52,7 @@ __all__ = [
     "NonFiniteError",
     "NotPSDError",
     "NumericalWarning",
+    "NystromKernelRidge",
     "__version__",
     "amortised_estimate",
     "amortised_objective",
