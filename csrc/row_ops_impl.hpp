@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace fastamort {
@@ -22,6 +23,49 @@ void cross_to_s(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale
     T q = nxi + ny[j] - T(2) * row[j];
     row[j] = (q > T(0) ? q : T(0)) * scale;
   }
+}
+
+template <class T>
+bool cross_to_s_checked(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale) {
+  const T ratio = T(kDirectRatio);
+  T low = T(1);  // min over j of ratio·q − (nxi + ny[j]): negative when an entry is flagged
+#pragma omp simd reduction(min : low)
+  for (int j = 0; j < n; ++j) {
+    const T e = nxi + ny[j];
+    const T q = e - T(2) * row[j];
+    const T t = ratio * q - e;
+    low = t < low ? t : low;
+    row[j] = (q > T(0) ? q : T(0)) * scale;
+  }
+  return low < T(0);
+}
+
+// Σ_d (a[d] − b[d])²: the same operations in the same order for (a, b) and (b, a).
+template <class T>
+inline T sqdist_pair(const T* __restrict a, const T* __restrict b, int d) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int k = 0; k < d; ++k) {
+    const T diff = a[k] - b[k];
+    acc += diff * diff;
+  }
+  return acc;
+}
+
+template <class T>
+int fix_s_row(T* __restrict row, const T* __restrict ny, T nxi, const T* __restrict xi,
+              const T* __restrict y, long ldy, int n, int d, T scale, unsigned char* flagged) {
+  const T ratio = T(kDirectRatio);
+  int count = 0;
+  for (int j = 0; j < n; ++j) {
+    const bool redo = (nxi + ny[j]) * scale > ratio * row[j];
+    if (flagged != nullptr) flagged[j] = redo ? 1 : 0;
+    if (redo) {
+      row[j] = sqdist_pair(xi, y + j * ldy, d) * scale;
+      ++count;
+    }
+  }
+  return count;
 }
 
 template <class T>
@@ -135,9 +179,10 @@ inline void vstore(T* p, typename Vec<T>::type v) {
 }
 
 // buf[r·ldb + c] = max(nx[r] + ny[c] − 2·Σ_k xa[r·lda + k]·panel[k·W + c], 0)·scale for one
-// group of W = 2 vectors of columns and R rows.
-template <int R, class T>
-inline void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
+// group of W = 2 vectors of columns and R rows. With CHECK, returns whether some entry has
+// nx[r] + ny[c] > kDirectRatio·q (see cross_to_s_checked); else false.
+template <int R, bool CHECK, class T>
+inline bool s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
                     const T* __restrict nx, const T* __restrict panel, const T* __restrict ny,
                     int d, T scale) {
   using V = typename Vec<T>::type;
@@ -158,14 +203,29 @@ inline void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
   }
   const V ny0 = vload(ny), ny1 = vload(ny + L);
   const V zero = V{};
+  V low = zero + T(1);
   for (int r = 0; r < R; ++r) {
-    V q0 = (nx[r] + ny0) - T(2) * acc0[r];
-    V q1 = (nx[r] + ny1) - T(2) * acc1[r];
+    const V e0 = nx[r] + ny0, e1 = nx[r] + ny1;
+    V q0 = e0 - T(2) * acc0[r];
+    V q1 = e1 - T(2) * acc1[r];
+    if constexpr (CHECK) {
+      const V t0 = T(kDirectRatio) * q0 - e0, t1 = T(kDirectRatio) * q1 - e1;
+      low = t0 < low ? t0 : low;
+      low = t1 < low ? t1 : low;
+    }
     q0 = q0 > zero ? q0 : zero;
     q1 = q1 > zero ? q1 : zero;
     vstore(buf + static_cast<long>(r) * ldb, q0 * scale);
     vstore(buf + static_cast<long>(r) * ldb + L, q1 * scale);
   }
+  if constexpr (CHECK) {
+    T lows[L];
+    vstore(lows, low);
+    bool any = false;
+    for (int l = 0; l < L; ++l) any |= lows[l] < T(0);
+    return any;
+  }
+  return false;
 }
 
 template <int K, class T>
@@ -174,9 +234,12 @@ void kernel_from_s_to(T* __restrict out, const T* __restrict s, int n) {
   for (int j = 0; j < n; ++j) out[j] = k_of_s<K, T>(s[j]);
 }
 
-template <int K, class T>
+// EXACT: the entries fix_s_row flags are recomputed from the raw points x (rows × d, row
+// stride ldx) and y (cols × d, row stride ldyr) before k(s).
+template <int K, bool EXACT, class T>
 void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
-                 const T* ny, int rows, int cols, int d, T scale) {
+                 const T* ny, int rows, int cols, int d, T scale, const T* x, long ldx,
+                 const T* y, long ldyr) {
   constexpr int W = 2 * Vec<T>::lanes;
   const int chunk = std::min(kChunkCols, (cols + W - 1) / W * W);
   std::vector<T> panel(static_cast<size_t>(d) * chunk), nyp(chunk),
@@ -192,23 +255,30 @@ void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
         for (int c = 0; c < W; ++c) pg[kk * W + c] = c < valid ? src[c] : T(0);
       }
     }
+    // padded columns have q = nx[r] and never look cancelled
     for (int c = 0; c < groups * W; ++c) nyp[c] = c < cc ? ny[j0 + c] : T(0);
     for (int i0 = 0; i0 < rows; i0 += kTileRows) {
       const int rr = std::min(kTileRows, rows - i0);
       const T* xr = xa + static_cast<long>(i0) * lda;
+      bool redo = false;
       for (int g = 0; g < groups; ++g) {
         T* bg = buf.data() + g * W;
         const T* pg = panel.data() + static_cast<long>(g) * d * W;
         const T* ng = nyp.data() + g * W;
         switch (rr) {
-          case 6: s_micro<6>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 5: s_micro<5>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 4: s_micro<4>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 3: s_micro<3>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 2: s_micro<2>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          default: s_micro<1>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          case 6: redo |= s_micro<6, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          case 5: redo |= s_micro<5, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          case 4: redo |= s_micro<4, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          case 3: redo |= s_micro<3, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          case 2: redo |= s_micro<2, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+          default: redo |= s_micro<1, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
         }
       }
+      if (EXACT && redo)
+        for (int r = 0; r < rr; ++r)
+          fix_s_row(buf.data() + static_cast<long>(r) * chunk, nyp.data(), nx[i0 + r],
+                    x + static_cast<long>(i0 + r) * ldx, y + static_cast<long>(j0) * ldyr, ldyr,
+                    cc, d, scale, static_cast<unsigned char*>(nullptr));
       for (int r = 0; r < rr; ++r)
         kernel_from_s_to<K, T>(k + static_cast<long>(i0 + r) * ldk + j0,
                                buf.data() + static_cast<long>(r) * chunk, cc);
@@ -219,12 +289,30 @@ void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
 template <class T>
 void gram_tile(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
                const T* ny, int rows, int cols, int d, T scale, int kernel) {
-  auto run = [&](auto tile) { tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale); };
+  auto run = [&](auto tile) {
+    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, static_cast<const T*>(nullptr),
+         0L, static_cast<const T*>(nullptr), 0L);
+  };
   switch (kernel) {  // Euclidean kernels only: the Laplacian never takes the GEMM trick
-    case kGaussian: return run(gram_tile_k<kGaussian, T>);
-    case kMatern12: return run(gram_tile_k<kMatern12, T>);
-    case kMatern32: return run(gram_tile_k<kMatern32, T>);
-    default: return run(gram_tile_k<kMatern52, T>);
+    case kGaussian: return run(gram_tile_k<kGaussian, false, T>);
+    case kMatern12: return run(gram_tile_k<kMatern12, false, T>);
+    case kMatern32: return run(gram_tile_k<kMatern32, false, T>);
+    default: return run(gram_tile_k<kMatern52, false, T>);
+  }
+}
+
+template <class T>
+void gram_tile_exact(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
+                     const T* ny, int rows, int cols, int d, T scale, int kernel, const T* x,
+                     long ldx, const T* y, long ldyr) {
+  auto run = [&](auto tile) {
+    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, x, ldx, y, ldyr);
+  };
+  switch (kernel) {
+    case kGaussian: return run(gram_tile_k<kGaussian, true, T>);
+    case kMatern12: return run(gram_tile_k<kMatern12, true, T>);
+    case kMatern32: return run(gram_tile_k<kMatern32, true, T>);
+    default: return run(gram_tile_k<kMatern52, true, T>);
   }
 }
 
@@ -286,13 +374,68 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
   return static_cast<double>(acc);
 }
 
+// ℓ·∂k/∂ℓ = −2s·k'(s) (Euclidean) or −s·k'(s) (Laplacian) as a function φ(k) of the kernel
+// value, for the lengthscale gradient from a stored K. With t = −log k:
+//   gaussian 2t·k;  matern12, laplacian t·k;
+//   matern32 k·a²/(1 + a), a − log(1 + a) = t;  matern52 k·(a²/3)(1 + a)/(1 + a + a²/3),
+//   a − log(1 + a + a²/3) = t; a by Newton from a₀ = t + √(ct) (c = 2, 6), which lies above the
+//   root of these convex, increasing functions, so the steps fall monotonically onto it: 4
+//   steps (float) or 5 (double) reach a few ulps of φ. k below the smallest normal number
+//   gives φ = 0 (its true value is below that too).
+template <int K, class T>
+inline T phi_of_k(T kv) {
+  const bool live = kv >= std::numeric_limits<T>::min();
+  const T kc = live ? kv : T(1);
+  const T l = log_pos<T>(kc);
+  const T t = l < T(0) ? -l : T(0);
+  T phi;
+  if constexpr (K == kGaussian) {
+    phi = T(2) * t * kc;
+  } else if constexpr (K == kMatern12 || K == kLaplacian) {
+    phi = t * kc;
+  } else {
+    constexpr int steps = sizeof(T) == 8 ? 5 : 4;
+    constexpr T c = K == kMatern32 ? T(2) : T(6);
+    T a = t + vsqrt(c * t);
+    for (int it = 0; it < steps; ++it) {
+      const T p = K == kMatern32 ? T(1) + a : T(1) + a + a * a * T(1.0 / 3.0);
+      const T g = a - log_pos<T>(p) - t;                                         // a − log p − t
+      const T dg = K == kMatern32 ? a / p : a * (T(1) + a) / (T(3) * p);       // its derivative
+      a = a > T(0) ? a - g / (a > T(0) ? dg : T(1)) : a;
+    }
+    phi = K == kMatern32 ? kc * a * a / (T(1) + a)
+                         : kc * (a * a * T(1.0 / 3.0)) * (T(1) + a) / (T(1) + a + a * a * T(1.0 / 3.0));
+  }
+  return live ? phi : T(0);
+}
+
+template <int K, class T>
+T ell_grad_sum(const T* __restrict kv, const T* __restrict g, int n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int j = 0; j < n; ++j) acc += g[j] * phi_of_k<K, T>(kv[j]);
+  return acc;
+}
+
+template <class T>
+double ell_grad_from_k(const T* kv, const T* g, int n, int kernel) {
+  switch (kernel) {
+    case kGaussian: return ell_grad_sum<kGaussian, T>(kv, g, n);
+    case kMatern12: return ell_grad_sum<kMatern12, T>(kv, g, n);
+    case kMatern32: return ell_grad_sum<kMatern32, T>(kv, g, n);
+    case kMatern52: return ell_grad_sum<kMatern52, T>(kv, g, n);
+    default: return ell_grad_sum<kLaplacian, T>(kv, g, n);
+  }
+}
+
 }  // namespace
 
 template <class T>
 RowOps<T> make_row_ops() {
   return RowOps<T>{&cross_to_s<T>,         &sqdist_direct<T>, &l1_direct<T>,
                    &kernel_from_s<T>,      &gram_tile<T>,     &kernel_grad_from_s<T>,
-                   FASTAMORT_ISA_NAME};
+                   &cross_to_s_checked<T>, &fix_s_row<T>,     &gram_tile_exact<T>,
+                   &ell_grad_from_k<T>,    FASTAMORT_ISA_NAME};
 }
 
 template RowOps<float> make_row_ops<float>();

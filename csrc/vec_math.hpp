@@ -1,6 +1,8 @@
-// Branch-free exp for non-positive arguments, written so that the compiler vectorises it.
+// Branch-free exp for non-positive arguments and log for positive ones, written so that the
+// compiler vectorises them.
 //
-// Kernel functions only ever need exp(x) for x <= 0. glibc's vector exp (libmvec) is
+// Kernel functions only ever need exp(x) for x <= 0 (and the lengthscale gradient from K, log
+// of 0 < x <= 1). glibc's vector exp (libmvec) is
 // only used by GCC under -ffast-math, which would also break NaN checks, so we keep our
 // own: Cody-Waite range reduction x = k·ln2 + r with |r| <= ln2/2, a Taylor polynomial
 // (degree 13 for double, 7 for float: both below one ulp of truncation error) and
@@ -93,6 +95,61 @@ inline T exp_nonpos(T x) {
   std::memcpy(&scale, &e_bits, sizeof(T));
   const T y = exp_poly<T>(r) * scale;
   return underflow ? T(0) : y;
+}
+
+// log(x) for normal x > 0 (0, subnormals, ∞ and NaN are not supported). Vectorisable: no
+// branches, no calls. x = 2^e·m with m in [√½, √2), f = m − 1, and
+// log m = 2·atanh(f/(2 + f)) by its odd series in z = (f/(2 + f))², |f/(2 + f)| <= 0.172
+// (11 terms for double, 5 for float: both below one ulp of truncation error).
+template <class T>
+inline T log_poly(T z);
+
+template <>
+inline double log_poly<double>(double z) {  // Σ_k z^k/(2k + 1), k = 1..11
+  double p = 1.0 / 23.0;
+  p = p * z + 1.0 / 21.0;
+  p = p * z + 1.0 / 19.0;
+  p = p * z + 1.0 / 17.0;
+  p = p * z + 1.0 / 15.0;
+  p = p * z + 1.0 / 13.0;
+  p = p * z + 1.0 / 11.0;
+  p = p * z + 1.0 / 9.0;
+  p = p * z + 1.0 / 7.0;
+  p = p * z + 1.0 / 5.0;
+  p = p * z + 1.0 / 3.0;
+  return p * z;
+}
+
+template <>
+inline float log_poly<float>(float z) {  // k = 1..5
+  float p = 1.0f / 11.0f;
+  p = p * z + 1.0f / 9.0f;
+  p = p * z + 1.0f / 7.0f;
+  p = p * z + 1.0f / 5.0f;
+  p = p * z + 1.0f / 3.0f;
+  return p * z;
+}
+
+template <class T>
+inline T log_pos(T x) {
+  using Tr = ExpTraits<T>;
+  using Int = typename Tr::Int;
+  constexpr Int kMantMask = (Int(1) << Tr::kMantissa) - 1;
+  // fraction bits of √2: a mantissa 1.f above √2 is taken as (1.f / 2)·2
+  constexpr Int kSqrt2Bits = sizeof(T) == 8 ? Int(0x6A09E667F3BCDLL) : Int(0x3504F3);
+  Int bits;
+  std::memcpy(&bits, &x, sizeof(T));
+  const Int mant = bits & kMantMask;
+  const Int big = mant > kSqrt2Bits ? Int(1) : Int(0);
+  const Int e = (bits >> Tr::kMantissa) - Int(Tr::kBias) + big;
+  const Int m_bits = mant | ((Int(Tr::kBias) - big) << Tr::kMantissa);
+  T m;
+  std::memcpy(&m, &m_bits, sizeof(T));
+  const T f = m - T(1);
+  const T s = f / (T(2) + f);
+  const T ed = static_cast<T>(e);
+  const T logm = T(2) * s + T(2) * s * log_poly<T>(s * s);  // 2·atanh(s)
+  return ed * Tr::kLn2Hi + (logm + ed * Tr::kLn2Lo);
 }
 
 }  // namespace
