@@ -21,6 +21,7 @@ from .._checks import (
     check_same_kind,
     check_tensor,
     flatten_batch,
+    has_data,
 )
 from .kernel_math import DIRECT_RATIO, KERNEL_NAMES, is_euclidean, kernel_from_s, kernel_id
 
@@ -111,7 +112,7 @@ def squared_distance_ref(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tenso
     e = nx.unsqueeze(-1) + ny.unsqueeze(-2)
     q = torch.matmul(xc, yc.mT).mul_(-2.0).add_(e)
     sq = q.clamp_min(0.0)
-    if q.numel() == 0:
+    if q.numel() == 0 or not has_data(q):
         return sq
     with torch.no_grad():
         # cheap test first: no row's smallest q is below its largest possible norms / ratio
