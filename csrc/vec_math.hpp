@@ -12,6 +12,10 @@
 #include <cstdint>
 #include <cstring>
 
+// Forced inline: an out-of-line copy compiled for AVX2 would sit outside the ISA namespaces
+// (tests/test_isa.py checks that only the dispatched kernels use AVX).
+#define FASTAMORT_VEC_INLINE inline __attribute__((always_inline))
+
 namespace fastamort {
 // Internal linkage on purpose: this header is compiled once per instruction set.
 namespace {
@@ -42,10 +46,10 @@ struct ExpTraits<float> {
 };
 
 template <class T>
-inline T exp_poly(T r);
+FASTAMORT_VEC_INLINE T exp_poly(T r);
 
 template <>
-inline double exp_poly<double>(double r) {
+FASTAMORT_VEC_INLINE double exp_poly<double>(double r) {
   // Taylor series of e^r to r^13/13!, Horner form.
   double p = 1.0 / 6227020800.0;
   p = p * r + 1.0 / 479001600.0;
@@ -64,7 +68,7 @@ inline double exp_poly<double>(double r) {
 }
 
 template <>
-inline float exp_poly<float>(float r) {
+FASTAMORT_VEC_INLINE float exp_poly<float>(float r) {
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -77,7 +81,7 @@ inline float exp_poly<float>(float r) {
 
 // exp(x) for x <= 0 (x > 0 is not supported). Vectorisable: no branches, no calls.
 template <class T>
-inline T exp_nonpos(T x) {
+FASTAMORT_VEC_INLINE T exp_nonpos(T x) {
   using Tr = ExpTraits<T>;
   using Int = typename Tr::Int;
   const bool underflow = x < Tr::kLowest;
@@ -102,10 +106,10 @@ inline T exp_nonpos(T x) {
 // log m = 2·atanh(f/(2 + f)) by its odd series in z = (f/(2 + f))², |f/(2 + f)| <= 0.172
 // (11 terms for double, 5 for float: both below one ulp of truncation error).
 template <class T>
-inline T log_poly(T z);
+FASTAMORT_VEC_INLINE T log_poly(T z);
 
 template <>
-inline double log_poly<double>(double z) {  // Σ_k z^k/(2k + 1), k = 1..11
+FASTAMORT_VEC_INLINE double log_poly<double>(double z) {  // Σ_k z^k/(2k + 1), k = 1..11
   double p = 1.0 / 23.0;
   p = p * z + 1.0 / 21.0;
   p = p * z + 1.0 / 19.0;
@@ -121,7 +125,7 @@ inline double log_poly<double>(double z) {  // Σ_k z^k/(2k + 1), k = 1..11
 }
 
 template <>
-inline float log_poly<float>(float z) {  // k = 1..5
+FASTAMORT_VEC_INLINE float log_poly<float>(float z) {  // k = 1..5
   float p = 1.0f / 11.0f;
   p = p * z + 1.0f / 9.0f;
   p = p * z + 1.0f / 7.0f;
@@ -131,7 +135,7 @@ inline float log_poly<float>(float z) {  // k = 1..5
 }
 
 template <class T>
-inline T log_pos(T x) {
+FASTAMORT_VEC_INLINE T log_pos(T x) {
   using Tr = ExpTraits<T>;
   using Int = typename Tr::Int;
   constexpr Int kMantMask = (Int(1) << Tr::kMantissa) - 1;

@@ -159,7 +159,7 @@ def _tri_index(pid):
 
 
 @triton.jit
-def _s_tile(
+def _s_tile_exact(
     a_base,
     c_base,
     ar_base,
@@ -237,6 +237,57 @@ def _s_tile(
     if SYMMETRIC:
         s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
     return tl.minimum(s, 1e7), redo  # kernel_math.S_MAX: k = 0 beyond, and no (1 + ∞)·0
+
+
+@triton.jit
+def _s_tile(
+    a_base,
+    c_base,
+    na_base,
+    nc_base,
+    offs_a,
+    offs_c,
+    mask_a,
+    mask_c,
+    stride_am,
+    stride_ad,
+    stride_cm,
+    stride_cd,
+    D,
+    ell,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """:func:`_s_tile_exact` with the centred rows standing in for the raw ones (the entries it
+    recomputes are then direct differences of centred points: exact up to the centring's
+    rounding). Returns ``s`` only."""
+    s, _ = _s_tile_exact(
+        a_base,
+        c_base,
+        a_base,
+        c_base,
+        na_base,
+        nc_base,
+        offs_a,
+        offs_c,
+        mask_a,
+        mask_c,
+        stride_am,
+        stride_ad,
+        stride_cm,
+        stride_cd,
+        D,
+        ell,
+        KERNEL,
+        SYMMETRIC,
+        BLOCK_A,
+        BLOCK_C,
+        BLOCK_K,
+    )
+    return s
 
 
 @triton.jit
@@ -386,7 +437,7 @@ def _gram_fwd_kernel(
     mask_n = offs_n < N
     ell = tl.load(ell_ptr)
 
-    s, _ = _s_tile(
+    s, _ = _s_tile_exact(
         x_ptr + pid_b * stride_xb,
         y_ptr + pid_b * stride_yb,
         xr_ptr + pid_b * stride_xb,
@@ -494,7 +545,7 @@ def _gram_matmul_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        s, _ = _s_tile(
+        s, _ = _s_tile_exact(
             x_base,
             y_base,
             xr_base,
@@ -628,7 +679,7 @@ def _gram_bwd_kernel(
     for n0 in range(0, MC, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < MC
-        s, redo = _s_tile(
+        s, redo = _s_tile_exact(
             a_base,
             c_base,
             ar_base,
@@ -738,7 +789,7 @@ _gram_bwd = _tuned(
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(
+def _prepare_exact(
     x: Tensor, y: Tensor | None, kernel: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(x, y, x̃, ỹ, ‖x̃‖², ‖ỹ‖²)``: the raw points, contiguous, and (Euclidean kernels) the
@@ -759,6 +810,11 @@ def _prepare(
     return x, y, xc, yc, nx, ny
 
 
+def _prepare(x: Tensor, y: Tensor | None, kernel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x̃, ỹ, ‖x̃‖², ‖ỹ‖²)`` of :func:`_prepare_exact`, for kernels built on :func:`_s_tile`."""
+    return _prepare_exact(x, y, kernel)[2:]
+
+
 def _norm_stride(n: Tensor) -> int:
     """Batch stride of a (B, M) norm vector; 0 for the Laplacian's placeholder."""
     return n.stride(0) if n.dim() == 2 else 0
@@ -776,7 +832,7 @@ def gram_forward(x: Tensor, y: Tensor | None, kernel: int, ell: Tensor) -> Tenso
     out = torch.empty((B, M, N), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    xr, yr, xc, yc, nx, ny = _prepare(x, y, kernel)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     ell = ell.contiguous()
 
     def grid(meta: dict) -> tuple[int]:
@@ -819,7 +875,7 @@ def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell
     if M == 0 or P == 0 or N == 0:
         return torch.zeros((B, M, P), dtype=x.dtype, device=x.device)
     out = torch.empty((B, M, P), dtype=x.dtype, device=x.device)
-    xr, yr, xc, yc, nx, ny = _prepare(x, y, kernel)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     v = v.contiguous()
     ell = ell.contiguous()
     block_p = _pow2_block(P, 16, 64)
@@ -952,7 +1008,7 @@ def gram_backward(
         dx = torch.zeros_like(x) if need_x else None
         dy = torch.zeros_like(y) if need_y else None
         return dx, dy, torch.zeros((), dtype=x.dtype, device=x.device)
-    xr, yr, xc, yc, nx, ny = _prepare(x, y, kernel)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     grad = grad.contiguous()
     v = v.contiguous() if has_v else grad
     ell = ell.contiguous()
