@@ -81,9 +81,17 @@ def gram_backend_impl(backend: str) -> SimpleNamespace:
 # --------------------------------------------------------------------------------------
 # Reference
 # --------------------------------------------------------------------------------------
+#: D at or below which the reference forms squared distances directly, one coordinate at a time
+#: (as the C++ engine's direct route): the GEMM trick saves nothing there.
+DIRECT_MAX_D = 4
+#: Points sampled (evenly strided) for the robust centre.
+CENTRE_SAMPLE = 255
+
+
 def robust_centre(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """Per-coordinate median of the points of ``x`` (…, M, D) and ``y`` (…, N, D), (…, 1, D),
-    detached: a centre for the GEMM trick that no outlier can drag away (zeros if empty)."""
+    """Per-coordinate median of an evenly strided sample of at most ``CENTRE_SAMPLE`` points of
+    ``x`` (…, M, D) and ``y`` (…, N, D), (…, 1, D), detached: a centre for the GEMM trick that
+    outliers cannot drag away (zeros if there are no points). The C++ engine samples alike."""
     with torch.no_grad():
         pts = x.detach()
         if y is not None:
@@ -91,19 +99,30 @@ def robust_centre(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
             pts = torch.cat(
                 [pts.expand(*batch, *x.shape[-2:]), y.detach().expand(*batch, *y.shape[-2:])], -2
             )
-        if pts.shape[-2] == 0:
+        total = pts.shape[-2]
+        if total == 0:
             return torch.zeros_like(pts[..., :1, :])
-        return pts.median(dim=-2, keepdim=True).values
+        count = min(total, CENTRE_SAMPLE)
+        rows = torch.arange(count, device=pts.device) * total // count
+        return pts.index_select(-2, rows).median(dim=-2, keepdim=True).values
 
 
 def squared_distance_ref(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """‖x_i − y_j‖² (…, M, N), differentiable, as accurate as direct differences.
+    """‖x_i − y_j‖² (…, M, N), differentiable (twice), as accurate as direct differences.
 
-    The GEMM trick q = ‖x̃‖² + ‖ỹ‖² − 2 x̃·ỹ on points centred at :func:`robust_centre`, clamped
-    at 0; the entries with ‖x̃‖² + ‖ỹ‖² > ``DIRECT_RATIO``·q, whose digits it may have lost, are
-    recomputed as Σ (x − y)² of the raw points (only they cost O(D) memory each).
+    D <= ``DIRECT_MAX_D``: Σ_d (x_d − y_d)², one coordinate at a time. Otherwise the GEMM trick
+    q = ‖x̃‖² + ‖ỹ‖² − 2 x̃·ỹ on points centred at :func:`robust_centre`, clamped at 0, and the
+    entries with ‖x̃‖² + ‖ỹ‖² > ``DIRECT_RATIO``·q, whose digits it may have lost, recomputed as
+    Σ (x − y)² of the raw points (only they cost O(D) memory each).
     """
     other = x if y is None else y
+    if x.shape[-1] <= DIRECT_MAX_D:
+        batch = torch.broadcast_shapes(x.shape[:-2], other.shape[:-2])
+        sq = x.new_zeros(*batch, x.shape[-2], other.shape[-2])
+        for k in range(x.shape[-1]):
+            diff = x[..., :, None, k] - other[..., None, :, k]
+            sq = sq + diff * diff
+        return sq
     centre = robust_centre(x, y)
     xc = x - centre
     yc = xc if y is None else other - centre
@@ -129,20 +148,37 @@ def squared_distance_ref(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tenso
     return sq.index_put(idx, direct)
 
 
+def l1_distance_ref(x: torch.Tensor, y: torch.Tensor | None, twice: bool = False) -> torch.Tensor:
+    """‖x_i − y_j‖₁ (…, M, N) by ``torch.cdist``; ``twice``: one coordinate at a time instead,
+    which autograd can differentiate twice (cdist's backward cannot be differentiated)."""
+    other = x if y is None else y
+    if not twice:
+        return torch.cdist(x, other, p=1)
+    batch = torch.broadcast_shapes(x.shape[:-2], other.shape[:-2])
+    total = x.new_zeros(*batch, x.shape[-2], other.shape[-2])
+    for k in range(x.shape[-1]):
+        total = total + (x[..., :, None, k] - other[..., None, :, k]).abs()
+    return total
+
+
 def scaled_distance_ref(
-    x: torch.Tensor, y: torch.Tensor | None, kernel: str, lengthscale: torch.Tensor | float
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    kernel: str,
+    lengthscale: torch.Tensor | float,
+    twice_differentiable: bool = False,
 ) -> torch.Tensor:
     """s(x_i, y_j): ‖x−y‖²/ℓ² (Euclidean kernels) or ‖x−y‖₁/ℓ (Laplacian), (..., M, N).
 
-    Euclidean distances by :func:`squared_distance_ref`; with ``y`` None the result is exactly
-    symmetric with an exactly zero diagonal.
+    Euclidean distances by :func:`squared_distance_ref`, L1 ones by :func:`l1_distance_ref`
+    (``twice_differentiable``: its slower form that autograd differentiates twice); with ``y``
+    None the result is exactly symmetric with an exactly zero diagonal.
     """
-    other = x if y is None else y
     # × 1/ℓ rather than ÷ ℓ (or ℓ²): the ℓ-gradient of a ÷ at the smallest lengthscales goes
     # through 1/ℓ³ or 1/ℓ⁴, which overflow (then ∞·0 = NaN where k is flat).
     inv_ell = 1.0 / lengthscale
     if kernel == "laplacian":
-        s = torch.cdist(x, other, p=1) * inv_ell
+        s = l1_distance_ref(x, y, twice_differentiable) * inv_ell
     else:
         s = squared_distance_ref(x, y) * inv_ell * inv_ell
     if y is None:
@@ -160,8 +196,18 @@ def gram_ref(
     """Pure-PyTorch Gram matrix k(x_i, y_j), (..., M, D) × (..., N, D) → (..., M, N).
 
     Differentiable by autograd; shared by the ``torch`` backend, the tests and the benchmarks.
+    Twice differentiable too, except for the Laplacian (``torch.cdist``): see
+    :func:`gram_twice_differentiable`.
     """
     return kernel_from_s(scaled_distance_ref(x, y, kernel, lengthscale), kernel)
+
+
+def gram_twice_differentiable(
+    x: torch.Tensor, y: torch.Tensor | None, kernel: str, lengthscale: torch.Tensor | float
+) -> torch.Tensor:
+    """:func:`gram_ref` in a form autograd can differentiate twice for every kernel (the
+    backward of the compiled backends under ``create_graph=True``)."""
+    return kernel_from_s(scaled_distance_ref(x, y, kernel, lengthscale, True), kernel)
 
 
 # --------------------------------------------------------------------------------------
@@ -199,8 +245,8 @@ class GramFunction(torch.autograd.Function):
 
     Only the gradients asked for are formed: a lengthscale-only backward reads ℓ·∂k/∂ℓ off the
     K the forward returned (saved for it), with no distances at all. Under
-    ``create_graph=True`` the backward runs the torch reference's, which can be differentiated
-    again (second derivatives).
+    ``create_graph=True`` the backward runs :func:`gram_twice_differentiable`'s, which can be
+    differentiated again (second derivatives).
     """
 
     @staticmethod
@@ -221,7 +267,10 @@ class GramFunction(torch.autograd.Function):
         if wants_double_backward(x, y, ell, grad_k):
             kernel = KERNEL_NAMES[ctx.kid]
             grads = differentiable_grads(
-                lambda a, b, e: gram_ref(a, b, kernel, e), (x, y, ell), needed, grad_k
+                lambda a, b, e: gram_twice_differentiable(a, b, kernel, e),
+                (x, y, ell),
+                needed,
+                grad_k,
             )
             note_backend("gram.backward", "torch")
             return (*grads, None, None)

@@ -23,6 +23,7 @@ from .gram import (
     differentiable_grads,
     gram_backend_impl,
     gram_ref,
+    gram_twice_differentiable,
     prepare_points,
     wants_double_backward,
 )
@@ -46,8 +47,8 @@ class GramMatmulFunction(torch.autograd.Function):
     """out = K(x, y) @ v on a compiled backend; backward by that backend's fused kernels.
 
     Only the gradients asked for are formed (no contraction with the points when only ℓ and v
-    need theirs). Under ``create_graph=True`` the backward runs the torch reference's, which
-    can be differentiated again.
+    need theirs). Under ``create_graph=True`` the backward runs the torch formulas of
+    :func:`~fastamort.ops.gram.gram_twice_differentiable`, which can be differentiated again.
     """
 
     @staticmethod
@@ -66,7 +67,7 @@ class GramMatmulFunction(torch.autograd.Function):
         if wants_double_backward(x, y, v, ell, grad_out):
             kernel = KERNEL_NAMES[ctx.kid]
             grads = differentiable_grads(
-                lambda a, b, w, e: gram_matmul_ref(a, b, w, kernel, e),
+                lambda a, b, w, e: gram_twice_differentiable(a, b, kernel, e) @ w,
                 (x, y, v, ell),
                 needed,
                 grad_out,
