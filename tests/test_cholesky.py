@@ -158,7 +158,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")  # interpreter
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")
 def test_zero_matrix_raises_not_psd_at_once(device, backend, dtype):
     """A numerically zero matrix has no scale for a jitter: NotPSDError at once. It used to
     "factor" with a subnormal jitter and ridge_solve(zeros(3, 3), ones(3), 0.0) gave
