@@ -200,9 +200,10 @@ class Prepared {
   const T* y_raw(long j) const { return y_raw_ + j * p_.d; }
 
  private:
-  // Per-coordinate median of an evenly strided sample of at most 255 points of X ∪ Y.
+  // Per-coordinate median of an evenly strided sample of at most 63 points of X ∪ Y (the
+  // same sample as fastamort.ops.gram.robust_centre): cheap, and robust to outliers.
   static std::vector<double> robust_centre(const Problem<T>& p) {
-    constexpr long kSample = 255;
+    constexpr long kSample = 63;
     const long n_all = p.y == nullptr ? p.m : static_cast<long>(p.m) + p.n;
     const long count = std::min(n_all, kSample);
     std::vector<double> centre(p.d, 0.0), column(count);

@@ -85,7 +85,7 @@ def gram_backend_impl(backend: str) -> SimpleNamespace:
 #: (as the C++ engine's direct route): the GEMM trick saves nothing there.
 DIRECT_MAX_D = 4
 #: Points sampled (evenly strided) for the robust centre.
-CENTRE_SAMPLE = 255
+CENTRE_SAMPLE = 63
 
 
 def robust_centre(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
