@@ -169,7 +169,8 @@ class Prepared {
     ops_.gram_tile_exact(kb, ldk, xa(i0), lda_, nx_.data() + i0, yt_.data() + j0, p_.n,
                          ny_ptr_ + j0, rows, cols, p_.d, scale_, p_.kernel,
                          x_raw_ + static_cast<long>(i0) * p_.d, p_.d,
-                         y_raw_ + static_cast<long>(j0) * p_.d, p_.d);
+                         y_raw_ + static_cast<long>(j0) * p_.d, p_.d,
+                         sym_ ? static_cast<long>(i0) - j0 : kNoDiagonal);
     if (sym_)
       for (int r = std::max(0, j0 - i0); r < std::min(rows, j0 + cols - i0); ++r)
         kb[r * ldk + i0 + r - j0] = T(1);
@@ -181,6 +182,9 @@ class Prepared {
   bool fill_s_row(T* row, int i, int j0, int cols, bool from_cross,
                   unsigned char* flags = nullptr) const {
     if (from_cross) {
+      // a point against itself (Y = X) is never recomputed: a zero cross term makes q large,
+      // and the caller sets that entry's s to 0
+      if (sym_ && i >= j0 && i < j0 + cols) row[i - j0] = T(0);
       if (ops_.cross_to_s_checked(row, ny_ptr_ + j0, nx_[i], cols, scale_)) {
         return ops_.fix_s_row(row, ny_ptr_ + j0, nx_[i], x_raw_ + static_cast<long>(i) * p_.d,
                               y_raw_ + static_cast<long>(j0) * p_.d, p_.d, cols, p_.d, scale_,

@@ -22,6 +22,8 @@ inline bool kernel_is_euclidean(int kernel) { return kernel != kLaplacian; }
 // error of at most about kDirectRatio·D ulps whatever the offsets of the points and the other
 // points (kernel_math.DIRECT_RATIO is the same number for the other backends).
 constexpr double kDirectRatio = 16.0;
+// gram_tile_exact's diag when Y is not X.
+constexpr long kNoDiagonal = -(1L << 40);
 
 template <class T>
 struct RowOps {
@@ -49,10 +51,12 @@ struct RowOps {
   int (*fix_s_row)(T* row, const T* ny, T nxi, const T* xi, const T* y, long ldy, int n, int d,
                    T scale, unsigned char* flagged);
   // gram_tile, with the entries fix_s_row would recompute taken from the raw points: x (rows
-  // × d, row stride ldx) and y (cols × d, row stride ldyr).
+  // × d, row stride ldx) and y (cols × d, row stride ldyr). diag (Y = X): the tile column of
+  // row 0's own point, whose diagonal r − c = −diag needs no recomputation (the caller sets
+  // it); kNoDiagonal otherwise.
   void (*gram_tile_exact)(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
                           long ldy, const T* ny, int rows, int cols, int d, T scale, int kernel,
-                          const T* x, long ldx, const T* y, long ldyr);
+                          const T* x, long ldx, const T* y, long ldyr, long diag);
   // Σ_j g[j]·ℓ·∂k_j/∂ℓ with ∂k/∂ℓ written as a function of k = k[j] itself (no distances).
   double (*ell_grad_from_k)(const T* k, const T* g, int n, int kernel);
   const char* isa;

@@ -179,12 +179,17 @@ inline void vstore(T* p, typename Vec<T>::type v) {
 }
 
 // buf[r·ldb + c] = max(nx[r] + ny[c] − 2·Σ_k xa[r·lda + k]·panel[k·W + c], 0)·scale for one
-// group of W = 2 vectors of columns and R rows. With CHECK, returns whether some entry has
-// nx[r] + ny[c] > kDirectRatio·q (see cross_to_s_checked); else false.
+// group of W = 2 vectors of columns and R rows. With CHECK, tests[0..L) gets, lane-wise,
+// kDirectRatio·(smallest q of the R rows) − (nx_max + ny) over both vectors: no value below 0
+// means no entry can have nx[r] + ny[c] > kDirectRatio·q (see cross_to_s_checked); one that is
+// is confirmed entry by entry by fix_s_row. One vector minimum per row and vector; the caller
+// tests the stored values once per row block (a vector kept live across the dot-product loop
+// would cost a register the accumulators need).
 template <int R, bool CHECK, class T>
-inline bool s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
-                    const T* __restrict nx, const T* __restrict panel, const T* __restrict ny,
-                    int d, T scale) {
+FASTAMORT_VEC_INLINE void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
+                                  const T* __restrict nx, const T* __restrict panel,
+                                  const T* __restrict ny, int d, T scale, T nx_max,
+                                  T* __restrict tests) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   V acc0[R], acc1[R];
@@ -203,29 +208,36 @@ inline bool s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
   }
   const V ny0 = vload(ny), ny1 = vload(ny + L);
   const V zero = V{};
-  V low = zero + T(1);
+  V qmin0 = zero + std::numeric_limits<T>::max(), qmin1 = qmin0;
   for (int r = 0; r < R; ++r) {
-    const V e0 = nx[r] + ny0, e1 = nx[r] + ny1;
-    V q0 = e0 - T(2) * acc0[r];
-    V q1 = e1 - T(2) * acc1[r];
-    if constexpr (CHECK) {
-      const V t0 = T(kDirectRatio) * q0 - e0, t1 = T(kDirectRatio) * q1 - e1;
-      low = t0 < low ? t0 : low;
-      low = t1 < low ? t1 : low;
-    }
+    V q0 = (nx[r] + ny0) - T(2) * acc0[r];
+    V q1 = (nx[r] + ny1) - T(2) * acc1[r];
     q0 = q0 > zero ? q0 : zero;
     q1 = q1 > zero ? q1 : zero;
+    if constexpr (CHECK) {
+      qmin0 = q0 < qmin0 ? q0 : qmin0;
+      qmin1 = q1 < qmin1 ? q1 : qmin1;
+    }
     vstore(buf + static_cast<long>(r) * ldb, q0 * scale);
     vstore(buf + static_cast<long>(r) * ldb + L, q1 * scale);
   }
   if constexpr (CHECK) {
-    T lows[L];
-    vstore(lows, low);
-    bool any = false;
-    for (int l = 0; l < L; ++l) any |= lows[l] < T(0);
-    return any;
+    const V t0 = T(kDirectRatio) * qmin0 - (nx_max + ny0);
+    const V t1 = T(kDirectRatio) * qmin1 - (nx_max + ny1);
+    vstore(tests, t0 < t1 ? t0 : t1);
   }
-  return false;
+}
+
+// Whether some entry of a group (rows × cols of s in buf, stride ldb) other than a point
+// against itself (c = r + diag) looks cancelled: (nx[r] + ny[c])·scale > kDirectRatio·s.
+template <class T>
+bool check_group_off_diagonal(const T* buf, int ldb, const T* nx, const T* ny, int rows, int cols,
+                              T scale, long diag) {
+  bool any = false;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      any |= c != r + diag && (nx[r] + ny[c]) * scale > T(kDirectRatio) * buf[r * ldb + c];
+  return any;
 }
 
 template <int K, class T>
@@ -234,16 +246,33 @@ void kernel_from_s_to(T* __restrict out, const T* __restrict s, int n) {
   for (int j = 0; j < n; ++j) out[j] = k_of_s<K, T>(s[j]);
 }
 
+// s_micro for rr = 1..kTileRows rows (inlined into the tile loop: out of line the fused tile
+// ran about 20% slower).
+template <bool CHECK, class T>
+FASTAMORT_VEC_INLINE void micro(int rr, T* buf, int ldb, const T* xa, int lda, const T* nx,
+                                const T* panel, const T* ny, int d, T scale, T nx_max,
+                                T* tests) {
+  switch (rr) {
+    case 6: return s_micro<6, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 5: return s_micro<5, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 4: return s_micro<4, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 3: return s_micro<3, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 2: return s_micro<2, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    default: return s_micro<1, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+  }
+}
+
 // EXACT: the entries fix_s_row flags are recomputed from the raw points x (rows × d, row
 // stride ldx) and y (cols × d, row stride ldyr) before k(s).
 template <int K, bool EXACT, class T>
 void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
                  const T* ny, int rows, int cols, int d, T scale, const T* x, long ldx,
-                 const T* y, long ldyr) {
-  constexpr int W = 2 * Vec<T>::lanes;
+                 const T* y, long ldyr, long diag) {
+  constexpr int L = Vec<T>::lanes;
+  constexpr int W = 2 * L;
   const int chunk = std::min(kChunkCols, (cols + W - 1) / W * W);
   std::vector<T> panel(static_cast<size_t>(d) * chunk), nyp(chunk),
-      buf(static_cast<size_t>(kTileRows) * chunk);
+      buf(static_cast<size_t>(kTileRows) * chunk), tests(EXACT ? chunk / 2 : 0);
   for (int j0 = 0; j0 < cols; j0 += chunk) {
     const int cc = std::min(chunk, cols - j0);
     const int groups = (cc + W - 1) / W;
@@ -261,18 +290,28 @@ void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
       const int rr = std::min(kTileRows, rows - i0);
       const T* xr = xa + static_cast<long>(i0) * lda;
       bool redo = false;
+      T nx_max = nx[i0];
+      for (int r = 1; r < rr; ++r) nx_max = nx[i0 + r] > nx_max ? nx[i0 + r] : nx_max;
       for (int g = 0; g < groups; ++g) {
         T* bg = buf.data() + g * W;
         const T* pg = panel.data() + static_cast<long>(g) * d * W;
         const T* ng = nyp.data() + g * W;
-        switch (rr) {
-          case 6: redo |= s_micro<6, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 5: redo |= s_micro<5, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 4: redo |= s_micro<4, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 3: redo |= s_micro<3, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 2: redo |= s_micro<2, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          default: redo |= s_micro<1, EXACT>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+        T* tg = tests.data() + g * L;
+        // group column of row i0's own point (Y = X): that group is checked without it
+        const long dg = diag == kNoDiagonal ? kNoDiagonal : diag + i0 - j0 - g * W;
+        if (EXACT && dg > -rr && dg < W) {
+          micro<false>(rr, bg, chunk, xr, lda, nx + i0, pg, ng, d, scale, nx_max, tg);
+          redo |= check_group_off_diagonal(bg, chunk, nx + i0, ng, rr, W, scale, dg);
+          for (int l = 0; l < L; ++l) tg[l] = T(1);
+        } else {
+          micro<EXACT>(rr, bg, chunk, xr, lda, nx + i0, pg, ng, d, scale, nx_max, tg);
         }
+      }
+      if (EXACT && !redo) {
+        T low = T(1);
+#pragma omp simd reduction(min : low)
+        for (int l = 0; l < groups * L; ++l) low = tests[l] < low ? tests[l] : low;
+        redo = low < T(0);
       }
       if (EXACT && redo)
         for (int r = 0; r < rr; ++r)
@@ -291,7 +330,7 @@ void gram_tile(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, l
                const T* ny, int rows, int cols, int d, T scale, int kernel) {
   auto run = [&](auto tile) {
     tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, static_cast<const T*>(nullptr),
-         0L, static_cast<const T*>(nullptr), 0L);
+         0L, static_cast<const T*>(nullptr), 0L, kNoDiagonal);
   };
   switch (kernel) {  // Euclidean kernels only: the Laplacian never takes the GEMM trick
     case kGaussian: return run(gram_tile_k<kGaussian, false, T>);
@@ -304,9 +343,9 @@ void gram_tile(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, l
 template <class T>
 void gram_tile_exact(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
                      const T* ny, int rows, int cols, int d, T scale, int kernel, const T* x,
-                     long ldx, const T* y, long ldyr) {
+                     long ldx, const T* y, long ldyr, long diag) {
   auto run = [&](auto tile) {
-    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, x, ldx, y, ldyr);
+    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, x, ldx, y, ldyr, diag);
   };
   switch (kernel) {
     case kGaussian: return run(gram_tile_k<kGaussian, true, T>);

@@ -223,6 +223,8 @@ def _s_tile_exact(
         e = na[:, None] + nc[None, :]
         q = e - 2.0 * acc
         redo = valid & (e > _DIRECT_RATIO * q)
+        if SYMMETRIC:  # a point against itself: s = 0 below, nothing to recompute
+            redo = redo & (offs_a[:, None] != offs_c[None, :])
         if tl.max(redo.to(tl.int32)) > 0:
             ar_rows = ar_base + offs_a.to(tl.int64) * stride_am
             cr_rows = cr_base + offs_c.to(tl.int64) * stride_cm

@@ -129,8 +129,13 @@ def squared_distance_ref(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tenso
     nx = xc.pow(2).sum(-1)
     ny = nx if y is None else yc.pow(2).sum(-1)
     e = nx.unsqueeze(-1) + ny.unsqueeze(-2)
-    q = torch.matmul(xc, yc.mT).mul_(-2.0).add_(e)
+    cross = torch.matmul(xc, yc.mT)
+    if y is None:  # a point against itself: q = e is never recomputed, and its sq is set to 0
+        cross.diagonal(dim1=-2, dim2=-1).zero_()
+    q = cross.mul_(-2.0).add_(e)
     sq = q.clamp_min(0.0)
+    if y is None:
+        sq.diagonal(dim1=-2, dim2=-1).zero_()
     if q.numel() == 0 or not has_data(q):
         return sq
     with torch.no_grad():
