@@ -183,9 +183,9 @@ def _s_tile_exact(
     BLOCK_K: tl.constexpr,
 ):
     """Scaled distances ``s[BLOCK_A, BLOCK_C]`` between rows ``a`` and rows ``c`` (s = 0 on i == j
-    when ``SYMMETRIC``), and the mask of the entries recomputed from the raw rows ``ar``, ``cr``
-    (same strides as ``a``, ``c``) because the GEMM trick may have lost their digits. Rows outside
-    the masks read as zeros: their ``s`` is finite, not 0."""
+    when ``SYMMETRIC``), and the mask of the entries where the GEMM trick may have lost digits;
+    a tile with any of them is made by direct differences of the raw rows ``ar``, ``cr`` (same
+    strides as ``a``, ``c``). Rows outside the masks read as zeros: their ``s`` is finite, not 0."""
     dtype = a_base.dtype.element_ty
     a_rows = a_base + offs_a.to(tl.int64) * stride_am
     c_rows = c_base + offs_c.to(tl.int64) * stride_cm
@@ -226,15 +226,15 @@ def _s_tile_exact(
         if SYMMETRIC:  # a point against itself: s = 0 below, nothing to recompute
             redo = redo & (offs_a[:, None] != offs_c[None, :])
         if tl.max(redo.to(tl.int32)) > 0:
+            # the whole tile by direct differences (nothing of the GEMM trick stays live)
             ar_rows = ar_base + offs_a.to(tl.int64) * stride_am
             cr_rows = cr_base + offs_c.to(tl.int64) * stride_cm
-            direct = tl.zeros((BLOCK_A, BLOCK_C), dtype=dtype)
+            q = tl.zeros((BLOCK_A, BLOCK_C), dtype=dtype)
             for k in range(0, D):
                 a_k = tl.load(ar_rows + k * stride_ad, mask=mask_a, other=0.0)
                 c_k = tl.load(cr_rows + k * stride_cd, mask=mask_c, other=0.0)
                 diff = a_k[:, None] - c_k[None, :]
-                direct += diff * diff
-            q = tl.where(redo, direct, q)
+                q += diff * diff
         s = tl.maximum(q, 0.0) / (ell * ell)
     if SYMMETRIC:
         s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
@@ -668,7 +668,6 @@ def _gram_bwd_kernel(
 
     dtype = a_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=dtype)
-    exact = tl.zeros((BLOCK_M, BLOCK_D), dtype=dtype)  # Σ_j w_ij (a_i − c_j), recomputed entries
     row_w = tl.zeros((BLOCK_M,), dtype=dtype)
     row_ws = tl.zeros((BLOCK_M,), dtype=dtype)
     if NEED_DA:
@@ -741,31 +740,36 @@ def _gram_bwd_kernel(
                 acc = tl.dot(w_gemm, c_blk, acc, input_precision="ieee")
                 if tl.max(redo.to(tl.int32)) > 0:
                     # w·(a − c) of the recomputed entries from the raw points, coordinate by
-                    # coordinate: the GEMM form (Σ w)·ã − Σ w·c̃ would cancel their digits
+                    # coordinate (the GEMM form (Σ w)·ã − Σ w·c̃ would cancel their digits),
+                    # summed in da itself: this program owns those entries, and the rare case
+                    # holds no registers through the loop
                     w_exact = tl.where(redo, w, 0.0)
                     ar_rows = ar_base + offs_m.to(tl.int64) * stride_am
                     cr_rows = cr_base + offs_n.to(tl.int64) * stride_cm
+                    da_rows = da_ptr + pid_b * stride_dab + offs_m.to(tl.int64) * stride_dam
                     for dd in range(0, BLOCK_D):
-                        # a column past D reads column D − 1; its sum lands where nothing is stored
                         col = pid_d * BLOCK_D + dd
+                        inside = mask_m & ((offs_m * 0 + col) < D)
                         read = tl.minimum(col, D - 1)
                         a_k = tl.load(ar_rows + read * stride_ad, mask=mask_m, other=0.0)
                         c_k = tl.load(cr_rows + read * stride_cd, mask=mask_n, other=0.0)
                         part = tl.sum(w_exact * (a_k[:, None] - c_k[None, :]), axis=1)
-                        exact += tl.where(offs_d[None, :] == col, part[:, None], 0.0)
+                        sofar = tl.load(da_rows + col * stride_dad, mask=inside, other=0.0)
+                        tl.store(da_rows + col * stride_dad, sofar + part, mask=inside)
 
     if KERNEL == _LAPLACIAN:
         dell = -tl.sum(row_ws, axis=0) / ell
     else:
         dell = -2.0 * tl.sum(row_ws, axis=0) / ell
     if NEED_DA:
+        # da (B, MA, D): zeros on entry, or (Euclidean) the direct sums of recomputed entries
+        da_out = da_ptr + pid_b * stride_dab
+        da_out += offs_m.to(tl.int64)[:, None] * stride_dam + offs_d[None, :] * stride_dad
         if KERNEL == _LAPLACIAN:
             da = acc / ell
         else:
+            exact = tl.load(da_out, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
             da = (2.0 / (ell * ell)) * (row_w[:, None] * a_blk - acc + exact)
-        # da (B, MA, D)
-        da_out = da_ptr + pid_b * stride_dab
-        da_out += offs_m.to(tl.int64)[:, None] * stride_dam + offs_d[None, :] * stride_dad
         tl.store(da_out, da, mask=mask_m[:, None] & mask_d[None, :])
     if pid_d == 0:
         tl.store(dell_ptr + pid_b * stride_dellb + pid_m, dell)
@@ -776,13 +780,14 @@ _gram_matmul = _tuned(
     _gram_matmul_kernel, _MATMUL_CONFIGS, key=["M", "N", "D", "P", "KERNEL", "SYMMETRIC"]
 )
 # Autotuning runs every config on the same buffers: the dℓ slots a config with more row blocks
-# wrote would otherwise stay in the sum after the chosen config's run (GPU only: the interpreter
-# has one config), so they are zeroed before each run.
+# wrote would otherwise stay in the sum after the chosen config's run, and da accumulates the
+# direct part of recomputed entries (GPU only: the interpreter has one config), so both are
+# zeroed before each run.
 _gram_bwd = _tuned(
     _gram_bwd_kernel,
     _BACKWARD_CONFIGS,
     key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V", "NEED_DA"],
-    reset_to_zero=["dell_ptr"],
+    reset_to_zero=["dell_ptr", "da_ptr"],
 )
 
 
@@ -936,7 +941,7 @@ def _side_grad(
     family = _family(kernel)
     # one dℓ slot per row block of the smallest BLOCK_M the autotuner may launch with
     slots = triton.cdiv(MA, _min_block(_gram_bwd[family].configs, "BLOCK_M"))
-    da = torch.empty_like(a) if need_da else a  # not written without need_da
+    da = torch.zeros_like(a) if need_da else a  # not written without need_da
     dell = torch.zeros((B, slots), dtype=a.dtype, device=a.device)
     if kernel == _LAPLACIAN_ID:
         block_d = _pow2_block(D, 4, 16)  # last axis of [BLOCK_M, BLOCK_N, BLOCK_D] sign tiles
