@@ -35,10 +35,11 @@ Dims gram_dims(const py::array& x, const py::object& y, int kind) {
   return dims;
 }
 
+// ℓ = +∞ is allowed: a finite lengthscale beyond the range of float32 arrives as ∞, and its
+// kernel is exactly k(0) = 1 (s = 0, every gradient 0), as on the other backends.
 void check_kernel(int kernel, double lengthscale) {
   if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
-  if (!(lengthscale > 0.0) || lengthscale == std::numeric_limits<double>::infinity())
-    throw py::value_error("lengthscale: must be positive and finite");
+  if (!(lengthscale > 0.0)) throw py::value_error("lengthscale: must be positive");
 }
 
 // Raw pointers of a batched problem, taken while the GIL is held (the kernels run without it).
@@ -109,9 +110,11 @@ py::array gram_matmul_forward_t(const py::array& x, const py::object& y, const p
 }
 
 // grad: (B, M, N) when v is None (gram), else (B, M, P) (gram_matmul, G = grad·vᵀ).
+// need_dx / need_dy false: that gradient is neither computed nor returned (None).
 template <class T>
 py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::array& grad,
-                          const py::object& v, int kernel, double ell) {
+                          const py::object& v, int kernel, double ell, bool need_dx,
+                          bool need_dy) {
   const Dims dims = gram_dims(x, y, sizeof(T) == 8);
   const Points<T> pts(x, y, dims, kernel, ell);
   auto gs = checked_shape(grad, "grad", 3, sizeof(T) == 8);
@@ -128,16 +131,21 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
     vp = const_data<T>(v.cast<py::array>());
   }
   const bool sym = y.is_none();
-  py::array_t<T> dx({dims.b, dims.m, dims.d});
+  py::object dx_obj = py::none();
+  T* dxp = nullptr;
+  if (need_dx) {
+    py::array_t<T> dx({dims.b, dims.m, dims.d});
+    dxp = dx.mutable_data();
+    dx_obj = dx;
+  }
   py::object dy_obj = py::none();
   T* dyp = nullptr;
-  if (!sym) {
+  if (!sym && need_dy) {
     py::array_t<T> dy({dims.b, dims.n, dims.d});
     dyp = dy.mutable_data();
     dy_obj = dy;
   }
   py::array_t<double> dell({dims.b});
-  T* dxp = dx.mutable_data();
   double* dellp = dell.mutable_data();
   const T* gp = const_data<T>(grad);
   const long g_stride = v.is_none() ? dims.m * dims.n : dims.m * p;
@@ -145,13 +153,36 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
     py::gil_scoped_release release;
     blas::SingleThreaded single_threaded_blas;
     for_each_in_batch(dims.b, is_small(dims), [&](long b, bool inner) {
-      dellp[b] = gram::backward<T>(pts[b], gp + b * g_stride,
-                                   vp == nullptr ? nullptr : vp + b * dims.n * p,
-                                   static_cast<int>(p), dxp + b * dims.m * dims.d,
-                                   dyp == nullptr ? nullptr : dyp + b * dims.n * dims.d, inner);
+      dellp[b] = gram::backward_selected<T>(
+          pts[b], gp + b * g_stride, vp == nullptr ? nullptr : vp + b * dims.n * p,
+          static_cast<int>(p), dxp == nullptr ? nullptr : dxp + b * dims.m * dims.d,
+          dyp == nullptr ? nullptr : dyp + b * dims.n * dims.d, inner);
     });
   }
-  return py::make_tuple(dx, dy_obj, dell);
+  return py::make_tuple(dx_obj, dy_obj, dell);
+}
+
+// dℓ per batch member of sum(grad * K) from K itself (B, M, N), no distances.
+template <class T>
+py::array gram_ell_grad_t(const py::array& k, const py::array& grad, int kernel, double ell) {
+  auto ks = checked_shape(k, "k", 3, sizeof(T) == 8);
+  auto gs = checked_shape(grad, "grad", 3, sizeof(T) == 8);
+  if (gs[0] != ks[0] || gs[1] != ks[1] || gs[2] != ks[2])
+    throw py::value_error("grad: expected the shape of k (B, M, N)");
+  const long b = ks[0], m = ks[1], n = ks[2];
+  py::array_t<double> dell({b});
+  double* dellp = dell.mutable_data();
+  const T* kp = const_data<T>(k);
+  const T* gp = const_data<T>(grad);
+  const T ell_t = static_cast<T>(ell);
+  {
+    py::gil_scoped_release release;
+    for_each_in_batch(b, is_small(Dims{b, m, n, 1}), [&](long i, bool inner) {
+      dellp[i] = gram::ell_grad_from_k<T>(kp + i * m * n, gp + i * m * n, m, n, kernel, ell_t,
+                                           inner);
+    });
+  }
+  return dell;
 }
 
 }  // namespace
@@ -180,17 +211,32 @@ void bind_gram(py::module_& m) {
   m.def(
       "gram_backward",
       [](const py::array& x, const py::object& y, const py::array& grad, const py::object& v,
-         int kernel, double lengthscale) -> py::tuple {
+         int kernel, double lengthscale, bool need_dx, bool need_dy) -> py::tuple {
         check_kernel(kernel, lengthscale);
         return float_kind(x, "x") == 0
-                   ? gram_backward_t<float>(x, y, grad, v, kernel, lengthscale)
-                   : gram_backward_t<double>(x, y, grad, v, kernel, lengthscale);
+                   ? gram_backward_t<float>(x, y, grad, v, kernel, lengthscale, need_dx, need_dy)
+                   : gram_backward_t<double>(x, y, grad, v, kernel, lengthscale, need_dx,
+                                             need_dy);
       },
       py::arg("x"), py::arg("y"), py::arg("grad"), py::arg("v"), py::arg("kernel"),
-      py::arg("lengthscale"),
+      py::arg("lengthscale"), py::arg("need_dx") = true, py::arg("need_dy") = true,
       "Gradients of sum(G * k(x, y)) -> (dx, dy or None, dlengthscale per batch member).\n"
       "G = grad (B, M, N) when v is None, else grad @ v^T with grad (B, M, P), v (B, N, P).\n"
-      "With y None, dx is the total gradient of x in both roles.");
+      "With y None, dx is the total gradient of x in both roles. need_dx / need_dy False:\n"
+      "that gradient is skipped (None); with neither, no contraction with the points runs.");
+  m.def(
+      "gram_ell_grad",
+      [](const py::array& k, const py::array& grad, int kernel, double lengthscale) -> py::array {
+        check_kernel(kernel, lengthscale);
+        return float_kind(k, "k") == 0 ? gram_ell_grad_t<float>(k, grad, kernel, lengthscale)
+                                       : gram_ell_grad_t<double>(k, grad, kernel, lengthscale);
+      },
+      py::arg("k"), py::arg("grad"), py::arg("kernel"), py::arg("lengthscale"),
+      "d/dlengthscale of sum(grad * K) per batch member, from K = k(x, y) (B, M, N) itself:\n"
+      "no distances are formed.");
+  m.def("direct_ratio", []() { return kDirectRatio; },
+        "Entries whose centred squared norms exceed this times their squared distance are\n"
+        "recomputed by direct differences.");
   m.def(
       "gram_route",
       [](long m_rows, long n_cols, long d, int kernel) -> std::string {

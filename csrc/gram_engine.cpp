@@ -106,23 +106,20 @@ class Prepared {
         ops_(row_ops<T>()) {
     const T ell = p.lengthscale;
     scale_ = euclid_ ? T(1) / (ell * ell) : T(1) / ell;
-    // Centre on the mean of all points: distances are translation invariant and the
-    // GEMM trick loses digits in proportion to ‖x‖² (PERFORMANCE.md §7.2).
-    std::vector<double> mean(p.d, 0.0);
-    const long n_all = sym_ ? p.m : static_cast<long>(p.m) + p.n;
-    for (long i = 0; i < p.m; ++i)
-      for (int k = 0; k < p.d; ++k) mean[k] += p.x[i * p.d + k];
-    if (!sym_)
-      for (long j = 0; j < p.n; ++j)
-        for (int k = 0; k < p.d; ++k) mean[k] += p.y[j * p.d + k];
-    if (n_all > 0)
-      for (auto& v : mean) v /= static_cast<double>(n_all);
-    xa_ = augment(p.x, p.m, mean, nx_);
+    x_raw_ = p.x;
+    y_raw_ = sym_ ? p.x : p.y;
+    // The GEMM trick loses digits in proportion to the centred norms (PERFORMANCE.md §7.2):
+    // centre at a point that outliers cannot drag away. The entries it still gets wrong are
+    // recomputed from the raw points (fill_s_row), so the centre decides only how many. The
+    // direct route works on the raw points: centring would round them.
+    const std::vector<double> centre =
+        direct_ ? std::vector<double>(p.d, 0.0) : robust_centre(p);
+    xa_ = augment(p.x, p.m, centre, nx_);
     if (sym_) {
       ya_ptr_ = xa_.data();
       ny_ptr_ = nx_.data();
     } else {
-      ya_ = augment(p.y, p.n, mean, ny_);
+      ya_ = augment(p.y, p.n, centre, ny_);
       ya_ptr_ = ya_.data();
       ny_ptr_ = ny_.data();
     }
@@ -148,40 +145,85 @@ class Prepared {
   const RowOps<T>& ops() const { return ops_; }
 
   // buf[r·ldb + c] = s(x_{i0+r}, y_{j0+c}) for r < rows, c < cols (serial; one thread's block).
-  void fill_s(T* buf, int ldb, int i0, int rows, int j0, int cols) const {
+  // flags (rows × cols, when not null) marks the entries recomputed from the raw points.
+  // Returns whether there were any.
+  bool fill_s(T* buf, int ldb, int i0, int rows, int j0, int cols,
+              unsigned char* flags = nullptr) const {
     if (!direct_) gemm<T>(blas_, 'N', 'T', rows, cols, p_.d, T(1), xa(i0), lda_, ya(j0), lda_, T(0), buf, ldb);
-    for (int r = 0; r < rows; ++r) fill_s_row(buf + static_cast<long>(r) * ldb, i0 + r, j0, cols, !direct_);
+    bool redone = false;
+    for (int r = 0; r < rows; ++r)
+      redone |= fill_s_row(buf + static_cast<long>(r) * ldb, i0 + r, j0, cols, !direct_,
+                           flags == nullptr ? nullptr : flags + static_cast<long>(r) * cols);
     if (sym_) {
       for (int r = 0; r < rows; ++r) {
         const int c = i0 + r - j0;
         if (c >= 0 && c < cols) buf[static_cast<long>(r) * ldb + c] = T(0);
       }
     }
+    return redone;
   }
 
   // kb[r·ldk + c] = k(x_{i0+r}, y_{j0+c}) through the fused tile (fused() only); with Y = X
   // exactly k(0) = 1 on the diagonal.
   void fill_k_fused(T* kb, long ldk, int i0, int rows, int j0, int cols) const {
-    ops_.gram_tile(kb, ldk, xa(i0), lda_, nx_.data() + i0, yt_.data() + j0, p_.n, ny_ptr_ + j0,
-                   rows, cols, p_.d, scale_, p_.kernel);
+    ops_.gram_tile_exact(kb, ldk, xa(i0), lda_, nx_.data() + i0, yt_.data() + j0, p_.n,
+                         ny_ptr_ + j0, rows, cols, p_.d, scale_, p_.kernel,
+                         x_raw_ + static_cast<long>(i0) * p_.d, p_.d,
+                         y_raw_ + static_cast<long>(j0) * p_.d, p_.d,
+                         sym_ ? static_cast<long>(i0) - j0 : kNoDiagonal);
     if (sym_)
       for (int r = std::max(0, j0 - i0); r < std::min(rows, j0 + cols - i0); ++r)
         kb[r * ldk + i0 + r - j0] = T(1);
   }
 
-  // One row of s, columns [j0, j0+cols). from_cross: the row holds x·y on entry.
-  void fill_s_row(T* row, int i, int j0, int cols, bool from_cross) const {
+  // One row of s, columns [j0, j0+cols). from_cross: the row holds x·y on entry, and the
+  // entries the GEMM trick may have got wrong are recomputed from the raw points; flags (when
+  // not null) marks them. Returns whether there were any.
+  bool fill_s_row(T* row, int i, int j0, int cols, bool from_cross,
+                  unsigned char* flags = nullptr) const {
     if (from_cross) {
-      ops_.cross_to_s(row, ny_ptr_ + j0, nx_[i], cols, scale_);
+      // a point against itself (Y = X) is never recomputed: a zero cross term makes q large,
+      // and the caller sets that entry's s to 0
+      if (sym_ && i >= j0 && i < j0 + cols) row[i - j0] = T(0);
+      if (ops_.cross_to_s_checked(row, ny_ptr_ + j0, nx_[i], cols, scale_)) {
+        return ops_.fix_s_row(row, ny_ptr_ + j0, nx_[i], x_raw_ + static_cast<long>(i) * p_.d,
+                              y_raw_ + static_cast<long>(j0) * p_.d, p_.d, cols, p_.d, scale_,
+                              flags) > 0;
+      }
     } else if (euclid_) {
       ops_.sqdist_direct(row, xa(i), yt_.data() + j0, p_.n, cols, p_.d, scale_);
     } else {
       ops_.l1_direct(row, xa(i), yt_.data() + j0, p_.n, cols, p_.d, scale_);
     }
+    if (flags != nullptr) std::memset(flags, 0, static_cast<size_t>(cols));
+    return false;
   }
 
+  // Raw (uncentred) rows of the points.
+  const T* x_raw(long i) const { return x_raw_ + i * p_.d; }
+  const T* y_raw(long j) const { return y_raw_ + j * p_.d; }
+
  private:
-  std::vector<T> augment(const T* pts, int n, const std::vector<double>& mean,
+  // Per-coordinate median of an evenly strided sample of at most 63 points of X ∪ Y (the
+  // same sample as fastamort.ops.gram.robust_centre): cheap, and robust to outliers.
+  static std::vector<double> robust_centre(const Problem<T>& p) {
+    constexpr long kSample = 63;
+    const long n_all = p.y == nullptr ? p.m : static_cast<long>(p.m) + p.n;
+    const long count = std::min(n_all, kSample);
+    std::vector<double> centre(p.d, 0.0), column(count);
+    if (count == 0) return centre;
+    for (int k = 0; k < p.d; ++k) {
+      for (long s = 0; s < count; ++s) {
+        const long idx = s * n_all / count;
+        column[s] = idx < p.m ? p.x[idx * p.d + k] : p.y[(idx - p.m) * p.d + k];
+      }
+      std::nth_element(column.begin(), column.begin() + count / 2, column.end());
+      centre[k] = column[count / 2];
+    }
+    return centre;
+  }
+
+  std::vector<T> augment(const T* pts, int n, const std::vector<double>& centre,
                          std::vector<T>& norms) const {
     std::vector<T> out(static_cast<size_t>(n) * lda_);
     norms.resize(n);
@@ -189,7 +231,7 @@ class Prepared {
     for (long i = 0; i < n; ++i) {
       double nrm = 0.0;
       for (int k = 0; k < p_.d; ++k) {
-        const T c = static_cast<T>(pts[i * p_.d + k] - mean[k]);
+        const T c = static_cast<T>(pts[i * p_.d + k] - centre[k]);
         out[i * lda_ + k] = c;
         nrm += static_cast<double>(c) * c;
       }
@@ -204,6 +246,8 @@ class Prepared {
   int lda_;
   T scale_;
   const RowOps<T>& ops_;
+  const T* x_raw_ = nullptr;
+  const T* y_raw_ = nullptr;
   std::vector<T> xa_, ya_, yt_, nx_, ny_;
   const T* ya_ptr_ = nullptr;
   const T* ny_ptr_ = nullptr;
@@ -357,28 +401,65 @@ void matmul_forward(const Problem<T>& p, const T* v, int n_cols, T* out, bool in
 
 namespace {
 
-// Laplacian: dk/dx needs sign(x − y) per coordinate, so the tile's w is contracted
-// directly: dx_i += Σ_j w_ij·sign(x_i − y_j), dyt[k][j] −= Σ_i w_ij·sign(x_ik − y_jk).
-template <class T>
-void laplacian_contract(const Prepared<T>& pr, int n, int d, const T* w, int ldw, int i0,
-                        int rows, int j0, int cols, T* dxa, T* dyt /* d × cols */) {
+// The direct route's contraction of a tile's w with the raw points, one coordinate at a time:
+// dxa[i][k] += Σ_j w_ij·t(x_ik − y_jk), dyt[k][j] −= Σ_i w_ij·t(x_ik − y_jk), with t the identity
+// (Euclidean: Σ_j w_ij (x_i − y_j), no cancellation against a GEMM) or the sign (Laplacian).
+// dxa or dyt may be null (that gradient is not wanted).
+template <bool EUCLID, class T>
+void direct_contract(const Prepared<T>& pr, int n, int d, const T* w, int ldw, int i0, int rows,
+                     int j0, int cols, T* dxa, T* dyt /* d × cols */) {
   for (int r = 0; r < rows; ++r) {
     const T* wr = w + static_cast<long>(r) * ldw;
     const T* xi = pr.xa(i0 + r);
-    T* dxi = dxa + static_cast<long>(i0 + r) * pr.lda();
     for (int k = 0; k < d; ++k) {
       const T xk = xi[k];
       const T* yk = pr.yt() + static_cast<long>(k) * n + j0;
-      T* dyk = dyt + static_cast<long>(k) * cols;
       T acc = T(0);
+      if (dyt != nullptr) {
+        T* dyk = dyt + static_cast<long>(k) * cols;
 #pragma omp simd reduction(+ : acc)
-      for (int c = 0; c < cols; ++c) {
-        const T diff = xk - yk[c];
-        const T ws = wr[c] * (T(diff > T(0)) - T(diff < T(0)));
-        acc += ws;
-        dyk[c] -= ws;
+        for (int c = 0; c < cols; ++c) {
+          const T diff = xk - yk[c];
+          const T term = EUCLID ? wr[c] * diff : wr[c] * (T(diff > T(0)) - T(diff < T(0)));
+          acc += term;
+          dyk[c] -= term;
+        }
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int c = 0; c < cols; ++c) {
+          const T diff = xk - yk[c];
+          acc += EUCLID ? wr[c] * diff : wr[c] * (T(diff > T(0)) - T(diff < T(0)));
+        }
       }
-      dxi[k] += acc;
+      if (dxa != nullptr) dxa[static_cast<long>(i0 + r) * pr.lda() + k] += acc;
+    }
+  }
+}
+
+// For the entries of a GEMM-route tile that were recomputed from the raw points (flags), adds
+// w_ij·(x_i − y_j) formed directly to the accumulators, in the form the GEMM contraction
+// leaves them ([Σ_j w_ij ỹ_j | Σ_j w_ij] per x, read as (Σ w)·x̃_i − Σ w ỹ_j), and takes w_ij
+// out of the tile so that the GEMMs do not count it again.
+template <class T>
+void contract_flagged(const Prepared<T>& pr, int d, T* w, int ldw, const unsigned char* flags,
+                      int i0, int rows, int j0, int cols, T* dxa, T* dy_local) {
+  const int lda = pr.lda();
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      if (!flags[static_cast<long>(r) * cols + c]) continue;
+      T& wij = w[static_cast<long>(r) * ldw + c];
+      const T wv = wij;
+      wij = T(0);
+      if (wv == T(0)) continue;
+      const T* xi = pr.x_raw(i0 + r);
+      const T* yj = pr.y_raw(j0 + c);
+      T* ax = dxa == nullptr ? nullptr : dxa + static_cast<long>(i0 + r) * lda;
+      T* ay = dy_local == nullptr ? nullptr : dy_local + static_cast<long>(c) * lda;
+      for (int k = 0; k < d; ++k) {
+        const T t = wv * (xi[k] - yj[k]);
+        if (ax != nullptr) ax[k] -= t;
+        if (ay != nullptr) ay[k] += t;
+      }
     }
   }
 }
@@ -386,20 +467,25 @@ void laplacian_contract(const Prepared<T>& pr, int n, int d, const T* w, int ldw
 }  // namespace
 
 template <class T>
-double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
-                bool inner_parallel) {
+double backward_selected(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
+                         bool inner_parallel) {
   const int m = p.m, n = p.n, d = p.d;
-  std::fill(dx, dx + static_cast<long>(m) * d, T(0));
-  if (dy != nullptr) std::fill(dy, dy + static_cast<long>(n) * d, T(0));
+  const bool sym = p.y == nullptr;
+  const bool want_x = dx != nullptr;
+  const bool want_y = sym ? want_x : dy != nullptr;
+  if (dx != nullptr) std::fill(dx, dx + static_cast<long>(m) * d, T(0));
+  if (dy != nullptr && !sym) std::fill(dy, dy + static_cast<long>(n) * d, T(0));
   if (m == 0 || n == 0 || d == 0) return 0.0;
   Prepared<T> pr(p, inner_parallel);
   const int lda = pr.lda();
   const bool euclid = pr.euclidean();
-  // Euclidean accumulators: [Σ_j w_ij y_j | Σ_j w_ij] per x and [Σ_i w_ij x_i | Σ_i w_ij] per y
-  // (the trailing 1 of the augmented points gives the row and column sums of w).
-  // Laplacian: dxa holds Σ_j w_ij sign(x_i − y_j), dya (transposed, D×N) the same for y.
-  std::vector<T> dxa(static_cast<size_t>(m) * lda, T(0));
-  std::vector<T> dya(static_cast<size_t>(n) * lda, T(0));
+  // GEMM route: w is contracted with the centred points by GEMMs, [Σ_j w_ij ỹ_j | Σ_j w_ij]
+  // per x and [Σ_i w_ij x̃_i | Σ_i w_ij] per y (the trailing 1 of the augmented points gives
+  // the sums of w), except for the entries recomputed from the raw points (contract_flagged).
+  // Direct route: dxa holds Σ_j w_ij t(x_i − y_j) and dya the same for y (direct_contract).
+  const bool gemm_contract = euclid && !pr.direct();
+  std::vector<T> dxa(want_x ? static_cast<size_t>(m) * lda : 0, T(0));
+  std::vector<T> dya(want_y ? static_cast<size_t>(n) * lda : 0, T(0));
   const Blocking bl = blocking<T>(pr.direct(), m, n, kTileCols);
   const int rb = bl.rows, tc = bl.cols;
   const int nblocks = (m + rb - 1) / rb;
@@ -417,12 +503,17 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
       const int tid = omp_get_thread_num();
       std::vector<T> buf(static_cast<size_t>(rb) * tc);
       std::vector<T> gbuf(v != nullptr ? static_cast<size_t>(rb) * tc : 0);
+      const bool track = gemm_contract && (want_x || want_y);
+      std::vector<unsigned char> flags(track ? static_cast<size_t>(rb) * tc : 0);
       std::vector<T>& dy_local = dy_parts[tid];
-      dy_local.assign(static_cast<size_t>(cols) * lda, T(0));  // Laplacian: d × cols
+      if (want_y) dy_local.assign(static_cast<size_t>(cols) * lda, T(0));  // direct: d × cols
+      T* dxa_p = want_x ? dxa.data() : nullptr;
+      T* dyl_p = want_y ? dy_local.data() : nullptr;
 #pragma omp for schedule(static)
       for (int blk = 0; blk < nblocks; ++blk) {
         const int i0 = blk * rb, rows = std::min(rb, m - i0);
-        pr.fill_s(buf.data(), tc, i0, rows, j0, cols);
+        const bool redone = pr.fill_s(buf.data(), tc, i0, rows, j0, cols,
+                                      track ? flags.data() : nullptr);
         const T* gt = g + static_cast<long>(i0) * n + j0;
         int ldg = n;
         if (v != nullptr) {  // G tile = g[i0:] · v[j0:]ᵀ
@@ -435,27 +526,34 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
           ws_parts[tid] += pr.ops().kernel_grad_from_s(buf.data() + static_cast<long>(r) * tc,
                                                        gt + static_cast<long>(r) * ldg, cols,
                                                        p.kernel);
+        if (!want_x && !want_y) continue;  // the lengthscale gradient only
         if (pr.symmetric()) {  // k(x_i, x_i) = 1 depends on nothing
           for (int r = 0; r < rows; ++r) {
             const int c = i0 + r - j0;
             if (c >= 0 && c < cols) buf[static_cast<long>(r) * tc + c] = T(0);
           }
         }
-        if (euclid) {
-          gemm<T>(pr.blas(), 'N', 'N', rows, lda, cols, T(1), buf.data(), tc, pr.ya(j0), lda, T(1),
-                  dxa.data() + static_cast<long>(i0) * lda, lda);
-          gemm<T>(pr.blas(), 'T', 'N', cols, lda, rows, T(1), buf.data(), tc, pr.xa(i0), lda, T(1),
-                  dy_local.data(), lda);
+        if (gemm_contract) {
+          if (redone)
+            contract_flagged(pr, d, buf.data(), tc, flags.data(), i0, rows, j0, cols, dxa_p, dyl_p);
+          if (want_x)
+            gemm<T>(pr.blas(), 'N', 'N', rows, lda, cols, T(1), buf.data(), tc, pr.ya(j0), lda,
+                    T(1), dxa.data() + static_cast<long>(i0) * lda, lda);
+          if (want_y)
+            gemm<T>(pr.blas(), 'T', 'N', cols, lda, rows, T(1), buf.data(), tc, pr.xa(i0), lda,
+                    T(1), dy_local.data(), lda);
+        } else if (euclid) {
+          direct_contract<true>(pr, n, d, buf.data(), tc, i0, rows, j0, cols, dxa_p, dyl_p);
         } else {
-          laplacian_contract(pr, n, d, buf.data(), tc, i0, rows, j0, cols, dxa.data(),
-                             dy_local.data());
+          direct_contract<false>(pr, n, d, buf.data(), tc, i0, rows, j0, cols, dxa_p, dyl_p);
         }
       }
     }
+    if (!want_y) continue;
     for (int tid = 0; tid < n_threads; ++tid) {
       const std::vector<T>& part = dy_parts[tid];
       if (part.empty()) continue;
-      if (euclid) {
+      if (gemm_contract) {
         T* dst = dya.data() + static_cast<long>(j0) * lda;
         for (long idx = 0; idx < static_cast<long>(cols) * lda; ++idx) dst[idx] += part[idx];
       } else {
@@ -471,26 +569,43 @@ double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, 
   const T ell = p.lengthscale;
   // Euclidean: ds/dx_i = 2(x_i − y_j)/ℓ², ds/dℓ = −2s/ℓ.  Laplacian: ds/dx = sign/ℓ, ds/dℓ = −s/ℓ.
   const T c = euclid ? T(2) / (ell * ell) : T(1) / ell;
-  std::vector<T> dy_tmp;
-  T* dy_out = dy;
-  if (dy_out == nullptr) {  // symmetric: X plays both roles; add the two at the end
-    dy_tmp.assign(static_cast<size_t>(n) * d, T(0));
-    dy_out = dy_tmp.data();
-  }
-  auto finish = [&](const T* acc_all, const Prepared<T>& prep, bool rows_are_x, int count, T* out) {
+  auto finish = [&](const T* acc_all, bool rows_are_x, int count, T* out) {
     for (long i = 0; i < count; ++i) {
-      const T* pt = rows_are_x ? prep.xa(i) : prep.ya(i);
+      const T* pt = rows_are_x ? pr.xa(i) : pr.ya(i);
       const T* acc = acc_all + i * lda;
       for (int k = 0; k < d; ++k)
-        out[i * d + k] = euclid ? c * (acc[d] * pt[k] - acc[k]) : c * acc[k];
+        out[i * d + k] = gemm_contract ? c * (acc[d] * pt[k] - acc[k]) : c * acc[k];
     }
   };
-  finish(dxa.data(), pr, true, m, dx);
-  finish(dya.data(), pr, false, n, dy_out);
-  if (dy == nullptr)
-    for (long idx = 0; idx < static_cast<long>(m) * d; ++idx) dx[idx] += dy_out[idx];
+  if (want_x) finish(dxa.data(), true, m, dx);
+  if (sym && want_x) {  // X plays both roles: add its gradient as y
+    std::vector<T> dy_tmp(static_cast<size_t>(n) * d);
+    finish(dya.data(), false, n, dy_tmp.data());
+    for (long idx = 0; idx < static_cast<long>(m) * d; ++idx) dx[idx] += dy_tmp[idx];
+  } else if (want_y) {
+    finish(dya.data(), false, n, dy);
+  }
   const double dscale = (euclid ? -2.0 : -1.0) / static_cast<double>(ell);
   return dscale * sum_ws;
+}
+
+template <class T>
+double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
+                bool inner_parallel) {
+  return backward_selected(p, g, v, n_cols, dx, p.y == nullptr ? nullptr : dy, inner_parallel);
+}
+
+template <class T>
+double ell_grad_from_k(const T* k, const T* g, long m, long n, int kernel, T lengthscale,
+                       bool parallel) {
+  const RowOps<T>& ops = row_ops<T>();
+  std::vector<double> rows(static_cast<size_t>(std::max(m, 0L)), 0.0);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (long i = 0; i < m; ++i)
+    rows[i] = ops.ell_grad_from_k(k + i * n, g + i * n, static_cast<int>(n), kernel);
+  double total = 0.0;
+  for (double r : rows) total += r;
+  return total / static_cast<double>(lengthscale);
 }
 
 template void forward<float>(const Problem<float>&, float*, bool);
@@ -501,5 +616,12 @@ template double backward<float>(const Problem<float>&, const float*, const float
                                 float*, bool);
 template double backward<double>(const Problem<double>&, const double*, const double*, int,
                                  double*, double*, bool);
+template double backward_selected<float>(const Problem<float>&, const float*, const float*, int,
+                                         float*, float*, bool);
+template double backward_selected<double>(const Problem<double>&, const double*, const double*,
+                                          int, double*, double*, bool);
+template double ell_grad_from_k<float>(const float*, const float*, long, long, int, float, bool);
+template double ell_grad_from_k<double>(const double*, const double*, long, long, int, double,
+                                        bool);
 
 }  // namespace fastamort::gram

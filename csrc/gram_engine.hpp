@@ -2,13 +2,19 @@
 //
 // Shapes (row-major): x (M×D), y (N×D), v (N×P), K (M×N), out (M×P).
 // Every op walks the M×N plane in tiles. A tile of scaled distances s is made either
-//   - by the GEMM trick (D large): s = max(‖x‖² + ‖y‖² − 2·x·yᵀ, 0)/ℓ², on centred data,
-//     with the cross term from BLAS, or
-//   - directly (D small, the Laplacian, or small batched problems): s = Σ (x − y)²/ℓ²,
+//   - by the GEMM trick (D large): s = max(‖x̃‖² + ‖ỹ‖² − 2·x̃·ỹᵀ, 0)/ℓ² on points centred at
+//     a robust centre (per-coordinate median of a sample), with the cross term from BLAS or
+//     the fused micro-kernel; every entry whose centred norms exceed kDirectRatio times its
+//     value (row_ops.hpp) is then recomputed from the raw points by a direct difference, so
+//     that no offset of the points and no outlier among them costs digits; or
+//   - directly on the raw points (D small, the Laplacian, or small batched problems):
+//     s = Σ (x − y)²/ℓ²,
 // and is then mapped in place to k(s) (forward) or w = G·dk/ds (backward) by the
 // vectorised row kernels. gram() with D up to 64 fuses the two: a register-blocked
-// micro-kernel forms s and k(s) is written straight into K (RowOps::gram_tile). Only gram() writes the whole M×N matrix; gram_matmul and the
-// backward passes keep one tile at a time.
+// micro-kernel forms s and k(s) is written straight into K (RowOps::gram_tile_exact). Only
+// gram() writes the whole M×N matrix; gram_matmul and the backward passes keep one tile at a
+// time. The backward contracts w with the points by GEMMs on the centred points, except for
+// the recomputed entries (and on the direct route), whose w·(x − y) is formed directly.
 #pragma once
 
 #include <vector>
@@ -46,5 +52,19 @@ void matmul_forward(const Problem<T>& p, const T* v, int n_cols, T* out, bool in
 template <class T>
 double backward(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
                 bool inner_parallel);
+
+// As backward(), computing only the point gradients asked for: dx == nullptr skips x's (with
+// p.y == nullptr, the point gradient altogether), dy == nullptr skips y's (p.y != nullptr);
+// with neither, only the lengthscale gradient (the return value) is formed.
+template <class T>
+double backward_selected(const Problem<T>& p, const T* g, const T* v, int n_cols, T* dx, T* dy,
+                         bool inner_parallel);
+
+// ∂/∂ℓ of Σ G∘K from K itself (g, k: M×N, row-major), without distances: Σ g·ℓ·∂k/∂ℓ / ℓ,
+// with ℓ·∂k/∂ℓ a function of k (RowOps::ell_grad_from_k). Rows are split over threads when
+// parallel; the sum is the same for any thread count.
+template <class T>
+double ell_grad_from_k(const T* k, const T* g, long m, long n, int kernel, T lengthscale,
+                       bool parallel);
 
 }  // namespace fastamort::gram

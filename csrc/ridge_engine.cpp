@@ -50,8 +50,10 @@ constexpr int kLanes = 8;
 
 template <class T>
 FASTAMORT_INLINE bool good_pivot(T d) {
-  // False for NaN, too: OpenBLAS's potrf lets a NaN pivot through with info = 0.
-  return d > T(0) && d <= std::numeric_limits<T>::max();
+  // A positive normal number: a subnormal pivot (a matrix numerically zero) would "succeed"
+  // and the solve overflow to ∞ and NaN. False for NaN, too: OpenBLAS's potrf lets a NaN
+  // pivot through with info = 0.
+  return d >= std::numeric_limits<T>::min() && d <= std::numeric_limits<T>::max();
 }
 
 template <class T>
@@ -634,12 +636,12 @@ void fused_kernel_ridge(int n, int d, int p, int m, int count, const T* x, const
 
 // ---- LAPACK route ---------------------------------------------------------------------------
 
-// Index (1-based) of the first of the first `count` diagonal entries of a (stride lda) that
-// is not positive and finite, or 0.
+// Index (1-based) of the first of the first `count` diagonal entries of a factor (stride lda)
+// whose square, the pivot, is not a positive normal finite number (good_pivot), or 0.
 template <class T>
 int first_bad_pivot(int count, const T* a, long lda) {
   for (long k = 0; k < count; ++k)
-    if (!good_pivot(a[k * lda + k])) return static_cast<int>(k) + 1;
+    if (!good_pivot(a[k * lda + k] * a[k * lda + k])) return static_cast<int>(k) + 1;
   return 0;
 }
 

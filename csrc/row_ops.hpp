@@ -16,6 +16,15 @@ constexpr int kNumKernels = 5;
 
 inline bool kernel_is_euclidean(int kernel) { return kernel != kLaplacian; }
 
+// The GEMM trick q = ‖x̃‖² + ‖ỹ‖² − 2·x̃·ỹ on centred points x̃, ỹ errs by a few ulps of
+// ‖x̃‖² + ‖ỹ‖². An entry with ‖x̃‖² + ‖ỹ‖² > kDirectRatio·q is therefore recomputed as the
+// direct difference Σ_d (x_d − y_d)² of the raw points, so that every entry keeps a relative
+// error of at most about kDirectRatio·D ulps whatever the offsets of the points and the other
+// points (kernel_math.DIRECT_RATIO is the same number for the other backends).
+constexpr double kDirectRatio = 16.0;
+// gram_tile_exact's diag when Y is not X.
+constexpr long kNoDiagonal = -(1L << 40);
+
 template <class T>
 struct RowOps {
   // row[j] = max(nxi + ny[j] − 2·row[j], 0)·scale  (row holds the cross term xᵢ·yⱼ on entry)
@@ -32,6 +41,24 @@ struct RowOps {
                     const T* ny, int rows, int cols, int d, T scale, int kernel);
   // row[j] = g[j]·k'(row[j]); returns Σ_j row[j]·s_j (the lengthscale gradient needs it)
   double (*kernel_grad_from_s)(T* row, const T* g, int n, int kernel);
+  // As cross_to_s, and returns whether some entry of the row may have lost digits to the GEMM
+  // trick: nxi + ny[j] > kDirectRatio·q for q = nxi + ny[j] − 2·(cross term).
+  bool (*cross_to_s_checked)(T* row, const T* ny, T nxi, int n, T scale);
+  // Recomputes the entries of a row of s = scale·q made by the GEMM trick (centred squared
+  // norms nxi, ny) whose norms exceed kDirectRatio times their q, as the direct differences
+  // scale·Σ_d (xi[d] − y[j·ldy + d])² of the raw points. flagged (when not null) gets 1 for
+  // those entries and 0 for the others. Returns how many were recomputed.
+  int (*fix_s_row)(T* row, const T* ny, T nxi, const T* xi, const T* y, long ldy, int n, int d,
+                   T scale, unsigned char* flagged);
+  // gram_tile, with the entries fix_s_row would recompute taken from the raw points: x (rows
+  // × d, row stride ldx) and y (cols × d, row stride ldyr). diag (Y = X): the tile column of
+  // row 0's own point, whose diagonal r − c = −diag needs no recomputation (the caller sets
+  // it); kNoDiagonal otherwise.
+  void (*gram_tile_exact)(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
+                          long ldy, const T* ny, int rows, int cols, int d, T scale, int kernel,
+                          const T* x, long ldx, const T* y, long ldyr, long diag);
+  // Σ_j g[j]·ℓ·∂k_j/∂ℓ with ∂k/∂ℓ written as a function of k = k[j] itself (no distances).
+  double (*ell_grad_from_k)(const T* k, const T* g, int n, int kernel);
   const char* isa;
 };
 

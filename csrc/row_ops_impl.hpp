@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace fastamort {
@@ -22,6 +23,49 @@ void cross_to_s(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale
     T q = nxi + ny[j] - T(2) * row[j];
     row[j] = (q > T(0) ? q : T(0)) * scale;
   }
+}
+
+template <class T>
+bool cross_to_s_checked(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale) {
+  const T ratio = T(kDirectRatio);
+  T low = T(1);  // min over j of ratio·q − (nxi + ny[j]): negative when an entry is flagged
+#pragma omp simd reduction(min : low)
+  for (int j = 0; j < n; ++j) {
+    const T e = nxi + ny[j];
+    const T q = e - T(2) * row[j];
+    const T t = ratio * q - e;
+    low = t < low ? t : low;
+    row[j] = (q > T(0) ? q : T(0)) * scale;
+  }
+  return low < T(0);
+}
+
+// Σ_d (a[d] − b[d])²: the same operations in the same order for (a, b) and (b, a).
+template <class T>
+inline T sqdist_pair(const T* __restrict a, const T* __restrict b, int d) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int k = 0; k < d; ++k) {
+    const T diff = a[k] - b[k];
+    acc += diff * diff;
+  }
+  return acc;
+}
+
+template <class T>
+int fix_s_row(T* __restrict row, const T* __restrict ny, T nxi, const T* __restrict xi,
+              const T* __restrict y, long ldy, int n, int d, T scale, unsigned char* flagged) {
+  const T ratio = T(kDirectRatio);
+  int count = 0;
+  for (int j = 0; j < n; ++j) {
+    const bool redo = (nxi + ny[j]) * scale > ratio * row[j];
+    if (flagged != nullptr) flagged[j] = redo ? 1 : 0;
+    if (redo) {
+      row[j] = sqdist_pair(xi, y + j * ldy, d) * scale;
+      ++count;
+    }
+  }
+  return count;
 }
 
 template <class T>
@@ -135,11 +179,17 @@ inline void vstore(T* p, typename Vec<T>::type v) {
 }
 
 // buf[r·ldb + c] = max(nx[r] + ny[c] − 2·Σ_k xa[r·lda + k]·panel[k·W + c], 0)·scale for one
-// group of W = 2 vectors of columns and R rows.
-template <int R, class T>
-inline void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
-                    const T* __restrict nx, const T* __restrict panel, const T* __restrict ny,
-                    int d, T scale) {
+// group of W = 2 vectors of columns and R rows. With CHECK, tests[0..L) gets, lane-wise,
+// kDirectRatio·(smallest q of the R rows) − (nx_max + ny) over both vectors: no value below 0
+// means no entry can have nx[r] + ny[c] > kDirectRatio·q (see cross_to_s_checked); one that is
+// is confirmed entry by entry by fix_s_row. One vector minimum per row and vector; the caller
+// tests the stored values once per row block (a vector kept live across the dot-product loop
+// would cost a register the accumulators need).
+template <int R, bool CHECK, class T>
+FASTAMORT_VEC_INLINE void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
+                                  const T* __restrict nx, const T* __restrict panel,
+                                  const T* __restrict ny, int d, T scale, T nx_max,
+                                  T* __restrict tests) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::lanes;
   V acc0[R], acc1[R];
@@ -158,14 +208,36 @@ inline void s_micro(T* __restrict buf, int ldb, const T* __restrict xa, int lda,
   }
   const V ny0 = vload(ny), ny1 = vload(ny + L);
   const V zero = V{};
+  V qmin0 = zero + std::numeric_limits<T>::max(), qmin1 = qmin0;
   for (int r = 0; r < R; ++r) {
     V q0 = (nx[r] + ny0) - T(2) * acc0[r];
     V q1 = (nx[r] + ny1) - T(2) * acc1[r];
     q0 = q0 > zero ? q0 : zero;
     q1 = q1 > zero ? q1 : zero;
+    if constexpr (CHECK) {
+      qmin0 = q0 < qmin0 ? q0 : qmin0;
+      qmin1 = q1 < qmin1 ? q1 : qmin1;
+    }
     vstore(buf + static_cast<long>(r) * ldb, q0 * scale);
     vstore(buf + static_cast<long>(r) * ldb + L, q1 * scale);
   }
+  if constexpr (CHECK) {
+    const V t0 = T(kDirectRatio) * qmin0 - (nx_max + ny0);
+    const V t1 = T(kDirectRatio) * qmin1 - (nx_max + ny1);
+    vstore(tests, t0 < t1 ? t0 : t1);
+  }
+}
+
+// Whether some entry of a group (rows × cols of s in buf, stride ldb) other than a point
+// against itself (c = r + diag) looks cancelled: (nx[r] + ny[c])·scale > kDirectRatio·s.
+template <class T>
+bool check_group_off_diagonal(const T* buf, int ldb, const T* nx, const T* ny, int rows, int cols,
+                              T scale, long diag) {
+  bool any = false;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      any |= c != r + diag && (nx[r] + ny[c]) * scale > T(kDirectRatio) * buf[r * ldb + c];
+  return any;
 }
 
 template <int K, class T>
@@ -174,13 +246,33 @@ void kernel_from_s_to(T* __restrict out, const T* __restrict s, int n) {
   for (int j = 0; j < n; ++j) out[j] = k_of_s<K, T>(s[j]);
 }
 
-template <int K, class T>
+// s_micro for rr = 1..kTileRows rows (inlined into the tile loop: out of line the fused tile
+// ran about 20% slower).
+template <bool CHECK, class T>
+FASTAMORT_VEC_INLINE void micro(int rr, T* buf, int ldb, const T* xa, int lda, const T* nx,
+                                const T* panel, const T* ny, int d, T scale, T nx_max,
+                                T* tests) {
+  switch (rr) {
+    case 6: return s_micro<6, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 5: return s_micro<5, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 4: return s_micro<4, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 3: return s_micro<3, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    case 2: return s_micro<2, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+    default: return s_micro<1, CHECK>(buf, ldb, xa, lda, nx, panel, ny, d, scale, nx_max, tests);
+  }
+}
+
+// EXACT: the entries fix_s_row flags are recomputed from the raw points x (rows × d, row
+// stride ldx) and y (cols × d, row stride ldyr) before k(s).
+template <int K, bool EXACT, class T>
 void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
-                 const T* ny, int rows, int cols, int d, T scale) {
-  constexpr int W = 2 * Vec<T>::lanes;
+                 const T* ny, int rows, int cols, int d, T scale, const T* x, long ldx,
+                 const T* y, long ldyr, long diag) {
+  constexpr int L = Vec<T>::lanes;
+  constexpr int W = 2 * L;
   const int chunk = std::min(kChunkCols, (cols + W - 1) / W * W);
   std::vector<T> panel(static_cast<size_t>(d) * chunk), nyp(chunk),
-      buf(static_cast<size_t>(kTileRows) * chunk);
+      buf(static_cast<size_t>(kTileRows) * chunk), tests(EXACT ? chunk / 2 : 0);
   for (int j0 = 0; j0 < cols; j0 += chunk) {
     const int cc = std::min(chunk, cols - j0);
     const int groups = (cc + W - 1) / W;
@@ -192,23 +284,40 @@ void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
         for (int c = 0; c < W; ++c) pg[kk * W + c] = c < valid ? src[c] : T(0);
       }
     }
+    // padded columns have q = nx[r] and never look cancelled
     for (int c = 0; c < groups * W; ++c) nyp[c] = c < cc ? ny[j0 + c] : T(0);
     for (int i0 = 0; i0 < rows; i0 += kTileRows) {
       const int rr = std::min(kTileRows, rows - i0);
       const T* xr = xa + static_cast<long>(i0) * lda;
+      bool redo = false;
+      T nx_max = nx[i0];
+      for (int r = 1; r < rr; ++r) nx_max = nx[i0 + r] > nx_max ? nx[i0 + r] : nx_max;
       for (int g = 0; g < groups; ++g) {
         T* bg = buf.data() + g * W;
         const T* pg = panel.data() + static_cast<long>(g) * d * W;
         const T* ng = nyp.data() + g * W;
-        switch (rr) {
-          case 6: s_micro<6>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 5: s_micro<5>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 4: s_micro<4>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 3: s_micro<3>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          case 2: s_micro<2>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
-          default: s_micro<1>(bg, chunk, xr, lda, nx + i0, pg, ng, d, scale); break;
+        T* tg = tests.data() + g * L;
+        // group column of row i0's own point (Y = X): that group is checked without it
+        const long dg = diag == kNoDiagonal ? kNoDiagonal : diag + i0 - j0 - g * W;
+        if (EXACT && dg > -rr && dg < W) {
+          micro<false>(rr, bg, chunk, xr, lda, nx + i0, pg, ng, d, scale, nx_max, tg);
+          redo |= check_group_off_diagonal(bg, chunk, nx + i0, ng, rr, W, scale, dg);
+          for (int l = 0; l < L; ++l) tg[l] = T(1);
+        } else {
+          micro<EXACT>(rr, bg, chunk, xr, lda, nx + i0, pg, ng, d, scale, nx_max, tg);
         }
       }
+      if (EXACT && !redo) {
+        T low = T(1);
+#pragma omp simd reduction(min : low)
+        for (int l = 0; l < groups * L; ++l) low = tests[l] < low ? tests[l] : low;
+        redo = low < T(0);
+      }
+      if (EXACT && redo)
+        for (int r = 0; r < rr; ++r)
+          fix_s_row(buf.data() + static_cast<long>(r) * chunk, nyp.data(), nx[i0 + r],
+                    x + static_cast<long>(i0 + r) * ldx, y + static_cast<long>(j0) * ldyr, ldyr,
+                    cc, d, scale, static_cast<unsigned char*>(nullptr));
       for (int r = 0; r < rr; ++r)
         kernel_from_s_to<K, T>(k + static_cast<long>(i0 + r) * ldk + j0,
                                buf.data() + static_cast<long>(r) * chunk, cc);
@@ -219,12 +328,30 @@ void gram_tile_k(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt,
 template <class T>
 void gram_tile(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
                const T* ny, int rows, int cols, int d, T scale, int kernel) {
-  auto run = [&](auto tile) { tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale); };
+  auto run = [&](auto tile) {
+    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, static_cast<const T*>(nullptr),
+         0L, static_cast<const T*>(nullptr), 0L, kNoDiagonal);
+  };
   switch (kernel) {  // Euclidean kernels only: the Laplacian never takes the GEMM trick
-    case kGaussian: return run(gram_tile_k<kGaussian, T>);
-    case kMatern12: return run(gram_tile_k<kMatern12, T>);
-    case kMatern32: return run(gram_tile_k<kMatern32, T>);
-    default: return run(gram_tile_k<kMatern52, T>);
+    case kGaussian: return run(gram_tile_k<kGaussian, false, T>);
+    case kMatern12: return run(gram_tile_k<kMatern12, false, T>);
+    case kMatern32: return run(gram_tile_k<kMatern32, false, T>);
+    default: return run(gram_tile_k<kMatern52, false, T>);
+  }
+}
+
+template <class T>
+void gram_tile_exact(T* k, long ldk, const T* xa, int lda, const T* nx, const T* yt, long ldy,
+                     const T* ny, int rows, int cols, int d, T scale, int kernel, const T* x,
+                     long ldx, const T* y, long ldyr, long diag) {
+  auto run = [&](auto tile) {
+    tile(k, ldk, xa, lda, nx, yt, ldy, ny, rows, cols, d, scale, x, ldx, y, ldyr, diag);
+  };
+  switch (kernel) {
+    case kGaussian: return run(gram_tile_k<kGaussian, true, T>);
+    case kMatern12: return run(gram_tile_k<kMatern12, true, T>);
+    case kMatern32: return run(gram_tile_k<kMatern32, true, T>);
+    default: return run(gram_tile_k<kMatern52, true, T>);
   }
 }
 
@@ -286,13 +413,68 @@ double kernel_grad_from_s(T* __restrict row, const T* __restrict g, int n, int k
   return static_cast<double>(acc);
 }
 
+// ℓ·∂k/∂ℓ = −2s·k'(s) (Euclidean) or −s·k'(s) (Laplacian) as a function φ(k) of the kernel
+// value, for the lengthscale gradient from a stored K. With t = −log k:
+//   gaussian 2t·k;  matern12, laplacian t·k;
+//   matern32 k·a²/(1 + a), a − log(1 + a) = t;  matern52 k·(a²/3)(1 + a)/(1 + a + a²/3),
+//   a − log(1 + a + a²/3) = t; a by Newton from a₀ = t + √(ct) (c = 2, 6), which lies above the
+//   root of these convex, increasing functions, so the steps fall monotonically onto it: 4
+//   steps (float) or 5 (double) reach a few ulps of φ. k below the smallest normal number
+//   gives φ = 0 (its true value is below that too).
+template <int K, class T>
+inline T phi_of_k(T kv) {
+  const bool live = kv >= std::numeric_limits<T>::min();
+  const T kc = live ? kv : T(1);
+  const T l = log_pos<T>(kc);
+  const T t = l < T(0) ? -l : T(0);
+  T phi;
+  if constexpr (K == kGaussian) {
+    phi = T(2) * t * kc;
+  } else if constexpr (K == kMatern12 || K == kLaplacian) {
+    phi = t * kc;
+  } else {
+    constexpr int steps = sizeof(T) == 8 ? 5 : 4;
+    constexpr T c = K == kMatern32 ? T(2) : T(6);
+    T a = t + vsqrt(c * t);
+    for (int it = 0; it < steps; ++it) {
+      const T p = K == kMatern32 ? T(1) + a : T(1) + a + a * a * T(1.0 / 3.0);
+      const T g = a - log_pos<T>(p) - t;                                         // a − log p − t
+      const T dg = K == kMatern32 ? a / p : a * (T(1) + a) / (T(3) * p);       // its derivative
+      a = a > T(0) ? a - g / (a > T(0) ? dg : T(1)) : a;
+    }
+    phi = K == kMatern32 ? kc * a * a / (T(1) + a)
+                         : kc * (a * a * T(1.0 / 3.0)) * (T(1) + a) / (T(1) + a + a * a * T(1.0 / 3.0));
+  }
+  return live ? phi : T(0);
+}
+
+template <int K, class T>
+T ell_grad_sum(const T* __restrict kv, const T* __restrict g, int n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int j = 0; j < n; ++j) acc += g[j] * phi_of_k<K, T>(kv[j]);
+  return acc;
+}
+
+template <class T>
+double ell_grad_from_k(const T* kv, const T* g, int n, int kernel) {
+  switch (kernel) {
+    case kGaussian: return ell_grad_sum<kGaussian, T>(kv, g, n);
+    case kMatern12: return ell_grad_sum<kMatern12, T>(kv, g, n);
+    case kMatern32: return ell_grad_sum<kMatern32, T>(kv, g, n);
+    case kMatern52: return ell_grad_sum<kMatern52, T>(kv, g, n);
+    default: return ell_grad_sum<kLaplacian, T>(kv, g, n);
+  }
+}
+
 }  // namespace
 
 template <class T>
 RowOps<T> make_row_ops() {
   return RowOps<T>{&cross_to_s<T>,         &sqdist_direct<T>, &l1_direct<T>,
                    &kernel_from_s<T>,      &gram_tile<T>,     &kernel_grad_from_s<T>,
-                   FASTAMORT_ISA_NAME};
+                   &cross_to_s_checked<T>, &fix_s_row<T>,     &gram_tile_exact<T>,
+                   &ell_grad_from_k<T>,    FASTAMORT_ISA_NAME};
 }
 
 template RowOps<float> make_row_ops<float>();

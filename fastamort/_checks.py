@@ -31,8 +31,17 @@ def check_int(value: object, name: str, minimum: int) -> int:
     return n
 
 
+def has_data(t: torch.Tensor) -> bool:
+    """False for a meta tensor (shapes only): checks of the values skip it."""
+    return t.device.type != "meta"
+
+
 def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
-    """A float32/float64 tensor with at least ``min_ndim`` dimensions (finiteness apart)."""
+    """A float32/float64 tensor with at least ``min_ndim`` dimensions (finiteness apart).
+
+    A view with the negative bit set (``x.conj().imag`` of a complex ``x``) comes back resolved,
+    as a plain tensor: the compiled backends read memory directly.
+    """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -44,7 +53,7 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
         )
-    return t
+    return t.resolve_neg() if t.is_neg() else t
 
 
 def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -65,11 +74,11 @@ def check_finite(*named: tuple[str, torch.Tensor]) -> None:
     reduction is ~20× cheaper than ``isfinite(t).all()``. Only when a sum is not finite
     (a bad entry, or an overflow of huge finite values) is each tensor checked entry-wise.
     """
-    sums = [t.sum() for _, t in named if t.numel() > 0]
+    sums = [t.sum() for _, t in named if t.numel() > 0 and has_data(t)]
     if not sums or bool(torch.isfinite(torch.stack(sums)).all()):
         return
     for name, t in named:
-        if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+        if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
 
 
@@ -111,8 +120,10 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
             )
         if not lengthscale.is_floating_point():
             raise TypeError(f"lengthscale: expected a floating tensor, got {lengthscale.dtype}")
-        value = float(lengthscale.detach())
         ell = lengthscale.to(dtype=like.dtype, device=like.device)
+        if not has_data(lengthscale):
+            return ell
+        value = float(lengthscale.detach())
     elif is_real_scalar(lengthscale):
         value = float(lengthscale)
         ell = torch.tensor(value, dtype=like.dtype, device=like.device)
@@ -134,7 +145,7 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
 def check_points(*named: tuple[str, torch.Tensor], squared: bool = True) -> None:
     """Finite points small enough that their distances cannot overflow: squared Euclidean
     (``squared``) distances by the GEMM trick are at most 4·D·max|x|², L1 ones 2·D·max|x|."""
-    named = tuple((n, t) for n, t in named if t.numel() > 0)
+    named = tuple((n, t) for n, t in named if t.numel() > 0 and has_data(t))
     if not named:
         return
     peaks = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().amax() for _, t in named])

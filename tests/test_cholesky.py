@@ -10,7 +10,7 @@ import torch
 from conftest import BACKEND_PARAMS
 from torch.autograd import gradcheck
 
-from fastamort import NotPSDError, NumericalWarning, cholesky, record_backends
+from fastamort import NotPSDError, NumericalWarning, cholesky, record_backends, ridge_solve
 from fastamort.ops.cholesky import JITTER_RETRIES, JITTER_START
 
 DTYPES = [torch.float32, torch.float64]
@@ -154,3 +154,82 @@ def test_bad_input():
         assert torch.isfinite(cholesky(-torch.eye(2), jitter=np.float32(0.1))).all()
     assert cholesky(torch.zeros(0, 0)).shape == (0, 0)
     assert cholesky(torch.zeros(4, 0, 0)).shape == (4, 0, 0)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")
+def test_zero_matrix_raises_not_psd_at_once(device, backend, dtype):
+    """A numerically zero matrix has no scale for a jitter: NotPSDError at once. It used to
+    "factor" with a subnormal jitter and ridge_solve(zeros(3, 3), ones(3), 0.0) gave
+    [nan, nan, inf] with a warning."""
+    zero = torch.zeros(3, 3, dtype=dtype, device=device)
+    rhs = torch.ones(3, dtype=dtype, device=device)
+    subnormal = torch.finfo(dtype).tiny / 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalWarning)  # no jitter is tried
+        for lam in (0.0, subnormal):
+            with pytest.raises(NotPSDError, match=r"3×3 .* index 0 .* ridge is (zero|only)"):
+                ridge_solve(zero, rhs, lam, backend=backend)
+        with pytest.raises(NotPSDError, match="diagonal plus the ridge is zero"):
+            cholesky(zero, backend=backend)
+        good = spd((), 3, dtype, device)
+        with pytest.raises(NotPSDError, match=r"at batch index 1 is not positive definite, and"):
+            cholesky(torch.stack([good, zero, good]), backend=backend)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("n", [2, 130])
+def test_subnormal_pivot_is_a_failed_factorisation(device, backend, n):
+    """A pivot below the smallest normal number fails the factorisation on every backend (the
+    C++ own kernels for small n, LAPACK's potrf beyond): its solve would overflow."""
+    for dtype in DTYPES:
+        diag = torch.ones(n, dtype=dtype)
+        diag[-1] = torch.finfo(dtype).tiny / 4
+        a = torch.diag(diag).to(device)
+        with pytest.raises(NotPSDError, match=f"{n}×{n} .*no jitter"):
+            cholesky(a, jitter=0, backend=backend)
+        diag[-1] = torch.finfo(dtype).tiny * 4  # a normal pivot still factors
+        lower = cholesky(torch.diag(diag).to(device), jitter=0, backend=backend)
+        assert float(lower[-1, -1]) ** 2 == pytest.approx(float(diag[-1]), rel=1e-5)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiny_but_normal_matrices_still_solve(device, backend, dtype):
+    a = 1e-30 * torch.eye(3, dtype=dtype, device=device)
+    x = ridge_solve(a, torch.full((3,), 1e-30, dtype=dtype, device=device), 0.0, backend=backend)
+    torch.testing.assert_close(x, torch.ones(3, dtype=dtype, device=device))
+
+
+def test_lam_beyond_the_dtype_range_is_named():
+    """λ above float32's range became ∞ and was reported as "jitter up to inf"."""
+    k, b = torch.eye(3), torch.ones(3)
+    for lam in (1e39, torch.tensor(1e39, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"lam: 1e\+39 is beyond the range of torch.float32"):
+            ridge_solve(k, b, lam)
+    x = ridge_solve(k.double(), b.double(), 1e39)
+    torch.testing.assert_close(x, torch.full((3,), 1 / (1 + 1e39), dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_negative_bit_views_are_read_as_values(device, backend):
+    """Views with the negative bit set (x.conj().imag of a complex x) failed in the C++
+    backend with "Can't call numpy()"."""
+    a = spd((), 5, torch.float64, device)
+    neg = torch._neg_view(-a)
+    assert neg.is_neg()
+    torch.testing.assert_close(cholesky(neg, backend=backend), cholesky(a, backend=backend))
+    b = torch.arange(5.0, dtype=torch.float64, device=device)
+    b_neg = torch._neg_view(-b)
+    torch.testing.assert_close(
+        ridge_solve(neg, b_neg, 0.5, backend=backend), ridge_solve(a, b, 0.5, backend=backend)
+    )
+
+
+def test_meta_tensors_give_shapes():
+    """Meta tensors (shapes only) failed in Tensor.item(); the value checks now skip them."""
+    a = torch.empty(2, 4, 4, device="meta")
+    assert cholesky(a).shape == (2, 4, 4)
+    out = ridge_solve(a, torch.empty(2, 4, 3, device="meta"), 0.1)
+    assert out.shape == (2, 4, 3) and out.device.type == "meta"

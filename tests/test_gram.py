@@ -340,3 +340,77 @@ def test_cpp_baseline_isa_matches():
     )
     env = {**os.environ, "FASTAMORT_ISA": "baseline"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_lengthscale_beyond_float32_range_gives_ones(device, backend):
+    """A finite lengthscale that float32 rounds to ∞ (≥ 3.4e38) was refused by the C++ backend
+    as "must be positive and finite"; every backend now returns k = 1, zero gradients."""
+    x = _points((5, 3), torch.float32, device, seed=12).requires_grad_()
+    for ell in (1e39, torch.tensor(1e39, dtype=torch.float64, device=device)):
+        k = gram(x, lengthscale=ell, backend=backend)
+        assert torch.equal(k, torch.ones(5, 5, device=device))
+        v = torch.ones(4, 1, device=device)
+        kv = gram_matmul(x, x[:4], v, lengthscale=ell, backend=backend)
+        assert torch.equal(kv, torch.full((5, 1), 4.0, device=device))
+        (x_grad,) = torch.autograd.grad(k.sum() + kv.sum(), x)
+        assert torch.equal(x_grad, torch.zeros_like(x))
+    ell_t = torch.tensor(1e39, dtype=torch.float64, device=device, requires_grad=True)
+    gram(x.detach(), lengthscale=ell_t, backend=backend).sum().backward()
+    assert float(ell_t.grad) == 0.0
+
+
+@pytest.mark.parametrize(("device", "backend"), BACKEND_PARAMS)
+def test_negative_bit_views_are_read_as_values(device, backend):
+    """x.conj().imag of a complex x is a view with the negative bit set: the C++ backend
+    failed on it ("Can't call numpy()")."""
+    z = torch.randn(6, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(13))
+    x = z.conj().imag.to(device)
+    assert x.is_neg()
+    plain = x.resolve_neg()
+    v = torch._neg_view(-torch.ones(6, 2, dtype=torch.float64, device=device))
+    torch.testing.assert_close(gram(x, backend=backend), gram(plain, backend=backend))
+    torch.testing.assert_close(
+        gram_matmul(x, x, v, backend=backend), gram_matmul(plain, plain, v.resolve_neg())
+    )
+    xr = x.clone().requires_grad_()  # clone: a plain tensor again, gradients flow as usual
+    gram(torch._neg_view(-xr), backend=backend).sum().backward()
+    assert torch.isfinite(xr.grad).all()
+
+
+def test_meta_tensors_give_shapes():
+    """Meta tensors (shapes only) failed in Tensor.item(); gram and gram_matmul now give the
+    output's shape, dtype and device (the torch backend: the compiled ones need data)."""
+    x = torch.empty(2, 7, 3, device="meta", dtype=torch.float64)
+    y = torch.empty(5, 3, device="meta", dtype=torch.float64)
+    ell = torch.empty((), device="meta", dtype=torch.float64)
+    k = gram(x, y, lengthscale=ell)
+    assert k.shape == (2, 7, 5) and k.device.type == "meta" and k.dtype == torch.float64
+    assert gram(x, kernel="laplacian").shape == (2, 7, 7)
+    out = gram_matmul(x, y, torch.empty(2, 5, 4, device="meta", dtype=torch.float64))
+    assert out.shape == (2, 7, 4)
+    if fastamort.backend_report()["cpp"] == "available":
+        with pytest.raises(BackendUnavailableError, match="CPU tensors only, got a meta tensor"):
+            gram(x, backend="cpp")
+
+
+@pytest.mark.skipif(fastamort.backend_report()["cpp"] != "available", reason="extension not built")
+def test_one_outlier_no_longer_corrupts_kernel_ridge():
+    """Issue 23.2's reproduction: X = randn(200, 32) with X[7, 5] = 1e10 and an RBF KernelRidge
+    differed from scikit-learn by 0.48 (the outlier dragged the mean centre away)."""
+    sklearn = pytest.importorskip("sklearn.kernel_ridge")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 32, generator=gen, dtype=torch.float64)
+    x[7, 5] = 1e10
+    targets = torch.sin(x[:, 0]) + 0.1 * torch.randn(200, generator=gen, dtype=torch.float64)
+    x_test = torch.randn(50, 32, generator=gen, dtype=torch.float64)
+    ours = fastamort.KernelRidge(kernel="rbf", alpha=0.1, gamma=0.02).fit(x.numpy(), targets)
+    theirs = sklearn.KernelRidge(kernel="rbf", alpha=0.1, gamma=0.02).fit(x.numpy(), targets)
+    diff = abs(ours.predict(x_test.numpy()) - theirs.predict(x_test.numpy())).max()
+    assert diff < 1e-10
+    # and the Gram matrices themselves, in both dtypes, every compiled route
+    for dtype, outlier in ((torch.float64, 1e10), (torch.float32, 1e5)):
+        xd = x.to(dtype)
+        xd[7, 5] = outlier
+        truth = exact_gram(xd, None, "gaussian", 5.0)
+        assert max_abs_err(gram(xd, lengthscale=5.0, backend="cpp"), truth) <= 4 * FLOOR[dtype]

@@ -9,8 +9,11 @@ Three launchers, all on 3-D batched float32 / float64 tensors (validated by the 
   with ``G`` given, or ``G = grad @ vᵀ`` built tile by tile.
 
 The kernel math (``s``, ``k(s)``, ``dk/ds``, the integer ids) is the one of
-:mod:`fastamort.ops.kernel_math`. Euclidean kernels get ``‖x − y‖²`` by the GEMM trick on centred
-data (``‖x‖² + ‖y‖² − 2 x·y``, norms from the launcher), the Laplacian by direct ``|x − y|`` sums.
+:mod:`fastamort.ops.kernel_math`. Euclidean kernels get ``‖x − y‖²`` by the GEMM trick on data
+centred at a robust centre (``‖x̃‖² + ‖ỹ‖² − 2 x̃·ỹ``, norms from the launcher); a tile with entries
+whose centred norms exceed ``DIRECT_RATIO`` times their value recomputes those from the raw points
+by direct differences (and the backward contracts their ``w·(x − y)`` directly), so no offset or
+outlier costs digits. The Laplacian uses direct ``|x − y|`` sums of the raw points.
 Accumulation is in the input dtype (fp32 or fp64); ``tl.dot`` always runs with
 ``input_precision="ieee"`` (no TF32). ``ℓ`` is read from device memory inside the kernels, so no
 launcher synchronises with the host.
@@ -29,10 +32,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .gram import robust_centre
+from .kernel_math import DIRECT_RATIO, KERNEL_NAMES, lengthscale_factor_from_k
+
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 _LAPLACIAN_ID = 4
 _LAPLACIAN = tl.constexpr(_LAPLACIAN_ID)
+_DIRECT_RATIO = tl.constexpr(DIRECT_RATIO)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,9 +159,11 @@ def _tri_index(pid):
 
 
 @triton.jit
-def _s_tile(
+def _s_tile_exact(
     a_base,
     c_base,
+    ar_base,
+    cr_base,
     na_base,
     nc_base,
     offs_a,
@@ -174,7 +183,9 @@ def _s_tile(
     BLOCK_K: tl.constexpr,
 ):
     """Scaled distances ``s[BLOCK_A, BLOCK_C]`` between rows ``a`` and rows ``c`` (s = 0 on i == j
-    when ``SYMMETRIC``). Rows outside the masks read as zeros: their ``s`` is finite, not 0."""
+    when ``SYMMETRIC``), and the mask of the entries where the GEMM trick may have lost digits;
+    a tile with any of them is made by direct differences of the raw rows ``ar``, ``cr`` (same
+    strides as ``a``, ``c``). Rows outside the masks read as zeros: their ``s`` is finite, not 0."""
     dtype = a_base.dtype.element_ty
     a_rows = a_base + offs_a.to(tl.int64) * stride_am
     c_rows = c_base + offs_c.to(tl.int64) * stride_cm
@@ -202,15 +213,83 @@ def _s_tile(
                 other=0.0,
             )
             acc = tl.dot(a, c_t, acc, input_precision="ieee")
+    valid = mask_a[:, None] & mask_c[None, :]
     if KERNEL == _LAPLACIAN:
         s = acc / ell
+        redo = tl.zeros((BLOCK_A, BLOCK_C), dtype=tl.int1)
     else:
         na = tl.load(na_base + offs_a, mask=mask_a, other=0.0)
         nc = tl.load(nc_base + offs_c, mask=mask_c, other=0.0)
-        s = tl.maximum(na[:, None] + nc[None, :] - 2.0 * acc, 0.0) / (ell * ell)
+        e = na[:, None] + nc[None, :]
+        q = e - 2.0 * acc
+        redo = valid & (e > _DIRECT_RATIO * q)
+        if SYMMETRIC:  # a point against itself: s = 0 below, nothing to recompute
+            redo = redo & (offs_a[:, None] != offs_c[None, :])
+        if tl.max(redo.to(tl.int32)) > 0:
+            # the whole tile by direct differences (nothing of the GEMM trick stays live)
+            ar_rows = ar_base + offs_a.to(tl.int64) * stride_am
+            cr_rows = cr_base + offs_c.to(tl.int64) * stride_cm
+            q = tl.zeros((BLOCK_A, BLOCK_C), dtype=dtype)
+            for k in range(0, D):
+                a_k = tl.load(ar_rows + k * stride_ad, mask=mask_a, other=0.0)
+                c_k = tl.load(cr_rows + k * stride_cd, mask=mask_c, other=0.0)
+                diff = a_k[:, None] - c_k[None, :]
+                q += diff * diff
+        s = tl.maximum(q, 0.0) / (ell * ell)
     if SYMMETRIC:
         s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
-    return tl.minimum(s, 1e7)  # kernel_math.S_MAX: k = 0 beyond, and no (1 + ∞)·0
+    return tl.minimum(s, 1e7), redo  # kernel_math.S_MAX: k = 0 beyond, and no (1 + ∞)·0
+
+
+@triton.jit
+def _s_tile(
+    a_base,
+    c_base,
+    na_base,
+    nc_base,
+    offs_a,
+    offs_c,
+    mask_a,
+    mask_c,
+    stride_am,
+    stride_ad,
+    stride_cm,
+    stride_cd,
+    D,
+    ell,
+    KERNEL: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """:func:`_s_tile_exact` with the centred rows standing in for the raw ones (the entries it
+    recomputes are then direct differences of centred points: exact up to the centring's
+    rounding). Returns ``s`` only."""
+    s, _ = _s_tile_exact(
+        a_base,
+        c_base,
+        a_base,
+        c_base,
+        na_base,
+        nc_base,
+        offs_a,
+        offs_c,
+        mask_a,
+        mask_c,
+        stride_am,
+        stride_ad,
+        stride_cm,
+        stride_cd,
+        D,
+        ell,
+        KERNEL,
+        SYMMETRIC,
+        BLOCK_A,
+        BLOCK_C,
+        BLOCK_K,
+    )
+    return s
 
 
 @triton.jit
@@ -310,6 +389,8 @@ def _g_tile(
 def _gram_fwd_kernel(
     x_ptr,
     y_ptr,
+    xr_ptr,
+    yr_ptr,
     nx_ptr,
     ny_ptr,
     ell_ptr,
@@ -358,9 +439,11 @@ def _gram_fwd_kernel(
     mask_n = offs_n < N
     ell = tl.load(ell_ptr)
 
-    s = _s_tile(
+    s, _ = _s_tile_exact(
         x_ptr + pid_b * stride_xb,
         y_ptr + pid_b * stride_yb,
+        xr_ptr + pid_b * stride_xb,
+        yr_ptr + pid_b * stride_yb,
         nx_ptr + pid_b * stride_nxb,
         ny_ptr + pid_b * stride_nyb,
         offs_m,
@@ -404,6 +487,8 @@ def _gram_fwd_kernel(
 def _gram_matmul_kernel(
     x_ptr,
     y_ptr,
+    xr_ptr,
+    yr_ptr,
     nx_ptr,
     ny_ptr,
     v_ptr,
@@ -452,6 +537,8 @@ def _gram_matmul_kernel(
     # per-batch bases
     x_base = x_ptr + pid_b * stride_xb
     y_base = y_ptr + pid_b * stride_yb
+    xr_base = xr_ptr + pid_b * stride_xb
+    yr_base = yr_ptr + pid_b * stride_yb
     nx_base = nx_ptr + pid_b * stride_nxb
     ny_base = ny_ptr + pid_b * stride_nyb
     v_base = v_ptr + pid_b * stride_vb
@@ -460,9 +547,11 @@ def _gram_matmul_kernel(
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        s = _s_tile(
+        s, _ = _s_tile_exact(
             x_base,
             y_base,
+            xr_base,
+            yr_base,
             nx_base,
             ny_base,
             offs_m,
@@ -499,6 +588,8 @@ def _gram_matmul_kernel(
 def _gram_bwd_kernel(
     a_ptr,
     c_ptr,
+    ar_ptr,
+    cr_ptr,
     na_ptr,
     nc_ptr,
     u_ptr,
@@ -510,11 +601,11 @@ def _gram_bwd_kernel(
     MC,
     D,
     P,
-    # a (B, MA, D): the rows whose gradient this launch computes
+    # a (B, MA, D): the rows whose gradient this launch computes (centred; ar raw, same strides)
     stride_ab,
     stride_am,
     stride_ad,
-    # c (B, MC, D): the other side
+    # c (B, MC, D): the other side (centred; cr raw, same strides)
     stride_cb,
     stride_cm,
     stride_cd,
@@ -538,6 +629,7 @@ def _gram_bwd_kernel(
     KERNEL: tl.constexpr,
     SYMMETRIC: tl.constexpr,
     HAS_V: tl.constexpr,
+    NEED_DA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -550,9 +642,13 @@ def _gram_bwd_kernel(
 
     The column-side gradient is the same kernel with the roles of the two sides swapped (``G``
     transposed through its strides, or ``u``/``w`` exchanged). Programs of D block 0 also write
-    their partial ``dL/dℓ``.
+    their partial ``dL/dℓ``; without ``NEED_DA`` that is all they do (one D block).
     """
-    pid_m, pid_d, pid_b = _unflatten(tl.program_id(0), tl.cdiv(MA, BLOCK_M), tl.cdiv(D, BLOCK_D))
+    if NEED_DA:
+        n_dblocks = tl.cdiv(D, BLOCK_D)
+    else:
+        n_dblocks = 1
+    pid_m, pid_d, pid_b = _unflatten(tl.program_id(0), tl.cdiv(MA, BLOCK_M), n_dblocks)
     pid_b = pid_b.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -563,27 +659,32 @@ def _gram_bwd_kernel(
     # per-batch bases
     a_base = a_ptr + pid_b * stride_ab
     c_base = c_ptr + pid_b * stride_cb
+    ar_base = ar_ptr + pid_b * stride_ab
+    cr_base = cr_ptr + pid_b * stride_cb
     na_base = na_ptr + pid_b * stride_nab
     nc_base = nc_ptr + pid_b * stride_ncb
     u_base = u_ptr + pid_b * stride_ub
     w_base = w_ptr + pid_b * stride_wb
 
-    # this program's rows of a, restricted to its D block
-    a_blk = tl.load(
-        a_base + offs_m.to(tl.int64)[:, None] * stride_am + offs_d[None, :] * stride_ad,
-        mask=mask_m[:, None] & mask_d[None, :],
-        other=0.0,
-    )
     dtype = a_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=dtype)
     row_w = tl.zeros((BLOCK_M,), dtype=dtype)
     row_ws = tl.zeros((BLOCK_M,), dtype=dtype)
+    if NEED_DA:
+        # this program's rows of a, restricted to its D block
+        a_blk = tl.load(
+            a_base + offs_m.to(tl.int64)[:, None] * stride_am + offs_d[None, :] * stride_ad,
+            mask=mask_m[:, None] & mask_d[None, :],
+            other=0.0,
+        )
     for n0 in range(0, MC, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < MC
-        s = _s_tile(
+        s, redo = _s_tile_exact(
             a_base,
             c_base,
+            ar_base,
+            cr_base,
             na_base,
             nc_base,
             offs_m,
@@ -623,30 +724,53 @@ def _gram_bwd_kernel(
         if SYMMETRIC:
             w = tl.where(offs_m[:, None] == offs_n[None, :], 0.0, w)
         row_ws += tl.sum(w * s, axis=1)
-        c_blk = tl.load(
-            c_base + offs_n.to(tl.int64)[:, None] * stride_cm + offs_d[None, :] * stride_cd,
-            mask=mask_n[:, None] & mask_d[None, :],
-            other=0.0,
-        )
-        if KERNEL == _LAPLACIAN:
-            diff = a_blk[:, None, :] - c_blk[None, :, :]
-            sign = (diff > 0).to(dtype) - (diff < 0).to(dtype)
-            acc += tl.sum(w[:, :, None] * sign, axis=1)
-        else:
-            row_w += tl.sum(w, axis=1)
-            acc = tl.dot(w, c_blk, acc, input_precision="ieee")
+        if NEED_DA:
+            c_blk = tl.load(
+                c_base + offs_n.to(tl.int64)[:, None] * stride_cm + offs_d[None, :] * stride_cd,
+                mask=mask_n[:, None] & mask_d[None, :],
+                other=0.0,
+            )
+            if KERNEL == _LAPLACIAN:
+                diff = a_blk[:, None, :] - c_blk[None, :, :]
+                sign = (diff > 0).to(dtype) - (diff < 0).to(dtype)
+                acc += tl.sum(w[:, :, None] * sign, axis=1)
+            else:
+                w_gemm = tl.where(redo, 0.0, w)
+                row_w += tl.sum(w_gemm, axis=1)
+                acc = tl.dot(w_gemm, c_blk, acc, input_precision="ieee")
+                if tl.max(redo.to(tl.int32)) > 0:
+                    # w·(a − c) of the recomputed entries from the raw points, coordinate by
+                    # coordinate (the GEMM form (Σ w)·ã − Σ w·c̃ would cancel their digits),
+                    # summed in da itself: this program owns those entries, and the rare case
+                    # holds no registers through the loop
+                    w_exact = tl.where(redo, w, 0.0)
+                    ar_rows = ar_base + offs_m.to(tl.int64) * stride_am
+                    cr_rows = cr_base + offs_n.to(tl.int64) * stride_cm
+                    da_rows = da_ptr + pid_b * stride_dab + offs_m.to(tl.int64) * stride_dam
+                    for dd in range(0, BLOCK_D):
+                        col = pid_d * BLOCK_D + dd
+                        inside = mask_m & ((offs_m * 0 + col) < D)
+                        read = tl.minimum(col, D - 1)
+                        a_k = tl.load(ar_rows + read * stride_ad, mask=mask_m, other=0.0)
+                        c_k = tl.load(cr_rows + read * stride_cd, mask=mask_n, other=0.0)
+                        part = tl.sum(w_exact * (a_k[:, None] - c_k[None, :]), axis=1)
+                        sofar = tl.load(da_rows + col * stride_dad, mask=inside, other=0.0)
+                        tl.store(da_rows + col * stride_dad, sofar + part, mask=inside)
 
     if KERNEL == _LAPLACIAN:
-        da = acc / ell
         dell = -tl.sum(row_ws, axis=0) / ell
     else:
-        da = (2.0 / (ell * ell)) * (row_w[:, None] * a_blk - acc)
         dell = -2.0 * tl.sum(row_ws, axis=0) / ell
-
-    # da (B, MA, D)
-    da_out = da_ptr + pid_b * stride_dab
-    da_out += offs_m.to(tl.int64)[:, None] * stride_dam + offs_d[None, :] * stride_dad
-    tl.store(da_out, da, mask=mask_m[:, None] & mask_d[None, :])
+    if NEED_DA:
+        # da (B, MA, D): zeros on entry, or (Euclidean) the direct sums of recomputed entries
+        da_out = da_ptr + pid_b * stride_dab
+        da_out += offs_m.to(tl.int64)[:, None] * stride_dam + offs_d[None, :] * stride_dad
+        if KERNEL == _LAPLACIAN:
+            da = acc / ell
+        else:
+            exact = tl.load(da_out, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            da = (2.0 / (ell * ell)) * (row_w[:, None] * a_blk - acc + exact)
+        tl.store(da_out, da, mask=mask_m[:, None] & mask_d[None, :])
     if pid_d == 0:
         tl.store(dell_ptr + pid_b * stride_dellb + pid_m, dell)
 
@@ -656,13 +780,14 @@ _gram_matmul = _tuned(
     _gram_matmul_kernel, _MATMUL_CONFIGS, key=["M", "N", "D", "P", "KERNEL", "SYMMETRIC"]
 )
 # Autotuning runs every config on the same buffers: the dℓ slots a config with more row blocks
-# wrote would otherwise stay in the sum after the chosen config's run (GPU only: the interpreter
-# has one config), so they are zeroed before each run.
+# wrote would otherwise stay in the sum after the chosen config's run, and da accumulates the
+# direct part of recomputed entries (GPU only: the interpreter has one config), so both are
+# zeroed before each run.
 _gram_bwd = _tuned(
     _gram_bwd_kernel,
     _BACKWARD_CONFIGS,
-    key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V"],
-    reset_to_zero=["dell_ptr"],
+    key=["MA", "MC", "D", "P", "KERNEL", "SYMMETRIC", "HAS_V", "NEED_DA"],
+    reset_to_zero=["dell_ptr", "da_ptr"],
 )
 
 
@@ -671,28 +796,30 @@ _gram_bwd = _tuned(
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(x: Tensor, y: Tensor | None, kernel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Contiguous (centred, for Euclidean kernels) ``x``, ``y`` and their squared norms.
+def _prepare_exact(
+    x: Tensor, y: Tensor | None, kernel: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(x, y, x̃, ỹ, ‖x̃‖², ‖ỹ‖²)``: the raw points, contiguous, and (Euclidean kernels) the
+    points centred at :func:`robust_centre` with their squared norms.
 
-    ``y=None`` returns ``x`` as ``y``. The Laplacian needs no norms: ``x`` stands in for them (the
-    kernels never read them).
+    ``y=None`` returns ``x`` as ``y``. The Laplacian needs neither: the raw points stand in for
+    the centred ones and for the norms (the kernels never read them).
     """
     x = x.contiguous()
     y = x if y is None else y.contiguous()
     if kernel == _LAPLACIAN_ID:
-        return x, y, x, y
-    if y is x:
-        mean = x.mean(dim=1, keepdim=True)
-        x = y = (x - mean).contiguous()
-        nx = ny = (x * x).sum(-1).contiguous()
-    else:
-        total = x.sum(dim=1, keepdim=True) + y.sum(dim=1, keepdim=True)
-        mean = total / (x.shape[1] + y.shape[1])
-        x = (x - mean).contiguous()
-        y = (y - mean).contiguous()
-        nx = (x * x).sum(-1).contiguous()
-        ny = (y * y).sum(-1).contiguous()
-    return x, y, nx, ny
+        return x, y, x, y, x, y
+    centre = robust_centre(x, None if y is x else y)
+    xc = (x - centre).contiguous()
+    yc = xc if y is x else (y - centre).contiguous()
+    nx = (xc * xc).sum(-1).contiguous()
+    ny = nx if y is x else (yc * yc).sum(-1).contiguous()
+    return x, y, xc, yc, nx, ny
+
+
+def _prepare(x: Tensor, y: Tensor | None, kernel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x̃, ỹ, ‖x̃‖², ‖ỹ‖²)`` of :func:`_prepare_exact`, for kernels built on :func:`_s_tile`."""
+    return _prepare_exact(x, y, kernel)[2:]
 
 
 def _norm_stride(n: Tensor) -> int:
@@ -712,7 +839,7 @@ def gram_forward(x: Tensor, y: Tensor | None, kernel: int, ell: Tensor) -> Tenso
     out = torch.empty((B, M, N), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    xc, yc, nx, ny = _prepare(x, y, kernel)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     ell = ell.contiguous()
 
     def grid(meta: dict) -> tuple[int]:
@@ -724,6 +851,8 @@ def gram_forward(x: Tensor, y: Tensor | None, kernel: int, ell: Tensor) -> Tenso
     _gram_fwd[_family(kernel)][grid](
         xc,
         yc,
+        xr,
+        yr,
         nx,
         ny,
         ell,
@@ -753,7 +882,7 @@ def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell
     if M == 0 or P == 0 or N == 0:
         return torch.zeros((B, M, P), dtype=x.dtype, device=x.device)
     out = torch.empty((B, M, P), dtype=x.dtype, device=x.device)
-    xc, yc, nx, ny = _prepare(x, y, kernel)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     v = v.contiguous()
     ell = ell.contiguous()
     block_p = _pow2_block(P, 16, 64)
@@ -764,6 +893,8 @@ def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell
     _gram_matmul[_family(kernel)][grid](
         xc,
         yc,
+        xr,
+        yr,
         nx,
         ny,
         v,
@@ -789,6 +920,8 @@ def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell
 def _side_grad(
     a: Tensor,
     c: Tensor,
+    a_raw: Tensor,
+    c_raw: Tensor,
     na: Tensor,
     nc: Tensor,
     u: Tensor,
@@ -798,28 +931,33 @@ def _side_grad(
     kernel: int,
     symmetric: bool,
     has_v: bool,
-) -> tuple[Tensor, Tensor]:
-    """One launch of the backward kernel: ``(da (B, MA, D), dell partial sums (B, slots))``."""
+    need_da: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """One launch of the backward kernel: ``(da (B, MA, D) or None without need_da, dell
+    partial sums (B, slots))``."""
     B, MA, D = a.shape
     MC = c.shape[1]
     P = u.shape[2] if has_v else 0
     family = _family(kernel)
     # one dℓ slot per row block of the smallest BLOCK_M the autotuner may launch with
     slots = triton.cdiv(MA, _min_block(_gram_bwd[family].configs, "BLOCK_M"))
-    da = torch.empty_like(a)
+    da = torch.zeros_like(a) if need_da else a  # not written without need_da
     dell = torch.zeros((B, slots), dtype=a.dtype, device=a.device)
     if kernel == _LAPLACIAN_ID:
         block_d = _pow2_block(D, 4, 16)  # last axis of [BLOCK_M, BLOCK_N, BLOCK_D] sign tiles
     else:
         block_d = _pow2_block(D, 16, 64)  # N axis of tl.dot(w, c_block)
     block_p = _pow2_block(P, 16, 32)
+    d_blocks = triton.cdiv(D, block_d) if need_da else 1
 
     def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(MA, meta["BLOCK_M"]) * triton.cdiv(D, block_d) * B,)
+        return (triton.cdiv(MA, meta["BLOCK_M"]) * d_blocks * B,)
 
     _gram_bwd[family][grid](
         a,
         c,
+        a_raw,
+        c_raw,
         na,
         nc,
         u,
@@ -842,10 +980,11 @@ def _side_grad(
         KERNEL=kernel,
         SYMMETRIC=symmetric,
         HAS_V=has_v,
+        NEED_DA=need_da,
         BLOCK_D=block_d,
         BLOCK_P=block_p,
     )
-    return da, dell
+    return (da if need_da else None), dell
 
 
 def gram_backward(
@@ -855,35 +994,52 @@ def gram_backward(
     v: Tensor | None,
     kernel: int,
     ell: Tensor,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    need_x: bool = True,
+    need_y: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Gradients of ``L = sum(G * K(x, y))`` with respect to ``x``, ``y`` and ``ℓ``.
 
     ``G = grad (B, M, N)`` when ``v`` is None, else ``G = grad (B, M, P) @ v (B, N, P)ᵀ``, built
-    in tiles and never stored. Returns ``(dx (B, M, D), dy (B, N, D) or None when y is None,
-    dell (0-d, summed over the batch))``. With ``y=None`` ``dx`` is the total gradient of ``x``
-    in both roles; the (constant) diagonal contributes nothing.
+    in tiles and never stored. Returns ``(dx (B, M, D), dy (B, N, D), dell (0-d, summed over the
+    batch))``; ``dx`` is None without ``need_x``, ``dy`` None without ``need_y`` or when y is
+    None. With ``y=None`` ``dx`` is the total gradient of ``x`` in both roles; the (constant)
+    diagonal contributes nothing. With no point gradient asked for, one launch forms ``dℓ``
+    and contracts nothing with the points.
     """
     symmetric = y is None
     has_v = v is not None
+    need_y = need_y and not symmetric
     B, M, D = x.shape
     N = M if y is None else y.shape[1]
     if B * M * N * D == 0:
-        dy = None if symmetric else torch.zeros_like(y)
-        return torch.zeros_like(x), dy, torch.zeros((), dtype=x.dtype, device=x.device)
-    xc, yc, nx, ny = _prepare(x, y, kernel)
+        dx = torch.zeros_like(x) if need_x else None
+        dy = torch.zeros_like(y) if need_y else None
+        return dx, dy, torch.zeros((), dtype=x.dtype, device=x.device)
+    xr, yr, xc, yc, nx, ny = _prepare_exact(x, y, kernel)
     grad = grad.contiguous()
     v = v.contiguous() if has_v else grad
     ell = ell.contiguous()
     gs = grad.stride()
-
-    # rows of x against y: G[i, j]
-    dx, dell = _side_grad(xc, yc, nx, ny, grad, gs, v, ell, kernel, symmetric, has_v)
-    # rows of y against x: Gᵀ[j, i] (the transposed grad, or v and grad exchanged)
+    # (a side, c side) as (x, y): G[i, j]; as (y, x): Gᵀ[j, i] (the transposed grad, or v and
+    # grad exchanged)
+    x_side = (xc, yc, xr, yr, nx, ny, grad, gs, v)
     if has_v:
-        dy, _ = _side_grad(yc, xc, ny, nx, v, v.stride(), grad, ell, kernel, symmetric, True)
+        y_side = (yc, xc, yr, xr, ny, nx, v, v.stride(), grad)
     else:
-        gt = (gs[0], gs[2], gs[1])
-        dy, _ = _side_grad(yc, xc, ny, nx, grad, gt, grad, ell, kernel, symmetric, False)
+        y_side = (yc, xc, yr, xr, ny, nx, grad, (gs[0], gs[2], gs[1]), grad)
+    dx = dy = dell = None
+    if need_x or not need_y:
+        dx, dell = _side_grad(*x_side, ell, kernel, symmetric, has_v, need_x)
+    if need_y or (symmetric and need_x):
+        dy, dell_y = _side_grad(*y_side, ell, kernel, symmetric, has_v, True)
+        dell = dell_y if dell is None else dell
     if symmetric:
-        return dx + dy, None, dell.sum()
+        return (dx + dy if need_x else None), None, dell.sum()
     return dx, dy, dell.sum()
+
+
+def gram_ell_grad(k: Tensor, grad: Tensor, kernel: int, ell: Tensor) -> Tensor:
+    """``dℓ`` of ``sum(grad * K)`` from ``K`` itself (B, M, N): ``Σ grad · φ(K) / ℓ`` with
+    ``φ = ℓ·∂k/∂ℓ`` as a function of ``k`` (no distances; elementwise torch on the device)."""
+    phi = lengthscale_factor_from_k(k, KERNEL_NAMES[kernel])
+    return (grad * phi).sum() / ell

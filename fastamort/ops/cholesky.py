@@ -8,7 +8,13 @@ fail (and only those) add ``JITTER_START[dtype] × mean|diag|`` to the diagonal 
 ×10 per retry, up to ``10**JITTER_RETRIES`` times the first jitter (the cap: 0.1 × mean|diag|
 in float32, 1e-5 × mean|diag| in float64), with a :class:`NumericalWarning` each time; then
 raise :class:`NotPSDError` naming the size, dtype, batch index and the jitter tried.
-Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``).
+Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``). A member whose
+jitter scale (mean |diagonal| + λ) is 0, or so small that its first jitter is not a normal number
+of the dtype, is reported at once: there is no jitter relative to it.
+
+A factorisation succeeds only with every pivot L_jj² a positive *normal* number on every backend:
+LAPACK and cuSOLVER accept any positive pivot, and a subnormal one (a numerically zero matrix)
+gives a factor whose solve overflows to ∞ and NaN.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import check_finite, check_tensor, is_real_scalar
+from .._checks import check_finite, check_tensor, has_data, is_real_scalar
 
 __all__ = [
     "JITTER_RETRIES",
@@ -57,7 +63,17 @@ class NumericalWarning(RuntimeWarning):
 # the input is read. info > 0 marks the members whose factorisation failed.
 # --------------------------------------------------------------------------------------
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+    return t.detach().resolve_neg().contiguous().numpy()
+
+
+def mark_tiny_pivots(lower: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+    """``info`` with the members whose factor ``lower`` (B, n, n) has a pivot L_jj² below the
+    dtype's smallest normal number marked failed (j + 1 for the first): their solve overflows."""
+    if lower.numel() == 0:
+        return info
+    small = lower.diagonal(dim1=-2, dim2=-1).abs() < math.sqrt(torch.finfo(lower.dtype).tiny)
+    first = torch.argmax(small.to(torch.int8), dim=-1) + 1
+    return torch.where((info == 0) & small.any(-1), first, info)
 
 
 def _cpp_factor(a, shift):
@@ -84,7 +100,7 @@ def _eye_shift(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def _torch_factor(a, shift):
     lower, info = torch.linalg.cholesky_ex(a.tril() + _eye_shift(a, shift))
-    return lower, info.long()
+    return lower, mark_tiny_pivots(lower, info.long())
 
 
 def _torch_solve(lower, b):
@@ -98,6 +114,22 @@ def _torch_ridge(k, b, shift):
     return x, lower, info
 
 
+def _triton_impl() -> SimpleNamespace:
+    """The Triton kernels, with the factor's pivots checked as on the other backends."""
+    mod = triton_module("fastamort.ops._triton_ridge")
+
+    def factor(a, shift):
+        lower, info = mod.factor(a, shift)
+        return lower, mark_tiny_pivots(lower, info)
+
+    def ridge(k, b, shift):
+        x, lower, info = mod.ridge(k, b, shift)
+        info = mark_tiny_pivots(lower, info)
+        return torch.where((info == 0)[:, None, None], x, float("nan")), lower, info
+
+    return SimpleNamespace(factor=factor, solve=mod.solve, ridge=ridge)
+
+
 _CPP = SimpleNamespace(factor=_cpp_factor, solve=_cpp_solve, ridge=_cpp_ridge)
 _TORCH = SimpleNamespace(factor=_torch_factor, solve=_torch_solve, ridge=_torch_ridge)
 
@@ -108,7 +140,7 @@ def ridge_backend_impl(backend: str) -> SimpleNamespace:
         return _CPP
     if backend == "torch":
         return _TORCH
-    return triton_module("fastamort.ops._triton_ridge")  # type: ignore[return-value]
+    return _triton_impl()
 
 
 # --------------------------------------------------------------------------------------
@@ -144,14 +176,17 @@ def factor_with_jitter(
     n_batch = shift.shape[0]
     out = list(run(None, shift))
     used = torch.zeros(n_batch, dtype=torch.float64, device=shift.device)
-    if n_batch == 0 or n == 0 or not bool(out[-1].any()):
-        return (*out, used)
+    if n_batch == 0 or n == 0 or not has_data(out[-1]) or not bool(out[-1].any()):
+        return (*out, used)  # (a meta tensor has shapes, no values to retry)
     failed = torch.nonzero(out[-1] != 0).flatten()
     if check_jitter(jitter) == 0:
         _raise_not_psd(n, dtype, failed, None, what)
     if jitter == "auto":
         scale = diag().detach().double().abs() + shift.abs()
-        start = JITTER_START[dtype] * torch.clamp(scale, min=torch.finfo(torch.float64).tiny)
+        start = JITTER_START[dtype] * scale
+        unscaled = failed[start[failed] < torch.finfo(dtype).tiny]
+        if unscaled.numel() > 0:
+            _raise_not_psd(n, dtype, unscaled, None, what, scale=scale[unscaled])
     else:
         start = torch.full_like(shift, float(jitter))
     for attempt in range(JITTER_RETRIES + 1):
@@ -199,16 +234,24 @@ def _show(index: torch.Tensor, limit: int = 8) -> str:
     return ", ".join(map(str, items)) + (", …" if index.numel() > limit else "")
 
 
-def _raise_not_psd(n, dtype, failed, jitter_tried, what):
+def _raise_not_psd(n, dtype, failed, jitter_tried, what, scale=None):
+    where = f"{what}: matrix of size {n}×{n} ({dtype}) at batch index {_show(failed)}"
+    if scale is not None:
+        largest = float(scale.max())
+        size = "zero" if largest == 0 else f"only {largest:.3g}"
+        raise NotPSDError(
+            f"{where} is not positive definite, and its diagonal plus the ridge is {size}, "
+            f"too small for a jitter relative to it in {dtype} (it is singular). Increase the "
+            "ridge (lam/alpha), rescale the matrix, or check it"
+        )
     tried = (
         "no jitter (jitter=0)"
         if jitter_tried is None
         else (f"jitter up to {float(jitter_tried.max()):.3g} on the diagonal")
     )
     raise NotPSDError(
-        f"{what}: matrix of size {n}×{n} ({dtype}) at batch index {_show(failed)} is not "
-        f"positive definite, even with {tried}. Increase the ridge (lam/alpha), use float64, "
-        "or check the matrix"
+        f"{where} is not positive definite, even with {tried}. Increase the ridge (lam/alpha), "
+        "use float64, or check the matrix"
     )
 
 

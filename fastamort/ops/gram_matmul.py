@@ -9,7 +9,6 @@ tile-wise G = g·vᵀ with dk/ds inside the same tiled loop.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._backends import note_backend, resolve_backend
 from .._checks import (
@@ -20,7 +19,15 @@ from .._checks import (
     check_tensor,
     flatten_batch,
 )
-from .gram import gram_backend_impl, gram_ref, prepare_points
+from .gram import (
+    differentiable_grads,
+    gram_backend_impl,
+    gram_ref,
+    gram_twice_differentiable,
+    prepare_points,
+    wants_double_backward,
+)
+from .kernel_math import KERNEL_NAMES
 
 __all__ = ["gram_matmul", "gram_matmul_ref"]
 
@@ -37,7 +44,12 @@ def gram_matmul_ref(
 
 
 class GramMatmulFunction(torch.autograd.Function):
-    """out = K(x, y) @ v on a compiled backend; backward by that backend's fused kernels."""
+    """out = K(x, y) @ v on a compiled backend; backward by that backend's fused kernels.
+
+    Only the gradients asked for are formed (no contraction with the points when only ℓ and v
+    need theirs). Under ``create_graph=True`` the backward runs the torch formulas of
+    :func:`~fastamort.ops.gram.gram_twice_differentiable`, which can be differentiated again.
+    """
 
     @staticmethod
     def forward(ctx, x, y, v, ell, kid: int, backend: str):  # type: ignore[override]
@@ -49,20 +61,32 @@ class GramMatmulFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         x, y, v, ell = ctx.saved_tensors
+        needed = tuple(ctx.needs_input_grad[:4])
+        if wants_double_backward(x, y, v, ell, grad_out):
+            kernel = KERNEL_NAMES[ctx.kid]
+            grads = differentiable_grads(
+                lambda a, b, w, e: gram_twice_differentiable(a, b, kernel, e) @ w,
+                (x, y, v, ell),
+                needed,
+                grad_out,
+            )
+            note_backend("gram_matmul.backward", "torch")
+            return (*grads, None, None)
+        need_x, need_y, need_v, need_ell = needed
+        need_y = need_y and y is not None
         impl = gram_backend_impl(ctx.backend)
         g = grad_out.contiguous()
         dv = None
-        if ctx.needs_input_grad[2]:  # K(x, y)ᵀ = K(y, x) for these symmetric kernels
+        if need_v:  # K(x, y)ᵀ = K(y, x) for these symmetric kernels
             dv = impl.gram_matmul_forward(
                 x if y is None else y, None if y is None else x, g, ctx.kid, ell
             )
         dx = dy = dell = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            dx, dy, dell = impl.gram_backward(x, y, g, v, ctx.kid, ell)
-            dell = dell.to(ell.dtype).reshape(ell.shape)
+        if need_x or need_y or need_ell:
+            dx, dy, dell = impl.gram_backward(x, y, g, v, ctx.kid, ell, need_x, need_y)
+            dell = dell.to(ell.dtype).reshape(ell.shape) if need_ell else None
         note_backend("gram_matmul.backward", ctx.backend)
         return dx, dy, dv, dell, None, None
 

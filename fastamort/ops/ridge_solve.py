@@ -49,15 +49,28 @@ def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tenso
             raise ValueError(f"{name}: contains NaN or infinite values")
         if value < 0:
             raise ValueError(f"{name}: must be >= 0, got a minimum of {value}")
+        _check_in_range(name, value, like.dtype)
         return torch.tensor(value, dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"{name}: expected a float or a tensor, got {type(lam).__name__}")
     if lam_t.numel() > 0:
         if not bool(torch.isfinite(lam_t).all()):
+            if bool(torch.isfinite(lam.detach()).all()):
+                _check_in_range(name, float(lam.detach().abs().max()), like.dtype)
             raise ValueError(f"{name}: contains NaN or infinite values")
         if bool((lam_t < 0).any()):
             raise ValueError(f"{name}: must be >= 0, got a minimum of {float(lam_t.min())}")
     return lam_t
+
+
+def _check_in_range(name: str, value: float, dtype: torch.dtype) -> None:
+    """A finite λ that ``dtype`` cannot hold is refused by name (it would become ∞)."""
+    largest = torch.finfo(dtype).max
+    if abs(value) > largest:
+        raise ValueError(
+            f"{name}: {value:.3g} is beyond the range of {dtype} (largest {largest:.3g}); "
+            "rescale k and lam together, or use float64"
+        )
 
 
 def _solve_forward(k, b, lam, backend: str, *, keep_lower: bool, check_finite: bool = False):
