@@ -27,29 +27,24 @@ formed from the weights in the same way, whatever solver produced them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ._checks import check_int, is_real_scalar
+from .hyperparameters import (  # noqa: F401 (re-exported: fastamort.estimator.choose_lambda)
+    LAMBDA_GRID,
+    LAMBDA_MAX_POINTS,
+    LAMBDA_TIE,
+    choose_lambda,
+    pick_lambda,
+)
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
 from .solvers import SolverConfig, WarmStart, krr_weights
 from .solvers.exact import exact_solve
 
-#: λ grid of the automatic choice (absolute: the kernels here have k(x, x) = 1). It starts at
-#: 1e-3: leave-one-out error at the sleep points cannot see the wake points, which lie off the
-#: model's sample distribution while the model is wrong, and near-interpolating λ (chosen for
-#: mixtures with separated clusters) then extrapolates badly there (measured: cosine to the
-#: exact gradient 0.06–0.84 at λ ≤ 1e-6 against ≥ 0.98 for λ in [1e-3, 1]).
-LAMBDA_GRID = tuple(10.0 ** (k / 2) for k in range(-6, 5))
-#: An interior minimum of the leave-one-out curve within this relative margin of a best at the
-#: top of the grid wins over it (see :func:`pick_lambda`).
-LAMBDA_TIE = 0.10
-#: At most this many sleep points enter the leave-one-out choice of λ (cost O(m³)).
-LAMBDA_MAX_POINTS = 2000
 KRR_DTYPE = torch.float64
 
 
@@ -216,74 +211,6 @@ def regression_targets(model, z, x, estimator: str) -> tuple[torch.Tensor, torch
     eta = model.natural_params(z)
     psi = model.log_normaliser(z) - model.log_prior(z)
     return torch.cat([psi.reshape(-1, 1), eta], dim=1), model.sufficient_stats(x)
-
-
-@torch.no_grad()
-def choose_lambda(
-    features: torch.Tensor,
-    kernel: Kernel,
-    targets: torch.Tensor,
-    stats: torch.Tensor | None = None,
-    grid: tuple[float, ...] = LAMBDA_GRID,
-) -> float:
-    """λ with the smallest leave-one-out error of the predicted log joint at sleep points.
-
-    With K = U diag(d) Uᵀ, the hat matrix is H = U diag(d/(d+λ)) Uᵀ and the LOO residual of
-    a target t is (t − Ht)/(1 − H_ii), for every λ from one eigendecomposition. For the
-    exponential-family targets [ψ, η] the scored residual is r_η·S(x_i) − r_ψ.
-    """
-    m = features.shape[0]
-    if m > LAMBDA_MAX_POINTS:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        idx = torch.randperm(m, generator=g)[:LAMBDA_MAX_POINTS].to(features.device)
-        features, targets = features[idx], targets[idx]
-        stats = None if stats is None else stats[idx]
-    k = kernel.gram_features(features.to(KRR_DTYPE))
-    d, u = torch.linalg.eigh(k)
-    d = d.clamp_min(0.0)
-    t = targets.detach().to(KRR_DTYPE)
-    ut = u.mT @ t
-    u2 = u * u
-    errors = []
-    for lam in grid:
-        shrink = d / (d + lam)
-        fitted = u @ (shrink[:, None] * ut)
-        h_diag = u2 @ shrink
-        resid = (t - fitted) / (1.0 - h_diag).clamp_min(1e-12)[:, None]
-        if stats is None:
-            err = resid.square().mean()
-        else:
-            s = stats.detach().to(KRR_DTYPE)
-            err = ((resid[:, 1:] * s).sum(-1) - resid[:, 0]).square().mean()
-        errors.append(float(err))
-    return pick_lambda(grid, errors)
-
-
-def pick_lambda(grid: Sequence[float], errors: Sequence[float]) -> float:
-    """The λ of the leave-one-out curve ``errors`` (one per λ of the increasing ``grid``).
-
-    The smallest error wins, except at the top of the grid: when the best λ is the largest
-    and an interior local minimum lies within :data:`LAMBDA_TIE` of it, the best interior
-    minimum wins. The top one is then the mean predictor (only the top eigenvector of K
-    survives the shrinkage): about as good at the sleep points, but its gradient ignores the
-    wake data and learning stalls (measured on the ``nmf`` model at initialisation, M = 1000,
-    seeds 0 and 2: λ = 100 at 12.32 and 12.11 against λ = 1 at 12.50 and 13.07; between them
-    the error is 3× higher).
-    """
-    errs = [e if math.isfinite(e) else math.inf for e in errors]
-    best = min(errs)
-    if not math.isfinite(best):
-        return grid[0]
-    i_best = errs.index(best)
-    if i_best == len(errs) - 1:
-        interior = [
-            i for i in range(1, len(errs) - 1) if errs[i] <= errs[i - 1] and errs[i] <= errs[i + 1]
-        ]
-        if interior:
-            i_min = min(interior, key=lambda i: errs[i])
-            if errs[i_min] <= best * (1.0 + LAMBDA_TIE):
-                return grid[i_min]
-    return grid[i_best]
 
 
 def wake_vectors(
