@@ -293,9 +293,11 @@ def amortised_estimate(
         lam = check_lam(lam)
     x_wake = check_wake(x_wake, xs)
     if kernel is None:
-        kernel = Gaussian().to(xs.device).init_from(xs)
+        kernel = Gaussian().to(xs.device)
     elif not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
+    if not bool(kernel.initialised):
+        kernel.init_from(xs)  # median heuristic on this sleep set (the kernel keeps it)
 
     targets, stats = regression_targets(model, z, xs, estimator)
     with torch.no_grad():
@@ -343,7 +345,9 @@ def amortised_objective(
         x_wake: a batch of data, (N, *obs_shape).
         n_sleep: number M of sleep samples drawn when ``sleep`` is not given (≥ 2).
         sleep: reuse these sleep samples ``(z, x)``.
-        kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian with the median heuristic.
+        kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian. A kernel without a
+            lengthscale (``Gaussian()``) gets the median heuristic on the sleep set, in
+            place (:meth:`~fastamort.kernels.Kernel.init_from`).
         lam: the ridge λ; default: leave-one-out choice over :data:`LAMBDA_GRID`.
         estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
         solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,

@@ -97,3 +97,17 @@ def test_zero_rows_give_empty_results_and_0d_points_an_error():
         Gaussian(1.0)([[1.0, 2.0]])
     with pytest.raises(ValueError, match="x: contains NaN"):
         median_distance(torch.tensor([[0.0], [float("nan")]]))
+
+
+def test_kernel_loss_initialises_a_kernel_without_a_lengthscale_from_the_fitting_set():
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    fit, held = model.sample(300), model.sample(100)
+    fresh = Gaussian()
+    loss = fastamort.kernel_loss(model, fresh, fit, held, 0.1)
+    reference = Gaussian().init_from(fit[1])
+    assert float(fresh.lengthscale) == pytest.approx(float(reference.lengthscale), rel=1e-12)
+    torch.testing.assert_close(loss, fastamort.kernel_loss(model, reference, fit, held, 0.1))
+    assert float(loss) < float(fastamort.kernel_loss(model, Gaussian(1.0), fit, held, 0.1))
