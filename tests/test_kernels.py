@@ -111,3 +111,27 @@ def test_kernel_loss_initialises_a_kernel_without_a_lengthscale_from_the_fitting
     assert float(fresh.lengthscale) == pytest.approx(float(reference.lengthscale), rel=1e-12)
     torch.testing.assert_close(loss, fastamort.kernel_loss(model, reference, fit, held, 0.1))
     assert float(loss) < float(fastamort.kernel_loss(model, Gaussian(1.0), fit, held, 0.1))
+
+
+def test_kernel_loss_recalibrates_batch_norm_on_each_fitting_set_and_scores_in_eval_mode():
+    """The statistics follow the sleep set of each kernel step (they were frozen at init_from),
+    and both sets are featurised with them (eval mode), never with their own batch's."""
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6)).double()
+    kernel = Gaussian(features=net).init_from(model.sample(200)[1])
+    with torch.no_grad():
+        model.bias.add_(3.0)  # θ moves: the sleep set shifts
+    fit, held = model.sample(300), model.sample(100)
+    loss = fastamort.kernel_loss(model, kernel, fit, held, 0.1)
+    hidden = net[0](fit[1]).detach()
+    torch.testing.assert_close(net[1].running_mean, hidden.mean(0))
+    torch.testing.assert_close(net[1].running_var, hidden.var(0))
+    assert net.training, "the caller's mode is restored"
+    frozen = Gaussian(float(kernel.lengthscale.detach()), features=net.eval())
+    frozen.initialised.fill_(True)
+    torch.testing.assert_close(loss, fastamort.kernel_loss(model, frozen, fit, held, 0.1))
+    with pytest.raises(ValueError, match="x: BatchNorm statistics need at least 2 points"):
+        kernel.calibrate_batch_norm(fit[1][:1])
