@@ -33,6 +33,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from .estimator import (
     regression_targets,
     resolve_estimator,
 )
+from .hyperparameters import LEARNED_LAMBDA_RANGE, LambdaBoundWarning, clamp_log_lambda
 from .kernel_learning import kernel_loss
 from .kernels import Gaussian, Kernel
 from .models.base import check_model
@@ -82,7 +84,9 @@ class AmortisedLearner:
         lr, kernel_lr: Adam learning rates of the model and of the kernel (and log λ).
         optimizer: a ready optimiser over the model's parameters (overrides ``lr``).
         kernel_optimizer: a ready optimiser over the kernel's parameters and ``log_lam``.
-        lam: initial ridge λ (default: leave-one-out choice at the first step).
+        lam: initial ridge λ (default: leave-one-out choice at the first step). Kernel steps
+            keep it in :data:`fastamort.hyperparameters.LEARNED_LAMBDA_RANGE` (clamped, with
+            a :class:`~fastamort.hyperparameters.LambdaBoundWarning`).
         estimator: "auto", "generic" or "expfam".
         learn_kernel: whether to run kernel steps.
         seed: seeds the data order (per epoch); sampling uses the global torch RNG.
@@ -136,8 +140,11 @@ class AmortisedLearner:
         n_held_out = check_int(n_held_out, "n_held_out", 1 if learn_kernel else 0)
         if lam is not None:
             lam = float(check_lam(lam))
-            if lam == 0:
-                raise ValueError("lam: must be > 0 (it is learnt as log λ), got 0.0")
+            lo, hi = LEARNED_LAMBDA_RANGE
+            if not lo <= lam <= hi:
+                raise ValueError(
+                    f"lam: must be > 0 and within LEARNED_LAMBDA_RANGE [{lo:g}, {hi:g}], got {lam}"
+                )
         seed = check_int(seed, "seed", 0)
         if seed >= 2**32:
             raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
@@ -249,6 +256,15 @@ class AmortisedLearner:
             _check_finite_grads(self._kernel_named_parameters(), step)
             self.kernel_optimizer.step()
             record["kernel_loss"] = float(loss.detach())
+            bound = clamp_log_lambda(self.log_lam)
+            if bound is not None:
+                record["lam_at_bound"] = bound
+                warnings.warn(
+                    f"step {step}: the learned λ reached the {bound} bound of "
+                    f"LEARNED_LAMBDA_RANGE {LEARNED_LAMBDA_RANGE} and is clamped to it",
+                    LambdaBoundWarning,
+                    stacklevel=2,
+                )
         if dctx is not None and dctx.pool_sleep:
             part, objective = pooled_estimate(
                 dctx,
