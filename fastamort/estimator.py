@@ -20,8 +20,10 @@ For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier f
 warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
 formed from the weights in the same way, whatever solver produced them.
 
-``lam=None`` picks λ by closed-form leave-one-out error of the regression targets over a grid
-(one eigendecomposition); ``kernel=None`` uses a Gaussian kernel with the median heuristic.
+``lam=None`` picks λ, and ℓ when the kernel has none, by the Gaussian-process marginal
+likelihood of the regression targets over a grid (:mod:`fastamort.hyperparameters`);
+``kernel=None`` uses a Gaussian kernel with the median heuristic. By default the regression has
+an unpenalised constant (``intercept=True``, :func:`add_intercept`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from .hyperparameters import (  # noqa: F401 (re-exported: fastamort.estimator.c
     LAMBDA_GRID,
     LAMBDA_MAX_POINTS,
     LAMBDA_TIE,
+    check_rule,
+    choose_hyperparameters,
     choose_lambda,
     pick_lambda,
 )
@@ -62,15 +66,19 @@ class AmortisedEstimate:
     #: how the weights were solved: ``solver`` and, per solver, e.g. ``iterations``,
     #: ``products``, ``residual``, ``warm_started`` (cg), ``n_inducing`` (nystrom).
     info: dict[str, Any] = field(default_factory=dict)
+    #: the solution (K + λI)⁻¹ R before :func:`add_intercept` (None: the same as the weights)
+    solution: torch.Tensor | None = field(default=None, repr=False)
 
     def warm_start(self, *, aligned: bool = False) -> WarmStart:
-        """This estimate's sleep points and weights, to warm-start the next CG solve
+        """This estimate's sleep points and ridge solution, to warm-start the next CG solve
         (``aligned``: the next sleep set continues this one row by row)."""
-        w = (
-            self.beta[:, None]
-            if self.coeffs is None
-            else torch.cat([self.beta[:, None], self.coeffs], 1)
-        )
+        w = self.solution
+        if w is None:
+            w = (
+                self.beta[:, None]
+                if self.coeffs is None
+                else torch.cat([self.beta[:, None], self.coeffs], 1)
+            )
         return WarmStart(self.sleep[1].detach(), w.detach(), aligned)
 
 
@@ -258,6 +266,27 @@ def objective_from_weights(
     return objective
 
 
+def add_intercept(
+    weights: torch.Tensor, model, x_wake: torch.Tensor, estimator: str
+) -> torch.Tensor:
+    """The weights (M, 1 + P) of the regression with an unpenalised constant: the prediction
+    is t̄ + k(x)ᵀ(K + λI)⁻¹(t − t̄) with t̄ the mean of the targets, so each column of the
+    weights sums to the total of its wake weights V = [1, S_w]/N: W + 1(1ᵀV − 1ᵀW)/M.
+
+    Without it the prediction falls back to 0 away from the sleep points, where wake points
+    lie while the model is wrong; with it, to the mean (measured on the gradient-estimation
+    mixture at the evidence rule's (ℓ, λ), M = 2000, 3 seeds: relative error 0.08–0.19
+    against 0.13–0.39 without).
+    """
+    with torch.no_grad():
+        n = x_wake.shape[0]
+        total = torch.ones(1, dtype=weights.dtype, device=weights.device)
+        if estimator != "generic":
+            s = model.sufficient_stats(x_wake).to(weights.dtype).reshape(n, -1).mean(0)
+            total = torch.cat([total, s])
+        return weights + (total - weights.sum(0)) / weights.shape[0]
+
+
 def amortised_estimate(
     model: torch.nn.Module,
     x_wake: torch.Tensor,
@@ -265,7 +294,7 @@ def amortised_estimate(
     n_sleep: int = 2000,
     sleep: tuple[Any, torch.Tensor] | None = None,
     kernel: Kernel | None = None,
-    lam: float | torch.Tensor | None = None,
+    lam: float | torch.Tensor | str | None = None,
     estimator: str = "auto",
     solver: str = "exact",
     n_inducing: int | None = None,
@@ -273,6 +302,7 @@ def amortised_estimate(
     tol: float | None = None,
     inducing: str = "uniform",
     warm_start: AmortisedEstimate | WarmStart | None = None,
+    intercept: bool = True,
 ) -> AmortisedEstimate:
     """:func:`amortised_objective` with its ingredients (weights, λ, kernel, sleep set)."""
     check_model(model)
@@ -289,21 +319,27 @@ def amortised_estimate(
         z, xs = draw_sleep(model, n_sleep)
     else:
         z, xs = check_sleep(sleep, model)
-    if lam is not None:
+    rule = check_rule(lam)
+    if rule is None:
         lam = check_lam(lam)
     x_wake = check_wake(x_wake, xs)
     if kernel is None:
         kernel = Gaussian().to(xs.device)
     elif not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
-    if not bool(kernel.initialised):
+    choose_ell = not bool(kernel.initialised)
+    if choose_ell:
         kernel.init_from(xs)  # median heuristic on this sleep set (the kernel keeps it)
 
     targets, stats = regression_targets(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs).to(KRR_DTYPE)
-        if lam is None:
-            lam_value = choose_lambda(fs, kernel, targets, stats)
+        if rule is not None:
+            lam_value, ell = choose_hyperparameters(
+                fs, kernel, targets, stats, rule=rule, lengthscale=choose_ell
+            )
+            if ell is not None:
+                kernel.log_lengthscale.fill_(math.log(ell))
         else:
             lam_value = float(lam)
         if config.solver == "exact" and warm_start is None:
@@ -315,10 +351,16 @@ def amortised_estimate(
         else:
             fw, v = wake_vectors(model, kernel, x_wake, estimator)
             weights, info = krr_weights(config, kernel, fs, fw, v, lam_value, warm_start=warm_start)
+        solution = weights
+        if intercept:
+            weights = add_intercept(weights, model, x_wake, estimator)
     objective = objective_from_weights(model, weights, targets, estimator, x_wake)
     beta = weights[:, 0]
     coeffs = None if estimator == "generic" else weights[:, 1:]
-    return AmortisedEstimate(objective, beta, coeffs, lam_value, kernel, estimator, (z, xs), info)
+    return AmortisedEstimate(
+        objective, beta, coeffs, lam_value, kernel, estimator, (z, xs), info,
+        solution=solution if intercept else None,
+    )  # fmt: skip
 
 
 def amortised_objective(
@@ -328,7 +370,7 @@ def amortised_objective(
     n_sleep: int = 2000,
     sleep: tuple[Any, torch.Tensor] | None = None,
     kernel: Kernel | None = None,
-    lam: float | torch.Tensor | None = None,
+    lam: float | torch.Tensor | str | None = None,
     estimator: str = "auto",
     solver: str = "exact",
     n_inducing: int | None = None,
@@ -336,6 +378,7 @@ def amortised_objective(
     tol: float | None = None,
     inducing: str = "uniform",
     warm_start: AmortisedEstimate | WarmStart | None = None,
+    intercept: bool = True,
 ) -> torch.Tensor:
     """Scalar Ĵ(θ) whose gradient is the KRR estimate of the mean ML gradient over ``x_wake``.
 
@@ -348,7 +391,11 @@ def amortised_objective(
         kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian. A kernel without a
             lengthscale (``Gaussian()``) gets the median heuristic on the sleep set, in
             place (:meth:`~fastamort.kernels.Kernel.init_from`).
-        lam: the ridge λ; default: leave-one-out choice over :data:`LAMBDA_GRID`.
+        lam: the ridge λ, or the name of a rule that chooses it from the sleep set
+            (:mod:`fastamort.hyperparameters`): ``"evidence"`` (the default, None) takes the
+            (ℓ, λ) of largest Gaussian-process marginal likelihood of the targets, ℓ only when
+            the kernel's lengthscale was not given; ``"loo"``: λ by leave-one-out error at the
+            median-heuristic lengthscale (the rule before).
         estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
         solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
             O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
@@ -361,6 +408,9 @@ def amortised_objective(
         inducing: "uniform" or "greedy" (pivoted Cholesky) inducing points (nystrom, cg).
         warm_start: the previous step's :class:`AmortisedEstimate` (or a
             :class:`fastamort.solvers.WarmStart`) to start CG from.
+        intercept: regress with an unpenalised constant (the mean of the targets), so that
+            far from the sleep points the prediction is the mean rather than 0
+            (:func:`add_intercept`); False: the plain KRR of the formula above.
 
     Returns:
         0-d tensor; ``(-objective).backward()`` then an optimiser step ascends the likelihood.
@@ -389,4 +439,5 @@ def amortised_objective(
         tol=tol,
         inducing=inducing,
         warm_start=warm_start,
+        intercept=intercept,
     ).objective

@@ -18,12 +18,13 @@ noise pushed through the moved model (valid samples of the current p_θ, correla
 steps like common random numbers), so row i of the new set follows row i of the old one and
 the old weights are a close start (``WarmStart(aligned=True)``).
 
-At the first step the lengthscale is set by the median heuristic and λ by leave-one-out
-(unless given). Checkpoints are written atomically (temporary file + rename) and hold the
-model, kernel, λ, optimisers, RNG states, step, epoch and history, so ``resume=True``
-continues bit for bit. A non-finite objective or gradient stops training with
-:class:`NonFiniteError` naming the step and the parameter, before any parameter changes; the
-last checkpoint stays as it was.
+At the first step λ, and the lengthscale when the kernel has none, are chosen from one sleep
+set by the ``lam`` rule (default: Gaussian-process marginal likelihood over a grid around the
+median heuristic; :mod:`fastamort.hyperparameters`). Checkpoints are written atomically
+(temporary file + rename) and hold the model, kernel, λ, optimisers, RNG states, step, epoch
+and history, so ``resume=True`` continues bit for bit. A non-finite objective or gradient
+stops training with :class:`NonFiniteError` naming the step and the parameter, before any
+parameter changes; the last checkpoint stays as it was.
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ from .distributed import (
 from .estimator import (
     amortised_estimate,
     check_lam,
-    choose_lambda,
     draw_sleep,
     regression_targets,
     resolve_estimator,
 )
-from .hyperparameters import LEARNED_LAMBDA_RANGE, LambdaBoundWarning, clamp_log_lambda
+from .hyperparameters import (
+    LEARNED_LAMBDA_RANGE,
+    LambdaBoundWarning,
+    check_rule,
+    choose_hyperparameters,
+    clamp_log_lambda,
+)
 from .kernel_learning import kernel_loss
 from .kernels import Gaussian, Kernel
 from .models.base import check_model
@@ -84,9 +90,11 @@ class AmortisedLearner:
         lr, kernel_lr: Adam learning rates of the model and of the kernel (and log λ).
         optimizer: a ready optimiser over the model's parameters (overrides ``lr``).
         kernel_optimizer: a ready optimiser over the kernel's parameters and ``log_lam``.
-        lam: initial ridge λ (default: leave-one-out choice at the first step). Kernel steps
-            keep it in :data:`fastamort.hyperparameters.LEARNED_LAMBDA_RANGE` (clamped, with
-            a :class:`~fastamort.hyperparameters.LambdaBoundWarning`).
+        lam: initial ridge λ, or the rule that chooses it (and the initial lengthscale, when
+            the kernel has none) from the first sleep set: "evidence" (default, None) or
+            "loo" (:func:`fastamort.amortised_objective`). Kernel steps keep it in
+            :data:`fastamort.hyperparameters.LEARNED_LAMBDA_RANGE` (clamped, with a
+            :class:`~fastamort.hyperparameters.LambdaBoundWarning`).
         estimator: "auto", "generic" or "expfam".
         learn_kernel: whether to run kernel steps.
         seed: seeds the data order (per epoch); sampling uses the global torch RNG.
@@ -122,7 +130,7 @@ class AmortisedLearner:
         kernel_lr: float = 1e-2,
         optimizer: torch.optim.Optimizer | None = None,
         kernel_optimizer: torch.optim.Optimizer | None = None,
-        lam: float | None = None,
+        lam: float | str | None = None,
         estimator: str = "auto",
         learn_kernel: bool = True,
         seed: int = 0,
@@ -138,7 +146,8 @@ class AmortisedLearner:
         check_model(model)
         n_sleep = check_int(n_sleep, "n_sleep", 2)
         n_held_out = check_int(n_held_out, "n_held_out", 1 if learn_kernel else 0)
-        if lam is not None:
+        self._lam_rule = check_rule(lam)
+        if self._lam_rule is None:
             lam = float(check_lam(lam))
             lo, hi = LEARNED_LAMBDA_RANGE
             if not lo <= lam <= hi:
@@ -181,10 +190,12 @@ class AmortisedLearner:
         self.kernel = (kernel if kernel is not None else Gaussian()).to(device)
         self.log_lam = nn.Parameter(
             torch.tensor(
-                math.log(lam) if lam is not None else 0.0, dtype=torch.float64, device=device
+                math.log(lam) if self._lam_rule is None else 0.0,
+                dtype=torch.float64,
+                device=device,
             )
         )
-        self._lam_given = lam is not None
+        self._lam_given = self._lam_rule is None
         self.n_sleep, self.n_held_out = n_sleep, n_held_out
         self.learn_kernel, self.seed, self.max_grad_norm = learn_kernel, seed, max_grad_norm
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
@@ -203,7 +214,8 @@ class AmortisedLearner:
         return float(self.log_lam.detach().exp())
 
     def initialise(self) -> None:
-        """Median-heuristic lengthscale and leave-one-out λ from one sleep set (once)."""
+        """Lengthscale (median heuristic, then the λ rule's choice) and λ from one sleep set
+        (once)."""
         self._initialise(None)
 
     def _initialise(self, data: torch.Tensor | None) -> None:
@@ -215,13 +227,19 @@ class AmortisedLearner:
         z, x = draw_sleep(self.model, self.n_sleep)
         self._obs_shape = tuple(x.shape[1:])
         _check_data_shape(data, self._obs_shape)
-        if not bool(self.kernel.initialised):
+        choose_ell = not bool(self.kernel.initialised)
+        if choose_ell:
             self.kernel.init_from(x)
         if not self._lam_given:
             with torch.no_grad():
                 targets, stats = regression_targets(self.model, z, x, self.estimator)
-                lam = choose_lambda(self.kernel.features(x), self.kernel, targets, stats)
+                lam, ell = choose_hyperparameters(
+                    self.kernel.features(x).to(torch.float64), self.kernel, targets, stats,
+                    rule=self._lam_rule, lengthscale=choose_ell,
+                )  # fmt: skip
                 self.log_lam.fill_(math.log(lam))
+                if ell is not None:
+                    self.kernel.log_lengthscale.fill_(math.log(ell))
         self.initialised = True
 
     def step(self, x_batch: torch.Tensor, *, epoch: int = 0) -> dict[str, Any]:
