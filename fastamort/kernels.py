@@ -179,7 +179,7 @@ class Kernel(nn.Module):
         return self.gram_features(fx, None if y is None else self.features(y))
 
     def extra_repr(self) -> str:
-        return f"lengthscale={float(self.lengthscale):.4g}, backend={self.backend!r}"
+        return f"lengthscale={float(self.lengthscale.detach()):.4g}, backend={self.backend!r}"
 
 
 class Gaussian(Kernel):

@@ -135,3 +135,30 @@ def test_kernel_loss_recalibrates_batch_norm_on_each_fitting_set_and_scores_in_e
     torch.testing.assert_close(loss, fastamort.kernel_loss(model, frozen, fit, held, 0.1))
     with pytest.raises(ValueError, match="x: BatchNorm statistics need at least 2 points"):
         kernel.calibrate_batch_norm(fit[1][:1])
+
+
+def test_learner_step_recalibrates_batch_norm_on_its_kernel_step_sleep_set():
+    """Each kernel step sets the statistics from its own fresh sleep set (drawn from the
+    current model), and the model step then featurises in eval mode with those statistics."""
+    import copy
+
+    from fastamort.experiments._features import feature_kernel
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(5, 2).double()
+    data = model.sample(60)[1] + 1.0
+    kernel = feature_kernel("linear-bn", 5, 100, seed=0, like=data)
+    assert kernel.features_net[0].out_features == 5  # at most the input's width
+    learner = fastamort.AmortisedLearner(model, kernel=kernel, n_sleep=80, n_held_out=20, lr=0.1)
+    learner.initialise()
+    for _ in range(2):
+        before_model, before_net = copy.deepcopy(model), copy.deepcopy(kernel.features_net)
+        state = torch.get_rng_state()
+        learner.step(data)
+        torch.set_rng_state(state)
+        fit_x = before_model.sample(80)[1]  # the kernel step's fit set: the step's first draw
+        hidden = before_net[0](fit_x).detach()
+        bn = kernel.features_net[1]
+        torch.testing.assert_close(bn.running_mean, hidden.mean(0))
+        torch.testing.assert_close(bn.running_var, hidden.var(0))
