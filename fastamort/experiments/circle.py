@@ -319,7 +319,9 @@ def run(
     )  # fmt: skip
     notes = (
         f"Command: `fastamort experiment circle{' --quick' if quick else ''} --seed {seed} "
-        f"--device {device.type}`. {cfg.n_train} training / {cfg.n_test} test Gabor patches "
+        f"--device {device.type} --features {cfg.features}`. Amortised learning: "
+        f"{_features.describe(cfg.features, cfg.feature_width, cfg.image_size**2)}. "
+        f"{cfg.n_train} training / {cfg.n_test} test Gabor patches "
         f"({cfg.image_size}×{cfg.image_size}); AmortisedLearner with M = {cfg.n_sleep}, "
         f"M' = {cfg.n_held_out}, lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size} "
         f"({len(history)} steps, {train_s:.0f} s). Final σ = {trained['noise_std']:.3g}. "

@@ -391,6 +391,11 @@ def run(
         hh_rows,
     )
     notes = (
+        f"Command: `fastamort experiment dynamics{' --quick' if quick else ''} --seed {seed} "
+        f"--features {cfg.features}`. Amortised learning: "
+        f"{_features.describe(cfg.features, cfg.feature_width, cfg.osc_steps_t * cfg.osc_pixels)}"
+        f" (oscillator; Hodgkin–Huxley: the same on its {cfg.hh_steps_t // cfg.hh_subsample}"
+        "-dimensional traces). "
         f"Oscillator: {cfg.osc_steps} steps, M = {cfg.osc_n_sleep}, {cfg.osc_train} training "
         f"sequences of {cfg.osc_steps_t} frames × {cfg.osc_pixels} pixels, {cfg.osc_test} "
         f"held-out; log p(x) and predictions by a bootstrap particle filter with "

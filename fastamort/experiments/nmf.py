@@ -285,7 +285,9 @@ def results_sections(
     )
     notes = (
         f"Command: `python -m fastamort.experiments {NAME}" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type}`. Binarised 8×8 digits, {cfg.n_test} test "
+        + f" --seed {seed} --device {device.type} --features {cfg.features}`. Amortised "
+        f"learning: {_features.describe(cfg.features, cfg.feature_width, 64)}. "
+        f"Binarised 8×8 digits, {cfg.n_test} test "
         f"images, k = {cfg.n_factors} factors, {cfg.epochs} epochs (VAE long: "
         f"{cfg.epochs * cfg.vae_long_factor}), M = {cfg.n_sleep}. MAP latents by "
         f"{cfg.map_steps} Adam steps; {cfg.flip_prob:.0%} of pixels flipped for denoising; "
