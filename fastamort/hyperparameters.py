@@ -232,7 +232,9 @@ def choose_hyperparameters(
     best = (-math.inf, LAMBDA_GRID[0], 1.0)
     for factor in factors:
         for lam, value in zip(
-            LAMBDA_GRID, log_evidence(features, kernel, targets, base * factor), strict=True
+            LAMBDA_GRID,
+            log_evidence(features, kernel, targets, base * factor, LAMBDA_GRID),
+            strict=True,
         ):
             if value > best[0]:
                 best = (value, lam, factor)

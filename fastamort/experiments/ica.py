@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,11 @@ import numpy as np
 import torch
 
 from fastamort import AmortisedLearner
+from fastamort.estimator import draw_sleep, regression_targets
+from fastamort.hyperparameters import choose_hyperparameters
 from fastamort.models.ica import LaplaceICA, laplace_ica_log_likelihood
 
-from . import _common
+from . import _common, _features
 
 NAME = "ica"
 
@@ -88,7 +90,12 @@ class Config:
     img_init_std: float = 0.3
     img_min_std: float = 0.1
     # shared
-    lam: float = 1e-2
+    lam: float | str = 1e-2  # the learner's λ: a number, or a rule ("evidence", "loo")
+    learn_kernel: bool = False  # kernel steps (lengthscale, λ, features) on held-out samples
+    reselect_every: int = 0  # > 0: re-run the λ rule (ℓ and λ) on a fresh sleep set so often
+    n_held_out: int = 200
+    features: str = "none"  # the amortised learner's kernel: "none" or "linear-bn"
+    feature_width: int = 100
     batch_size: int = 100
     fastica_max_iter: int = 1000
 
@@ -150,17 +157,36 @@ def train(
     model: LaplaceICA, x: torch.Tensor, *, steps: int, lr: float, n_sleep: int, cfg: Config,
     seed: int, progress: bool,
 ) -> tuple[list[dict[str, Any]], float]:  # fmt: skip
-    """AmortisedLearner (λ fixed, no kernel steps) for ``steps`` steps, the last quarter at
-    lr/10; returns the history and the wall seconds."""
+    """AmortisedLearner with the configured kernel setting for ``steps`` steps, the last
+    quarter at lr/10; returns the history and the wall seconds."""
+    kernel = _features.feature_kernel(
+        cfg.features, x.shape[1], cfg.feature_width, seed=seed, like=x
+    )  # fmt: skip
     learner = AmortisedLearner(
-        model, n_sleep=n_sleep, lr=lr, lam=cfg.lam, learn_kernel=False, seed=seed
+        model, kernel=kernel, n_sleep=n_sleep, n_held_out=cfg.n_held_out, lr=lr, lam=cfg.lam,
+        learn_kernel=cfg.learn_kernel, seed=seed,
     )  # fmt: skip
     per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
     main = (3 * steps) // 4
     device = x.device
 
+    def reselect(_learner, record) -> None:
+        if cfg.reselect_every and record["step"] % cfg.reselect_every == 0:
+            rule = cfg.lam if isinstance(cfg.lam, str) else "evidence"
+            with torch.no_grad():
+                z, xs = draw_sleep(model, n_sleep)
+                targets, stats = regression_targets(model, z, xs, learner.estimator)
+                learner.kernel.init_from(xs)  # median heuristic (and BatchNorm statistics)
+                lam, ell = choose_hyperparameters(
+                    learner.kernel.features(xs).double(), learner.kernel, targets, stats,
+                    rule=rule,
+                )  # fmt: skip
+                learner.log_lam.fill_(math.log(lam))
+                if ell is not None:
+                    learner.kernel.log_lengthscale.fill_(math.log(ell))
+
     def until(last: int):
-        return [lambda _learner, record: record["step"] >= last]
+        return [reselect, lambda _learner, record: record["step"] >= last]
 
     def fit():
         learner.fit(x, epochs=math.ceil(main / per_epoch), batch_size=cfg.batch_size,
@@ -353,10 +379,11 @@ def plot(images: dict[str, Any], cfg: Config, out: Path) -> list[str]:
 
 def run(
     *, quick: bool = False, seed: int = 0, out: Path, device: torch.device, progress: bool = True,
-    config: Config | None = None,
+    config: Config | None = None, features: str = "none",
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
-    cfg = config or (QUICK if quick else FULL)
+    cfg = replace(config or (QUICK if quick else FULL), features=features)
+    _features.check_features(cfg.features)
     _require_sklearn()
     env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     syn = run_synthetic(cfg, seed, device, progress)
@@ -409,15 +436,21 @@ def run(
     )  # fmt: skip
     notes = (
         f"Command: `fastamort experiment ica{' --quick' if quick else ''} --seed {seed} "
-        f"--device {device.type}`. Synthetic: D = K = {cfg.syn_dim}, noise {cfg.syn_noise}, "
+        f"--device {device.type} --features {cfg.features}`. Synthetic: D = K = "
+        f"{cfg.syn_dim}, noise {cfg.syn_noise}, "
         f"{cfg.syn_train} points, {cfg.syn_steps} steps, M = {cfg.syn_n_sleep}. Images: "
         f"{cfg.patch}×{cfg.patch} patches of scikit-image's sample photographs, d = K = "
         f"{cfg.img_dim} whitened PCA components ({img['variance_kept']:.0%} of the variance), "
         f"{cfg.img_train} / {cfg.img_test} patches, {img['steps']} steps "
         f"({img['train_seconds']:.0f} s), learned σ = {img['noise_std']:.3g} (floor "
-        f"{cfg.img_min_std}). λ = {cfg.lam} fixed, no kernel learning. See the module "
-        "docstring of fastamort.experiments.ica."
-    )
+        f"{cfg.img_min_std}). Kernel (synthetic): "
+        f"{_features.describe(cfg.features, cfg.feature_width, cfg.syn_dim)}"
+        f"; λ = {cfg.lam!r}"
+        + (f", re-chosen every {cfg.reselect_every} steps" if cfg.reselect_every else "")
+        + ("; kernel learned on held-out sleep samples" if cfg.learn_kernel else
+           "; no kernel learning")
+        + ". See the module docstring of fastamort.experiments.ica."
+    )  # fmt: skip
     _common.write_results_md(
         out, "ica",
         [("Synthetic mixtures: Amari distance to the true mixing matrix", syn_table),
