@@ -99,3 +99,26 @@ def test_default_rule_removes_the_mixtures_shrinkage_against_the_exact_gradient(
         errors[name], lengths[name] = sum(errs) / 4, sum(lens) / 4
     assert errors["default"] < 0.7 * errors["former"], errors
     assert abs(lengths["default"] - 1.0) < 0.15 < abs(lengths["former"] - 1.0), lengths
+
+
+def test_gradient_estimation_oracle_is_the_best_grid_point_on_the_defaults_sleep_sets():
+    from fastamort.experiments import gradient_estimation as ge
+
+    cfg = ge.Config(repeats=2, oracle_factors=(0.5, 2.0), oracle_lambdas=(1e-2, 1.0))
+    model, x = ge.make_problem("fa", cfg, 0, torch.device("cpu"))
+    g_star = ge.exact_gradient(model, x)
+    report = ge.oracle("amortised_expfam", model, x, 200, g_star, cfg, 0, "fa", 3.0)
+    assert len(report["grid"]) == 4
+    assert report["rel_error"] == min(row["rel_error"] for row in report["grid"])
+    assert report["lengthscale"] == pytest.approx(3.0 * report["factor"])
+    # the grid point the oracle names, re-measured on the same sleep sets, gives its error
+    errs = []
+    for r in range(cfg.repeats):
+        torch.manual_seed(ge._common.sub_seed(0, "fa", "amortised_expfam", 200, r))
+        fn = ge.estimator_fn(
+            "amortised_expfam", model, x, 200, lam=report["lam"],
+            lengthscale=report["lengthscale"],
+        )  # fmt: skip
+        g = ge.theta_gradient(model, fn())
+        errs.append(float((g - g_star).norm() / g_star.norm()))
+    assert sum(errs) / len(errs) == pytest.approx(report["rel_error"], rel=1e-9)
