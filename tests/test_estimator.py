@@ -407,7 +407,9 @@ def test_intercept_equals_krr_with_the_target_mean_as_constant(estimator):
     torch.manual_seed(8)
     z, xs = model.sample(200)
     kernel, lam = Gaussian(2.0), 0.05
-    est = amortised_estimate(model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator)
+    est = amortised_estimate(
+        model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator, intercept=True
+    )
     k = _direct_gaussian_gram(xs, xs, 2.0)
     k_sw = _direct_gaussian_gram(xs, x, 2.0)
     a = k + lam * torch.eye(200, dtype=torch.float64)
