@@ -129,3 +129,17 @@ def test_nmf_runs_with_the_learned_feature_kernel(tmp_path):
         run_experiment("nmf", quick=True, out=tmp_path, features="mlp", progress=False)
     with pytest.raises(ValueError, match="experiment 'hierarchical' has no features option"):
         run_experiment("hierarchical", quick=True, out=tmp_path, features="linear-bn")
+
+
+def test_config_overrides_from_the_command_line(tmp_path, capsys):
+    from fastamort.experiments import main, parse_overrides, run_experiment
+
+    assert parse_overrides(["epochs=3", "lam=None", "name=evidence", "sizes=(1, 2)"]) == {
+        "epochs": 3, "lam": None, "name": "evidence", "sizes": (1, 2),
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--set: expected NAME=VALUE"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="'nmf' has no configuration field epoch "):
+        run_experiment("nmf", quick=True, out=tmp_path, overrides={"epoch": 1})
+    assert main(["nmf", "--quick", "--set", "nope=1", "--out", str(tmp_path)]) == 2
+    assert "has no configuration field nope" in capsys.readouterr().err

@@ -16,6 +16,8 @@ ica) also take ``features`` (``--features linear-bn``; :mod:`fastamort.experimen
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import importlib
 import inspect
 import sys
@@ -69,6 +71,7 @@ def run_experiment(
     progress: bool = True,
     threads: int | None = None,
     features: str = "none",
+    overrides: dict[str, object] | None = None,
 ) -> dict[str, float]:
     """Runs experiment ``name`` and returns its flat metrics (also written to ``out``).
 
@@ -86,6 +89,8 @@ def run_experiment(
         features: the amortised learner's kernel: "none" (Gaussian on the raw observations)
             or "linear-bn" (Gaussian on learned Linear + BatchNorm features), for the
             experiments that take it (:func:`takes_features`).
+        overrides: fields of the experiment's ``Config`` to replace (``--set name=value``),
+            applied to the quick or the full configuration.
     """
     module = get_experiment(name)
     extra = {}
@@ -104,6 +109,16 @@ def run_experiment(
     _common.seed_everything(seed)
     folder = _common.resolve_out(name, out)
     before = torch.get_num_threads()
+    if overrides:
+        base = module.QUICK if quick else module.FULL
+        names = {f.name for f in dataclasses.fields(base)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(
+                f"overrides: {name!r} has no configuration field {', '.join(unknown)} "
+                f"(fields: {', '.join(sorted(names))})"
+            )
+        extra["config"] = dataclasses.replace(base, **overrides)
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -133,8 +148,27 @@ def build_parser(prog: str = "fastamort experiment") -> argparse.ArgumentParser:
         help="the amortised learner's kernel features (images, circle, dynamics, nmf, ica): "
         "none = raw observations (default), linear-bn = learned Linear + BatchNorm",
     )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
+        help="replace a field of the experiment's Config (a Python literal, else a string); "
+        "repeatable, e.g. --set intercept=True",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """``["name=value", ...]`` → {name: value}, the value a Python literal or else a string."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name] = text
+    return out
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") -> int:
@@ -155,6 +189,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") 
         metrics = run_experiment(
             args.name, quick=args.quick, seed=args.seed, out=args.out, device=args.device,
             progress=not args.no_progress, threads=args.threads, features=args.features,
+            overrides=parse_overrides(args.overrides),
         )  # fmt: skip
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
