@@ -18,9 +18,9 @@ noise pushed through the moved model (valid samples of the current p_θ, correla
 steps like common random numbers), so row i of the new set follows row i of the old one and
 the old weights are a close start (``WarmStart(aligned=True)``).
 
-At the first step λ, and the lengthscale when the kernel has none, are chosen from one sleep
-set by the ``lam`` rule (default: Gaussian-process marginal likelihood over a grid around the
-median heuristic; :mod:`fastamort.hyperparameters`). Checkpoints are written atomically
+At the first step the lengthscale is set by the median heuristic (a kernel without one) and
+λ by the ``lam`` rule from one sleep set (default: leave-one-out; ``lam="evidence"`` also
+chooses the lengthscale; :mod:`fastamort.hyperparameters`). Checkpoints are written atomically
 (temporary file + rename) and hold the model, kernel, λ, optimisers, RNG states, step, epoch
 and history, so ``resume=True`` continues bit for bit. A non-finite objective or gradient
 stops training with :class:`NonFiniteError` naming the step and the parameter, before any
@@ -90,9 +90,13 @@ class AmortisedLearner:
         lr, kernel_lr: Adam learning rates of the model and of the kernel (and log λ).
         optimizer: a ready optimiser over the model's parameters (overrides ``lr``).
         kernel_optimizer: a ready optimiser over the kernel's parameters and ``log_lam``.
-        lam: initial ridge λ, or the rule that chooses it (and the initial lengthscale, when
-            the kernel has none) from the first sleep set: "evidence" (default, None) or
-            "loo" (:func:`fastamort.amortised_objective`). Kernel steps keep it in
+        lam: initial ridge λ, or the rule that chooses it from the first sleep set: "loo"
+            (default, None: leave-one-out at the median-heuristic lengthscale, which the
+            kernel steps then learn) or "evidence" (also the lengthscale when the kernel has
+            none; :mod:`fastamort.hyperparameters`). The default differs from
+            :func:`fastamort.amortised_objective`'s because it trained better: with the
+            evidence start the images experiment's FID was 1.95 and 1.06 (binary, continuous)
+            against 0.63 and 0.73. Kernel steps keep λ in
             :data:`fastamort.hyperparameters.LEARNED_LAMBDA_RANGE` (clamped, with a
             :class:`~fastamort.hyperparameters.LambdaBoundWarning`).
         estimator: "auto", "generic" or "expfam".
@@ -146,7 +150,7 @@ class AmortisedLearner:
         check_model(model)
         n_sleep = check_int(n_sleep, "n_sleep", 2)
         n_held_out = check_int(n_held_out, "n_held_out", 1 if learn_kernel else 0)
-        self._lam_rule = check_rule(lam)
+        self._lam_rule = "loo" if lam is None else check_rule(lam)
         if self._lam_rule is None:
             lam = float(check_lam(lam))
             lo, hi = LEARNED_LAMBDA_RANGE
