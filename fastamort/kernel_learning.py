@@ -63,7 +63,10 @@ def kernel_loss(
 
     Args:
         model: the generative model (its targets are evaluated without gradient).
-        kernel: the kernel to score (gradients flow to its parameters).
+        kernel: the kernel to score (gradients flow to its parameters); one without a
+            lengthscale gets the median heuristic on ``sleep``'s x, in place. A feature
+            network's BatchNorm statistics are set to those of ``sleep``'s x (in place), then
+            frozen: both sets are featurised in eval mode.
         sleep: ``(z, x)`` the regression is fitted on, M samples.
         held_out: ``(z', x')`` it is scored on, M' samples.
         lam: ridge λ > 0 (a tensor that requires grad to learn it).
@@ -88,6 +91,10 @@ def kernel_loss(
             f"{tuple(x.shape[1:])}"
         )
     lam = check_lam(lam)
+    if not bool(kernel.initialised):
+        kernel.init_from(x)  # median heuristic on the fitting set, as the estimator does
+    else:
+        kernel.calibrate_batch_norm(x)  # BatchNorm statistics follow the current sleep set
     with torch.no_grad():
         targets = stacked_targets(*regression_parts(model, z, x, estimator))
         targets_h, stats_h = regression_targets(model, zh, xh, estimator)

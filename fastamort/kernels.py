@@ -4,7 +4,10 @@
 :func:`fastamort.gram` and :func:`fastamort.gram_matmul` (and so every backend). With a feature
 network φ (a "deep kernel"), k(x, y) = k₀(φ(x), φ(y)); the network always runs in eval mode
 (:meth:`Kernel.features`), so that one batch's statistics never normalise it (the authors' code
-left BatchNorm in train mode); :meth:`Kernel.init_from` sets BatchNorm statistics from data.
+left BatchNorm in train mode). :meth:`Kernel.calibrate_batch_norm` sets its BatchNorm statistics
+to the exact statistics of a set of points: :meth:`Kernel.init_from` does so once, and
+:func:`fastamort.kernel_loss` again on each kernel step's fresh sleep set, so that they follow
+the model as θ moves (then frozen for that step's sleep and wake evaluation).
 
 :meth:`Kernel.init_from` sets the lengthscale by the median heuristic: the median pairwise
 distance between the (featurised) points (Euclidean, or L1 for the Laplacian).
@@ -118,7 +121,7 @@ class Kernel(nn.Module):
                 f"x: the median heuristic needs at least 2 points, got shape {tuple(x.shape)}"
             )
         check_finite(("x", flat))
-        self._calibrate_batch_norm(flat)
+        self.calibrate_batch_norm(flat)
         phi = self.features(x)
         if not bool(torch.isfinite(phi).all()):
             raise ValueError("x: the feature network gives NaN or infinite features")
@@ -127,11 +130,20 @@ class Kernel(nn.Module):
         self.initialised.fill_(True)
         return self
 
-    def _calibrate_batch_norm(self, x: torch.Tensor) -> None:
+    @torch.no_grad()
+    def calibrate_batch_norm(self, x: torch.Tensor) -> bool:
+        """Sets the running statistics of every BatchNorm layer of the feature network to the
+        exact statistics of ``x`` (n, *obs_shape), by one pass in train mode; the network then
+        runs in eval mode with them. Returns whether there was a BatchNorm layer."""
         net = self.features_net
         norms = [m for m in (net.modules() if net is not None else ()) if isinstance(m, _NORMS)]
         if not norms:
-            return
+            return False
+        x = flatten_points(x)
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"x: BatchNorm statistics need at least 2 points, got shape {tuple(x.shape)}"
+            )
         momenta = [m.momentum for m in norms]
         was_training = net.training
         try:
@@ -144,6 +156,7 @@ class Kernel(nn.Module):
             for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
             net.train(was_training)
+        return True
 
     def _ell(self, like: torch.Tensor) -> torch.Tensor:
         return self.lengthscale.to(like.dtype)
@@ -166,7 +179,7 @@ class Kernel(nn.Module):
         return self.gram_features(fx, None if y is None else self.features(y))
 
     def extra_repr(self) -> str:
-        return f"lengthscale={float(self.lengthscale):.4g}, backend={self.backend!r}"
+        return f"lengthscale={float(self.lengthscale.detach()):.4g}, backend={self.backend!r}"
 
 
 class Gaussian(Kernel):

@@ -79,7 +79,9 @@ def test_equals_the_krr_formula_in_float64(estimator, n_wake):
     torch.manual_seed(7)
     z, xs = model.sample(300)
     kernel, lam = Gaussian(2.5), 0.05
-    est = amortised_estimate(model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator)
+    est = amortised_estimate(
+        model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator, intercept=False
+    )
     model.zero_grad()
     est.objective.backward()
     ours = _grad_vector(model)
@@ -358,6 +360,74 @@ def test_default_lambda_is_not_the_mean_predictor_at_an_uninformative_start(seed
     torch.manual_seed(sub_seed(seed, "model"))
     model = BernoulliNMF(64, 16)
     torch.manual_seed(sub_seed(seed, "al"))
-    learner = fastamort.AmortisedLearner(model, n_sleep=1000, n_held_out=150)
+    learner = fastamort.AmortisedLearner(model, n_sleep=1000, n_held_out=150)  # "loo"
     learner.initialise()
     assert learner.lam == pytest.approx(1.0)
+    # the GP-evidence rule is further still from the mean predictor
+    torch.manual_seed(sub_seed(seed, "al"))
+    learner = fastamort.AmortisedLearner(model, n_sleep=1000, n_held_out=150, lam="evidence")
+    learner.initialise()
+    assert learner.lam <= 1.0
+
+
+def test_a_kernel_without_a_lengthscale_is_initialised_from_the_sleep_set():
+    """``kernel=Gaussian()`` used to run at lengthscale 1 (relative error 0.77 against 0.16 with
+    ``kernel=None``); now it gets the median heuristic on the sleep set, then (with the default
+    λ rule) the rule's multiple of it, exactly as ``kernel=None``."""
+    from fastamort.hyperparameters import LENGTHSCALE_FACTORS
+
+    model, x = _fa_problem(0)
+    torch.manual_seed(1)
+    default = _estimated_gradient(model, x, n_sleep=600)
+    torch.manual_seed(1)
+    kernel = Gaussian()
+    given = _estimated_gradient(model, x, n_sleep=600, kernel=kernel)
+    torch.testing.assert_close(given, default, rtol=1e-10, atol=1e-12)
+    torch.manual_seed(1)
+    sleep = model.sample(600)
+    median = fastamort.kernels.median_distance(sleep[1])
+    factor = float(kernel.lengthscale.detach()) / median
+    assert min(abs(factor - f) for f in LENGTHSCALE_FACTORS) < 1e-9, factor
+    # with λ given, the median heuristic itself
+    fresh = Gaussian()
+    amortised_objective(model, x, sleep=sleep, kernel=fresh, lam=0.1)
+    assert float(fresh.lengthscale.detach()) == pytest.approx(median, rel=1e-12)
+    # a lengthscale the caller set is kept, whatever the λ rule
+    fixed = Gaussian(1.0)
+    amortised_objective(model, x, sleep=sleep, kernel=fixed)
+    assert float(fixed.lengthscale.detach()) == 1.0
+
+
+@pytest.mark.parametrize("estimator", ["expfam", "generic"])
+def test_intercept_equals_krr_with_the_target_mean_as_constant(estimator):
+    """intercept=True: ĥ(x) = t̄ + k(x)ᵀ(K + λI)⁻¹(t − t̄) for every target column, so a target
+    that does not depend on x is predicted exactly at every wake point, however far."""
+    model, x = _fa_problem(4, n=30)
+    x = x + 20.0  # wake points far from every sleep point: plain KRR predicts ≈ 0 there
+    torch.manual_seed(8)
+    z, xs = model.sample(200)
+    kernel, lam = Gaussian(2.0), 0.05
+    est = amortised_estimate(
+        model, x, sleep=(z, xs), kernel=kernel, lam=lam, estimator=estimator, intercept=True
+    )
+    k = _direct_gaussian_gram(xs, xs, 2.0)
+    k_sw = _direct_gaussian_gram(xs, x, 2.0)
+    a = k + lam * torch.eye(200, dtype=torch.float64)
+    if estimator == "generic":
+        t = model.log_joint(z, xs).reshape(-1, 1)
+        v = torch.full((x.shape[0], 1), 1.0 / x.shape[0], dtype=torch.float64)
+    else:
+        psi = model.log_normaliser(z) - model.log_prior(z)
+        t = torch.cat([psi.reshape(-1, 1), model.natural_params(z)], 1)
+        ones = torch.ones(x.shape[0], 1, dtype=torch.float64)
+        v = torch.cat([ones, model.sufficient_stats(x)], 1) / x.shape[0]
+    t = t.detach()
+    t_bar = t.mean(0)
+    pred = t_bar + k_sw.T @ torch.linalg.solve(a, t - t_bar)  # (N, C) predictions at wake
+    w = (
+        torch.cat([est.beta[:, None], est.coeffs], 1)
+        if est.coeffs is not None
+        else est.beta[:, None]
+    )
+    torch.testing.assert_close((w * t).sum(0), (v * pred).sum(0), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(w.sum(0), v.sum(0), rtol=1e-12, atol=1e-12)

@@ -104,3 +104,42 @@ def test_nmf_quick_run(tmp_path):
     pytest.importorskip("matplotlib")
     for name in ("factors.png", "examples.png", "mse_histograms.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_nmf_runs_with_the_learned_feature_kernel(tmp_path):
+    """``features="linear-bn"``: the amortised learner's kernel is Gaussian on learned
+    Linear + BatchNorm features (recorded in config.json); a tiny budget, end to end."""
+    import json
+
+    from fastamort.experiments import nmf, run_experiment
+
+    cfg = nmf.Config(
+        epochs=1, n_sleep=120, n_held_out=30, vae_long_factor=1, map_steps=5, is_samples=20
+    )
+    flat = nmf.run(
+        out=tmp_path, device=torch.device("cpu"), progress=False, config=cfg,
+        features="linear-bn",
+    )  # fmt: skip
+    assert all(math.isfinite(v) for v in flat.values())
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["features"] == "linear-bn"
+    assert "learned Linear(64 → 64) + BatchNorm" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="features: expected one of none, linear-bn"):
+        run_experiment("nmf", quick=True, out=tmp_path, features="mlp", progress=False)
+    with pytest.raises(ValueError, match="experiment 'hierarchical' has no features option"):
+        run_experiment("hierarchical", quick=True, out=tmp_path, features="linear-bn")
+
+
+def test_config_overrides_from_the_command_line(tmp_path, capsys):
+    from fastamort.experiments import main, parse_overrides, run_experiment
+
+    assert parse_overrides(["epochs=3", "lam=None", "name=evidence", "sizes=(1, 2)"]) == {
+        "epochs": 3, "lam": None, "name": "evidence", "sizes": (1, 2),
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--set: expected NAME=VALUE"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="'nmf' has no configuration field epoch "):
+        run_experiment("nmf", quick=True, out=tmp_path, overrides={"epoch": 1})
+    assert main(["nmf", "--quick", "--set", "nope=1", "--out", str(tmp_path)]) == 2
+    assert "has no configuration field nope" in capsys.readouterr().err

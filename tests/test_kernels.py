@@ -97,3 +97,68 @@ def test_zero_rows_give_empty_results_and_0d_points_an_error():
         Gaussian(1.0)([[1.0, 2.0]])
     with pytest.raises(ValueError, match="x: contains NaN"):
         median_distance(torch.tensor([[0.0], [float("nan")]]))
+
+
+def test_kernel_loss_initialises_a_kernel_without_a_lengthscale_from_the_fitting_set():
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    fit, held = model.sample(300), model.sample(100)
+    fresh = Gaussian()
+    loss = fastamort.kernel_loss(model, fresh, fit, held, 0.1)
+    reference = Gaussian().init_from(fit[1])
+    assert float(fresh.lengthscale) == pytest.approx(float(reference.lengthscale), rel=1e-12)
+    torch.testing.assert_close(loss, fastamort.kernel_loss(model, reference, fit, held, 0.1))
+    assert float(loss) < float(fastamort.kernel_loss(model, Gaussian(1.0), fit, held, 0.1))
+
+
+def test_kernel_loss_recalibrates_batch_norm_on_each_fitting_set_and_scores_in_eval_mode():
+    """The statistics follow the sleep set of each kernel step (they were frozen at init_from),
+    and both sets are featurised with them (eval mode), never with their own batch's."""
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(4, 2).double()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6)).double()
+    kernel = Gaussian(features=net).init_from(model.sample(200)[1])
+    with torch.no_grad():
+        model.bias.add_(3.0)  # θ moves: the sleep set shifts
+    fit, held = model.sample(300), model.sample(100)
+    loss = fastamort.kernel_loss(model, kernel, fit, held, 0.1)
+    hidden = net[0](fit[1]).detach()
+    torch.testing.assert_close(net[1].running_mean, hidden.mean(0))
+    torch.testing.assert_close(net[1].running_var, hidden.var(0))
+    assert net.training, "the caller's mode is restored"
+    frozen = Gaussian(float(kernel.lengthscale.detach()), features=net.eval())
+    frozen.initialised.fill_(True)
+    torch.testing.assert_close(loss, fastamort.kernel_loss(model, frozen, fit, held, 0.1))
+    with pytest.raises(ValueError, match="x: BatchNorm statistics need at least 2 points"):
+        kernel.calibrate_batch_norm(fit[1][:1])
+
+
+def test_learner_step_recalibrates_batch_norm_on_its_kernel_step_sleep_set():
+    """Each kernel step sets the statistics from its own fresh sleep set (drawn from the
+    current model), and the model step then featurises in eval mode with those statistics."""
+    import copy
+
+    from fastamort.experiments._features import feature_kernel
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(5, 2).double()
+    data = model.sample(60)[1] + 1.0
+    kernel = feature_kernel("linear-bn", 5, 100, seed=0, like=data)
+    assert kernel.features_net[0].out_features == 5  # at most the input's width
+    learner = fastamort.AmortisedLearner(model, kernel=kernel, n_sleep=80, n_held_out=20, lr=0.1)
+    learner.initialise()
+    for _ in range(2):
+        before_model, before_net = copy.deepcopy(model), copy.deepcopy(kernel.features_net)
+        state = torch.get_rng_state()
+        learner.step(data)
+        torch.set_rng_state(state)
+        fit_x = before_model.sample(80)[1]  # the kernel step's fit set: the step's first draw
+        hidden = before_net[0](fit_x).detach()
+        bn = kernel.features_net[1]
+        torch.testing.assert_close(bn.running_mean, hidden.mean(0))
+        torch.testing.assert_close(bn.running_var, hidden.var(0))

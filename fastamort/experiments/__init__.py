@@ -8,13 +8,18 @@
 module runs, the one ``docs/RESULTS.md`` reports.
 
 An experiment module defines ``NAME``, a docstring whose first line describes it, and
-``run(*, quick, seed, out, device, progress) -> dict[str, float]`` (the flat metrics).
+``run(*, quick, seed, out, device, progress) -> dict[str, float]`` (the flat metrics). The
+experiments in which the paper used a learned feature kernel (images, circle, dynamics, nmf,
+ica) also take ``features`` (``--features linear-bn``; :mod:`fastamort.experiments._features`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +28,7 @@ from types import ModuleType
 import torch
 
 from . import _common
+from ._features import FEATURES, check_features
 
 #: experiment name → module (imported on use, so ``--list`` stays light)
 EXPERIMENTS: dict[str, str] = {
@@ -44,6 +50,11 @@ def get_experiment(name: str) -> ModuleType:
     return importlib.import_module(EXPERIMENTS[name])
 
 
+def takes_features(name: str) -> bool:
+    """Whether experiment ``name``'s ``run`` takes the ``features`` option."""
+    return "features" in inspect.signature(get_experiment(name).run).parameters
+
+
 def describe(name: str) -> str:
     doc = get_experiment(name).__doc__ or ""
     first = doc.strip().splitlines()[0] if doc.strip() else ""
@@ -59,6 +70,8 @@ def run_experiment(
     device: str | torch.device | None = "cpu",
     progress: bool = True,
     threads: int | None = None,
+    features: str = "none",
+    overrides: dict[str, object] | None = None,
 ) -> dict[str, float]:
     """Runs experiment ``name`` and returns its flat metrics (also written to ``out``).
 
@@ -73,8 +86,21 @@ def run_experiment(
             thread keeps the timings of all methods comparable and stable on a shared machine
             (two threads on a loaded 2-core machine ran the quick configuration 8× slower);
             0 leaves torch's setting alone.
+        features: the amortised learner's kernel: "none" (Gaussian on the raw observations)
+            or "linear-bn" (Gaussian on learned Linear + BatchNorm features), for the
+            experiments that take it (:func:`takes_features`).
+        overrides: fields of the experiment's ``Config`` to replace (``--set name=value``),
+            applied to the quick or the full configuration.
     """
     module = get_experiment(name)
+    extra = {}
+    if takes_features(name):
+        extra["features"] = check_features(features)
+    elif features != "none":
+        raise ValueError(
+            f"features: experiment {name!r} has no features option (only "
+            f"{', '.join(n for n in EXPERIMENTS if takes_features(n))})"
+        )
     dev = _common.resolve_device(device)
     if threads is None:
         threads = 1 if dev.type == "cpu" else 0
@@ -83,11 +109,23 @@ def run_experiment(
     _common.seed_everything(seed)
     folder = _common.resolve_out(name, out)
     before = torch.get_num_threads()
+    if overrides:
+        base = module.QUICK if quick else module.FULL
+        names = {f.name for f in dataclasses.fields(base)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(
+                f"overrides: {name!r} has no configuration field {', '.join(unknown)} "
+                f"(fields: {', '.join(sorted(names))})"
+            )
+        extra["config"] = dataclasses.replace(base, **overrides)
     if threads:
         torch.set_num_threads(threads)
     try:
         with _common.staged_output(folder) as stage:  # the files move into folder at the end
-            return module.run(quick=quick, seed=seed, out=stage, device=dev, progress=progress)
+            return module.run(
+                quick=quick, seed=seed, out=stage, device=dev, progress=progress, **extra
+            )
     finally:
         torch.set_num_threads(before)
 
@@ -106,8 +144,32 @@ def build_parser(prog: str = "fastamort experiment") -> argparse.ArgumentParser:
         "--threads", type=int, default=None,
         help="torch CPU threads (default 1 on the CPU; 0: torch's default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--features", default="none", choices=list(FEATURES),
+        help="the amortised learner's kernel features (images, circle, dynamics, nmf, ica): "
+        "none = raw observations (default), linear-bn = learned Linear + BatchNorm",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
+        help="replace a field of the experiment's Config (a Python literal, else a string); "
+        "repeatable, e.g. --set intercept=True",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """``["name=value", ...]`` → {name: value}, the value a Python literal or else a string."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name] = text
+    return out
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") -> int:
@@ -127,7 +189,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") 
     try:
         metrics = run_experiment(
             args.name, quick=args.quick, seed=args.seed, out=args.out, device=args.device,
-            progress=not args.no_progress, threads=args.threads,
+            progress=not args.no_progress, threads=args.threads, features=args.features,
+            overrides=parse_overrides(args.overrides),
         )  # fmt: skip
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,4 +202,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "fastamort experiment") 
     return 0
 
 
-__all__ = ["EXPERIMENTS", "get_experiment", "main", "run_experiment"]
+__all__ = ["EXPERIMENTS", "get_experiment", "main", "run_experiment", "takes_features"]

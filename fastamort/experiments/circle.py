@@ -47,7 +47,7 @@ Metrics (the paper shows only a figure, so these are ours):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ import torch
 from fastamort import AmortisedLearner
 from fastamort.models.circle_image import CircleGenerator, angle_grid
 
-from . import _common
+from . import _common, _features
 
 NAME = "circle"
 
@@ -81,6 +81,8 @@ class Config:
     n_sweep: int = 720  # latent grid of the sweep, the latent search and the quadrature
     n_templates: int = 360  # orientation bank, 0.5° apart
     coverage_bins: int = 36  # 5° bins
+    features: str = "none"  # the amortised learner's kernel: "none" or "linear-bn"
+    feature_width: int = 100
 
 
 FULL = Config()
@@ -238,10 +240,11 @@ def plot(
 
 def run(
     *, quick: bool = False, seed: int = 0, out: Path, device: torch.device, progress: bool = True,
-    config: Config | None = None,
+    config: Config | None = None, features: str = "none",
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
-    cfg = config or (QUICK if quick else FULL)
+    cfg = replace(config or (QUICK if quick else FULL), features=features)
+    _features.check_features(cfg.features)
     env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     data = make_data(cfg, seed, device)
     reader = OrientationReader(cfg, device)
@@ -254,8 +257,11 @@ def run(
         cfg.image_size**2, hidden=cfg.hidden, init_std=cfg.init_std
     ).double().to(device)  # fmt: skip
     untrained = evaluate(model, data, reader, cfg)
+    kernel = _features.feature_kernel(
+        cfg.features, cfg.image_size**2, cfg.feature_width, seed=seed, like=data["x_train"]
+    )
     learner = AmortisedLearner(
-        model, n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
+        model, kernel=kernel, n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
         seed=_common.sub_seed(seed, "order"),
     )  # fmt: skip
     torch.manual_seed(_common.sub_seed(seed, "train"))
@@ -313,7 +319,9 @@ def run(
     )  # fmt: skip
     notes = (
         f"Command: `fastamort experiment circle{' --quick' if quick else ''} --seed {seed} "
-        f"--device {device.type}`. {cfg.n_train} training / {cfg.n_test} test Gabor patches "
+        f"--device {device.type} --features {cfg.features}`. Amortised learning: "
+        f"{_features.describe(cfg.features, cfg.feature_width, cfg.image_size**2)}. "
+        f"{cfg.n_train} training / {cfg.n_test} test Gabor patches "
         f"({cfg.image_size}×{cfg.image_size}); AmortisedLearner with M = {cfg.n_sleep}, "
         f"M' = {cfg.n_held_out}, lr {cfg.lr}, {cfg.epochs} epochs of batch {cfg.batch_size} "
         f"({len(history)} steps, {train_s:.0f} s). Final σ = {trained['noise_std']:.3g}. "

@@ -48,7 +48,7 @@ voltage traces).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ import torch
 import fastamort
 from fastamort.models.dynamics import HodgkinHuxley, LatentOscillator
 
-from . import _common
+from . import _common, _features
 
 NAME = "dynamics"
 
@@ -93,6 +93,8 @@ class Config:
     hh_lr: float = 0.03
     hh_steps: int = 200
     kernel_lr: float = 1e-2
+    features: str = "none"  # the amortised learner's kernel: "none" or "linear-bn"
+    feature_width: int = 100
 
 
 FULL = Config()
@@ -145,9 +147,12 @@ def run_oscillator(cfg: Config, seed: int, progress: bool) -> tuple[dict[str, An
     x_train = truth.sample(cfg.osc_train)[1]
     z_test, x_test = truth.sample(cfg.osc_test)
     torch.manual_seed(_common.sub_seed(seed, "osc-train"))
+    kernel = _features.feature_kernel(
+        cfg.features, x_train[0].numel(), cfg.feature_width, seed=seed, like=x_train
+    )
     learner = fastamort.AmortisedLearner(
-        learned, n_sleep=cfg.osc_n_sleep, n_held_out=cfg.osc_n_held_out, lr=cfg.osc_lr,
-        kernel_lr=cfg.kernel_lr, seed=seed,
+        learned, kernel=kernel, n_sleep=cfg.osc_n_sleep, n_held_out=cfg.osc_n_held_out,
+        lr=cfg.osc_lr, kernel_lr=cfg.kernel_lr, seed=seed,
     )  # fmt: skip
     trace: list[dict[str, float]] = []
 
@@ -216,8 +221,11 @@ def run_hh(cfg: Config, seed: int, progress: bool) -> tuple[dict[str, Any], dict
     z_train, x_train = truth.sample(cfg.hh_train)
     model = hh_model(cfg, cfg.hh_init)
     torch.manual_seed(_common.sub_seed(seed, "hh-train"))
+    kernel = _features.feature_kernel(
+        cfg.features, x_train[0].numel(), cfg.feature_width, seed=seed, like=x_train
+    )
     learner = fastamort.AmortisedLearner(
-        model, n_sleep=cfg.hh_n_sleep, n_held_out=cfg.hh_n_held_out, lr=cfg.hh_lr,
+        model, kernel=kernel, n_sleep=cfg.hh_n_sleep, n_held_out=cfg.hh_n_held_out, lr=cfg.hh_lr,
         kernel_lr=cfg.kernel_lr, seed=seed,
     )  # fmt: skip
     trace: list[list[float]] = []
@@ -347,12 +355,13 @@ def flat_metrics(osc: dict, hh: dict) -> dict[str, float]:
 
 def run(
     *, quick: bool = False, seed: int = 0, out: Path, device: torch.device, progress: bool = True,
-    config: Config | None = None,
+    config: Config | None = None, features: str = "none",
 ) -> dict[str, float]:  # fmt: skip
     """Runs both parts, writes the files into ``out``, returns the flat metrics."""
     if device.type != "cpu":
         raise ValueError(f"device: this experiment runs on the CPU only, got {device}")
-    cfg = config or (QUICK if quick else FULL)
+    cfg = replace(config or (QUICK if quick else FULL), features=features)
+    _features.check_features(cfg.features)
     env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     osc, osc_arr = run_oscillator(cfg, seed, progress)
     hh, hh_arr = run_hh(cfg, seed, progress)
@@ -382,6 +391,11 @@ def run(
         hh_rows,
     )
     notes = (
+        f"Command: `fastamort experiment dynamics{' --quick' if quick else ''} --seed {seed} "
+        f"--features {cfg.features}`. Amortised learning: "
+        f"{_features.describe(cfg.features, cfg.feature_width, cfg.osc_steps_t * cfg.osc_pixels)}"
+        f" (oscillator; Hodgkin–Huxley: the same on its {cfg.hh_steps_t // cfg.hh_subsample}"
+        "-dimensional traces). "
         f"Oscillator: {cfg.osc_steps} steps, M = {cfg.osc_n_sleep}, {cfg.osc_train} training "
         f"sequences of {cfg.osc_steps_t} frames × {cfg.osc_pixels} pixels, {cfg.osc_test} "
         f"held-out; log p(x) and predictions by a bootstrap particle filter with "

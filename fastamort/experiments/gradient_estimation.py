@@ -11,10 +11,13 @@ For each model, data x_1..x_N (N = 100) are drawn from a random "true" model and
 gradient is taken at a *different* random model θ (so it is far from zero). Methods:
 
 * ``amortised_expfam``, ``amortised_generic``: :func:`fastamort.amortised_objective` with M
-  sleep samples (the budget axis), the default Gaussian kernel (median heuristic) and λ fixed
-  per M by the package's leave-one-out choice on one separate sleep set (set-up, not timed;
-  in training λ is also chosen once). ``amortised`` in the headline metrics is the
-  exponential-family estimator, what ``estimator="auto"`` picks for these models.
+  sleep samples (the budget axis) and the package defaults: a Gaussian kernel whose
+  lengthscale and λ the default rule (``lam="evidence"``, :mod:`fastamort.hyperparameters`)
+  chooses, fixed per M from one separate sleep set (set-up, not timed; in training they are
+  also chosen once). ``amortised`` in the headline metrics is the exponential-family
+  estimator, what ``estimator="auto"`` picks for these models. ``Config.lam_rule`` = "loo"
+  runs the rule before this one (λ by leave-one-out at the median heuristic) and
+  ``Config.intercept`` = True the regression with an unpenalised constant, for comparison.
 * ``vae``: ∇θ ELBO with S reparameterised samples per datum (for the mixture's categorical
   encoder the ELBO is summed exactly over the K components, so S plays no role there).
 * ``iwae5``, ``iwae50``: ∇θ of the IWAE-k bound (k = 5, 50), averaged over S/k independent
@@ -31,12 +34,19 @@ amortised learner's λ choice. Then the θ-gradient is measured ``repeats`` time
 with fresh randomness, and each measurement is timed (sampling, log-joint, solve, backward).
 
 Reported per (model, method, budget): mean and standard deviation over the repeats of the
-cosine similarity and of the relative error ‖g − g*‖/‖g*‖ to the exact gradient g*, and the
-mean seconds per estimate. "Matched wall-clock": for each method the largest budget whose
-time per estimate is at most that of ``amortised_expfam`` at its largest M.
+cosine similarity, of the relative error ‖g − g*‖/‖g*‖ to the exact gradient g* and of the
+length ratio ‖g‖/‖g*‖, and the mean seconds per estimate. "Matched wall-clock": for each
+method the largest budget whose time per estimate is at most that of ``amortised_expfam`` at
+its largest M.
 
 Budget axes differ in meaning: M sleep samples are shared by all N data; S is per datum
 (N·S log-joint evaluations). Time per estimate is the common currency.
+
+Oracle report (not a test): for the amortised estimators at the budgets ``oracle_sizes``,
+the same repeats (the same sleep sets) at every (ℓ, λ) of the grid ``oracle_factors`` × the
+set-up's median heuristic by ``oracle_lambdas``; the oracle is the grid point of smallest
+mean relative error, chosen with the exact gradient, so it is optimistic (it also picks the
+luckiest of the grid's points); reported next to the default's error as their ratio.
 
 Headline metrics (``metrics.json``): ``<method>_cosine`` and ``<method>_rel_error`` at the
 method's largest budget, averaged over the two models (``iwae_cosine`` is k = 50, the
@@ -62,6 +72,7 @@ from fastamort.baselines import (
     rws_losses,
     vae_loss,
 )
+from fastamort.kernels import Gaussian, median_distance
 from fastamort.models import FactorAnalysis, GaussianMixture
 
 from . import _common
@@ -97,6 +108,11 @@ class Config:
     encoder_lr: float = 1e-2
     encoder_hidden: tuple[int, ...] = (64, 64)
     rws_train_k: int = 5
+    lam_rule: str = "evidence"  # the amortised estimators' λ (and ℓ) rule
+    intercept: bool = False  # the regression with an unpenalised constant (add_intercept)
+    oracle_sizes: tuple[int, ...] = (1000, 2000, 4000)
+    oracle_factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    oracle_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
     def __post_init__(self):
         for s in self.particle_sizes:
@@ -106,7 +122,8 @@ class Config:
 
 FULL = Config()
 QUICK = Config(
-    sleep_sizes=(100, 300, 1000), particle_sizes=(50, 500), repeats=2, encoder_steps=300
+    sleep_sizes=(100, 300, 1000), particle_sizes=(50, 500), repeats=2, encoder_steps=300,
+    oracle_sizes=(1000,), oracle_factors=(0.5, 2.0), oracle_lambdas=(1e-2, 1.0),
 )  # fmt: skip
 
 
@@ -171,13 +188,15 @@ def train_encoder(
 
 
 def estimator_fn(
-    method: str, model: nn.Module, x: torch.Tensor, budget: int, *, encoder=None, lam=None
-) -> Callable[[], torch.Tensor]:
+    method: str, model: nn.Module, x: torch.Tensor, budget: int, *, encoder=None, lam=None,
+    lengthscale=None, intercept=False,
+) -> Callable[[], torch.Tensor]:  # fmt: skip
     """A function returning the method's θ-objective (to ascend) at this budget."""
     if method in AMORTISED:
         est = method.split("_")[1]
+        kernel = None if lengthscale is None else Gaussian(lengthscale)
         return lambda: fastamort.amortised_objective(
-            model, x, n_sleep=budget, lam=lam, estimator=est
+            model, x, n_sleep=budget, lam=lam, estimator=est, kernel=kernel, intercept=intercept
         )
     if method == "vae":
         return lambda: -vae_loss(model, encoder, x, n_samples=budget)
@@ -187,6 +206,32 @@ def estimator_fn(
     if method == "rws":
         return lambda: -rws_losses(model, encoder, x, k=budget)[0]
     raise ValueError(f"method: {method!r}")
+
+
+def oracle(
+    method: str, model: nn.Module, x: torch.Tensor, budget: int, g_star: torch.Tensor,
+    cfg: Config, seed: int, problem: str, median: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The best (ℓ, λ) of the grid by mean relative error over the repeats' sleep sets (the
+    same sets as the default's), chosen with the exact gradient; ``cfg.intercept`` as the
+    default's."""
+    kind = method.split("_")[1]
+    grid = [(f, lam) for f in cfg.oracle_factors for lam in cfg.oracle_lambdas]
+    errors: dict[tuple[float, float], list[float]] = {key: [] for key in grid}
+    for r in range(cfg.repeats):
+        torch.manual_seed(_common.sub_seed(seed, problem, method, budget, r))
+        sleep = fastamort.estimator.draw_sleep(model, budget)
+        for f, lam in grid:
+            est = fastamort.amortised_estimate(
+                model, x, sleep=sleep, kernel=Gaussian(f * median), lam=lam, estimator=kind,
+                intercept=cfg.intercept,
+            )  # fmt: skip
+            g = theta_gradient(model, est.objective)
+            errors[(f, lam)].append(float((g - g_star).norm() / g_star.norm()))
+    means = {key: statistics.fmean(v) for key, v in errors.items()}
+    (f, lam), best = min(means.items(), key=lambda kv: kv[1])
+    table = [{"factor": k[0], "lam": k[1], "rel_error": v} for k, v in means.items()]
+    return {"rel_error": best, "factor": f, "lengthscale": f * median, "lam": lam, "grid": table}
 
 
 def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar) -> dict[str, Any]:
@@ -201,7 +246,8 @@ def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar)
     }
     for method in METHODS:
         info: dict[str, Any] = {"label": LABELS[method], "points": []}
-        encoder, lams = None, {}
+        encoder, lams, ells, medians = None, {}, {}, {}
+        intercept = cfg.intercept
         if method in AMORTISED:
             budgets = cfg.sleep_sizes
             setup = 0.0
@@ -210,14 +256,18 @@ def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar)
                 kind = method.split("_")[1]
                 est, dt = _common.timed(
                     lambda m=m, kind=kind: fastamort.amortised_estimate(
-                        model, x, n_sleep=m, estimator=kind
+                        model, x, n_sleep=m, estimator=kind, lam=cfg.lam_rule,
+                        intercept=cfg.intercept,
                     ),
                     device,
-                )
-                lams[m] = est.lam
+                )  # fmt: skip
+                lams[m], ells[m] = est.lam, float(est.kernel.lengthscale.detach())
+                medians[m] = median_distance(est.sleep[1])
                 setup += dt
             info["setup_s"] = setup
             info["lambda"] = {str(m): lam for m, lam in lams.items()}
+            info["lengthscale"] = {str(m): ell for m, ell in ells.items()}
+            info["median_heuristic"] = {str(m): med for m, med in medians.items()}
             bar.update(1)
         else:
             budgets = cfg.particle_sizes
@@ -226,20 +276,30 @@ def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar)
             )
             bar.update(1)
         for budget in budgets:
-            fn = estimator_fn(method, model, x, budget, encoder=encoder, lam=lams.get(budget))
-            cos, rel, secs = [], [], []
+            fn = estimator_fn(
+                method, model, x, budget, encoder=encoder, lam=lams.get(budget),
+                lengthscale=ells.get(budget), intercept=intercept,
+            )  # fmt: skip
+            cos, rel, length, secs = [], [], [], []
             for r in range(cfg.repeats):
                 torch.manual_seed(_common.sub_seed(seed, problem, method, budget, r))
                 g, dt = _common.timed(lambda fn=fn: theta_gradient(model, fn()), device)
                 cos.append(float(torch.nn.functional.cosine_similarity(g, g_star, dim=0)))
                 rel.append(float((g - g_star).norm() / g_star.norm()))
+                length.append(float(g.norm() / g_star.norm()))
                 secs.append(dt)
             (c_m, c_s), (r_m, r_s) = _common.mean_std(cos), _common.mean_std(rel)
+            (l_m, l_s) = _common.mean_std(length)
             info["points"].append(
                 {"budget": budget, "cosine": c_m, "cosine_std": c_s, "rel_error": r_m,
-                 "rel_error_std": r_s, "seconds": statistics.fmean(secs),
+                 "rel_error_std": r_s, "length_ratio": l_m, "length_ratio_std": l_s,
+                 "seconds": statistics.fmean(secs),
                  "log_joint_evals": budget if method in AMORTISED else budget * x.shape[0]}
             )  # fmt: skip
+            if method in AMORTISED and budget in cfg.oracle_sizes:
+                info["points"][-1]["oracle"] = oracle(
+                    method, model, x, budget, g_star, cfg, seed, problem, medians[budget]
+                )
             bar.update(1)
         if encoder is not None:
             # the same measurement with an untrained encoder (N(0, I) or uniform: the prior)
@@ -288,6 +348,14 @@ def flat_metrics(records: dict[str, dict[str, Any]]) -> dict[str, float]:
                 ]
             if "setup_s" in info:
                 metrics[f"{key}_setup_s"] = info["setup_s"]
+                metrics[f"{key}_length_ratio"] = last["length_ratio"]
+            for p in info["points"]:
+                if "oracle" in p:
+                    at = f"{key}_m{p['budget']}"
+                    metrics[f"{at}_rel_error"] = p["rel_error"]
+                    metrics[f"{at}_length_ratio"] = p["length_ratio"]
+                    metrics[f"{at}_oracle_rel_error"] = p["oracle"]["rel_error"]
+                    metrics[f"{at}_oracle_ratio"] = p["rel_error"] / p["oracle"]["rel_error"]
     for method in METHODS:
         for stat in ("cosine", "rel_error", "cosine_matched_time"):
             vals = [metrics[f"{p}_{method}_{stat}"] for p in records]
@@ -299,6 +367,32 @@ def flat_metrics(records: dict[str, dict[str, Any]]) -> dict[str, float]:
         metrics[f"amortised_{stat}"] = metrics[f"amortised_expfam_{stat}"]
         metrics[f"iwae_{stat}"] = metrics[f"iwae50_{stat}"]
     return metrics
+
+
+def oracle_markdown(records: dict[str, dict[str, Any]], cfg: Config) -> str:
+    """The defaults against the grid oracle, per model, estimator and M."""
+    rows = []
+    for problem, rec in records.items():
+        for method in AMORTISED:
+            info = rec["methods"][method]
+            for p in info["points"]:
+                if "oracle" not in p:
+                    continue
+                o, m = p["oracle"], str(p["budget"])
+                med = info["median_heuristic"][m]
+                rows.append([
+                    problem, LABELS[method], p["budget"],
+                    f"ℓ = {info['lengthscale'][m] / med:.2g}×med, λ = {info['lambda'][m]:.2g}",
+                    f"{p['rel_error']:.3f} ± {p['rel_error_std']:.3f}",
+                    f"{p['length_ratio']:.3f}",
+                    f"ℓ = {o['factor']:.2g}×med, λ = {o['lam']:.2g}", f"{o['rel_error']:.3f}",
+                    f"{p['rel_error'] / o['rel_error']:.2f}",
+                ])  # fmt: skip
+    return _common.markdown_table(
+        ["model", "estimator", "M", "default (ℓ, λ)", "rel. error", "‖g‖/‖g*‖",
+         "oracle (ℓ, λ)", "oracle rel. error", "default / oracle"],
+        rows,
+    )  # fmt: skip
 
 
 def results_markdown(records: dict[str, dict[str, Any]], cfg: Config) -> list[tuple[str, str]]:
@@ -406,7 +500,16 @@ def run(
         f"({cfg.encoder_steps} Adam steps, not timed here). See the module docstring of "
         "fastamort.experiments.gradient_estimation for the protocol."
     )  # fmt: skip
-    _common.write_results_md(
-        out, "gradient-estimation", [*results_markdown(records, cfg), ("Notes", notes)]
+    oracle_note = (
+        f"Default rule lam={cfg.lam_rule!r}, intercept={cfg.intercept}; oracle grid "
+        f"ℓ ∈ {list(cfg.oracle_factors)} × the "
+        f"median heuristic, λ ∈ {list(cfg.oracle_lambdas)}, best mean relative error over the "
+        f"same {cfg.repeats} sleep sets, chosen with the exact gradient (optimistic).\n\n"
     )
+    _common.write_results_md(
+        out, "gradient-estimation",
+        [*results_markdown(records, cfg),
+         ("Defaults against the (ℓ, λ) grid oracle", oracle_note + oracle_markdown(records, cfg)),
+         ("Notes", notes)],
+    )  # fmt: skip
     return metrics

@@ -23,6 +23,9 @@ each epoch) and takes the same number of steps ``steps`` with Adam (lr ``lr``) o
 * ``amortised``: :class:`fastamort.AmortisedLearner`, exponential-family estimator,
   M = ``n_sleep`` sleep samples, Gaussian kernel on the raw pixels (median heuristic), the
   kernel lengthscale and λ learned on ``n_held_out`` held-out sleep samples (kernel lr 1e-2);
+  with ``features="linear-bn"`` the kernel is Gaussian on learned Linear(64 → ``feature_width``)
+  + BatchNorm features instead, trained with it (the paper's image kernel, PAPER.md §5.10;
+  :mod:`fastamort.experiments._features`);
 * ``vae``, ``iwae`` (k = 5), ``rws`` (k = 5, wake-φ, "wake-wake"):
   :class:`fastamort.baselines.BaselineLearner` with a Gaussian encoder (MLP 64 → 128 → 128,
   tanh), same lr for θ and φ.
@@ -82,7 +85,7 @@ from fastamort.baselines import BaselineLearner, Encoder, encoder_for
 from fastamort.baselines._common import log_joint_particles, log_mean_exp
 from fastamort.models.image_generator import MLPGenerator
 
-from . import _common
+from . import _common, _features
 from . import _digits as digits
 
 NAME = "images"
@@ -117,6 +120,8 @@ class Config:
     is_chunk: int = 25
     classifier_epochs: int = 15
     n_grid: int = 36
+    features: str = "none"  # the amortised learner's kernel: "none" or "linear-bn"
+    feature_width: int = 100
 
 
 FULL = Config()
@@ -197,8 +202,12 @@ def train_method(
     train = data.get(variant, "train").to(device)
     encoder = None
     if method == "amortised":
+        kernel = _features.feature_kernel(
+            cfg.features, digits.N_PIXELS, cfg.feature_width, seed=_common.sub_seed(seed, variant),
+            like=train,
+        )  # fmt: skip
         learner: Any = fastamort.AmortisedLearner(
-            gen, n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
+            gen, kernel=kernel, n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
             kernel_lr=cfg.kernel_lr, estimator="expfam", seed=seed,
         )  # fmt: skip
     else:
@@ -374,10 +383,11 @@ def plot(results: dict[str, Any], data: digits.DigitsSplit, cfg: Config, out: Pa
 
 def run(
     *, quick: bool = False, seed: int = 0, out: Path, device: torch.device, progress: bool = True,
-    config: Config | None = None,
+    config: Config | None = None, features: str = "none",
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
-    cfg = config or (QUICK if quick else FULL)
+    cfg = dataclasses.replace(config or (QUICK if quick else FULL), features=features)
+    _features.check_features(cfg.features)
     env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     from tqdm.auto import tqdm
 
@@ -432,7 +442,9 @@ def run(
     _common.write_metrics(out, metrics, details, env)
     notes = (
         "Command: `python -m fastamort.experiments images" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type}`. Classifier (feature network) test "
+        + f" --seed {seed} --device {device.type} --features {cfg.features}`. Amortised "
+        f"learning: {_features.describe(cfg.features, cfg.feature_width, digits.N_PIXELS)}. "
+        "Classifier (feature network) test "
         f"accuracy: {metrics['classifier_accuracy']:.3f} (continuous), "
         f"{metrics['classifier_accuracy_binary']:.3f} (binary). Same steps, batches and "
         "initialisation for every method; 'train s' is the wall-clock of the training steps "

@@ -55,7 +55,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ import fastamort
 from fastamort.baselines import BaselineLearner, GaussianEncoder
 from fastamort.models.nmf import BernoulliNMF
 
-from . import _common
+from . import _common, _features
 
 NAME = "nmf"
 METHODS = ("untrained", "al", "vae", "vae_long")
@@ -100,6 +100,8 @@ class Config:
     map_lr: float = 0.05
     is_samples: int = 1000
     is_inflation: float = 1.5
+    features: str = "none"  # the amortised learner's kernel: "none" or "linear-bn"
+    feature_width: int = 100
 
 
 FULL = Config()
@@ -183,10 +185,11 @@ def evaluate(
 
 def run(
     *, quick: bool = False, seed: int = 0, out: Path, device: torch.device, progress: bool = True,
-    config: Config | None = None,
+    config: Config | None = None, features: str = "none",
 ) -> dict[str, float]:  # fmt: skip
     """Runs the experiment, writes the files into ``out``, returns the flat metrics."""
-    cfg = config or (QUICK if quick else FULL)
+    cfg = replace(config or (QUICK if quick else FULL), features=features)
+    _features.check_features(cfg.features)
     env = _common.start_run(out, NAME, cfg, seed=seed, quick=quick, device=device)
     train, test = load_data(cfg, seed)
     train, test = train.to(device), test.to(device)
@@ -200,8 +203,11 @@ def run(
     seconds: dict[str, float] = {}
 
     torch.manual_seed(_common.sub_seed(seed, "al"))
+    kernel = _features.feature_kernel(
+        cfg.features, train.shape[1], cfg.feature_width, seed=seed, like=train
+    )
     learner = fastamort.AmortisedLearner(
-        models["al"], n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
+        models["al"], kernel=kernel, n_sleep=cfg.n_sleep, n_held_out=cfg.n_held_out, lr=cfg.lr,
         kernel_lr=cfg.kernel_lr, lam=cfg.lam, seed=_common.sub_seed(seed, "order"),
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -279,7 +285,9 @@ def results_sections(
     )
     notes = (
         f"Command: `python -m fastamort.experiments {NAME}" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type}`. Binarised 8×8 digits, {cfg.n_test} test "
+        + f" --seed {seed} --device {device.type} --features {cfg.features}`. Amortised "
+        f"learning: {_features.describe(cfg.features, cfg.feature_width, 64)}. "
+        f"Binarised 8×8 digits, {cfg.n_test} test "
         f"images, k = {cfg.n_factors} factors, {cfg.epochs} epochs (VAE long: "
         f"{cfg.epochs * cfg.vae_long_factor}), M = {cfg.n_sleep}. MAP latents by "
         f"{cfg.map_steps} Adam steps; {cfg.flip_prob:.0%} of pixels flipped for denoising; "
