@@ -12,6 +12,7 @@ from ._version import __version__
 from .estimator import AmortisedEstimate, amortised_estimate, amortised_objective
 from .kernel_learning import kernel_loss
 from .learner import AmortisedLearner, NonFiniteError
+from .learner_config import LearnerConfig
 from .models.base import ExpFamModel, GenerativeModel
 from .ops import (
     KERNEL_NAMES,
@@ -24,6 +25,7 @@ from .ops import (
     kernel_ridge_batched,
     ridge_solve,
 )
+from .solvers import SolverConfig
 
 
 def __getattr__(name: str):
@@ -49,10 +51,12 @@ __all__ = [
     "GenerativeModel",
     "KernelRidge",
     "KernelRidgeResult",
+    "LearnerConfig",
     "NonFiniteError",
     "NotPSDError",
     "NumericalWarning",
     "NystromKernelRidge",
+    "SolverConfig",
     "__version__",
     "amortised_estimate",
     "amortised_objective",

@@ -30,6 +30,7 @@ unpenalised constant to the regression (:func:`add_intercept`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,14 +321,54 @@ def amortised_estimate(
     n_inducing: int | None = None,
     n_features: int | None = None,
     tol: float | None = None,
-    inducing: str = "uniform",
+    inducing: str | None = None,
     warm_start: AmortisedEstimate | WarmStart | None = None,
     intercept: bool = False,
 ) -> AmortisedEstimate:
-    """:func:`amortised_objective` with its ingredients (weights, λ, kernel, sleep set)."""
+    """The KRR estimate of the mean ML gradient over ``x_wake`` with its ingredients
+    (weights, λ, kernel, sleep set); its ``objective`` is :func:`amortised_objective`.
+
+    Args:
+        model: a model (``sample(n) -> (z, x)``, ``log_joint(z, x)``; see
+            :mod:`fastamort.models.base`).
+        x_wake: a batch of data, (N, *obs_shape).
+        n_sleep: number M of sleep samples drawn when ``sleep`` is not given (≥ 2).
+        sleep: reuse these sleep samples ``(z, x)``.
+        kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian. A kernel without a
+            lengthscale (``Gaussian()``) gets the median heuristic on the sleep set, in
+            place (:meth:`~fastamort.kernels.Kernel.init_from`).
+        lam: the ridge λ, or the name of a rule that chooses it from the sleep set
+            (:mod:`fastamort.hyperparameters`): ``"evidence"`` (the default, None) takes the
+            (ℓ, λ) of largest Gaussian-process marginal likelihood of the targets, ℓ only when
+            the kernel's lengthscale was not given; ``"loo"``: λ by leave-one-out error at the
+            median-heuristic lengthscale (the rule before).
+        estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
+        solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
+            O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
+            (``n_features`` random Fourier features, O(M D²)) or "cg" (preconditioned
+            conjugate gradient to relative residual ``tol``, fused K products, O(M²) per
+            iteration but O(M) memory); or a :class:`fastamort.solvers.SolverConfig` with the
+            options below and the exact solver's ``precision``. The loose options
+            ``n_inducing``, ``n_features``, ``tol`` and ``inducing`` beside a solver name are
+            deprecated (a :class:`FutureWarning`): set them in the config.
+        n_inducing: Nyström inducing points, or the CG preconditioner's rank (default 1000).
+        n_features: random Fourier features (default 2000).
+        tol: CG relative-residual tolerance (default 1e-6).
+        inducing: "uniform" (default) or "greedy" (pivoted Cholesky) inducing points
+            (nystrom, cg).
+        warm_start: the previous step's :class:`AmortisedEstimate` (or a
+            :class:`fastamort.solvers.WarmStart`) to start CG from.
+        intercept: regress with an unpenalised constant (the mean of the targets), so that
+            far from the sleep points the prediction is the mean rather than 0
+            (:func:`add_intercept`: better for one gradient of a model far from its data,
+            worse in training); False (default): the plain KRR of the formula above.
+
+    Returns:
+        An :class:`AmortisedEstimate`.
+    """
     check_model(model)
     estimator = resolve_estimator(model, estimator)
-    config = solver_config(solver, n_inducing, n_features, tol, inducing)
+    config = solver_config(solver, n_inducing, n_features, tol, inducing, stacklevel=3)
     if isinstance(warm_start, AmortisedEstimate):
         warm_start = warm_start.warm_start()
     elif warm_start is not None and not isinstance(warm_start, WarmStart):
@@ -383,55 +424,11 @@ def amortised_estimate(
 
 
 def amortised_objective(
-    model: torch.nn.Module,
-    x_wake: torch.Tensor,
-    *,
-    n_sleep: int = 2000,
-    sleep: tuple[Any, torch.Tensor] | None = None,
-    kernel: Kernel | None = None,
-    lam: float | torch.Tensor | str | None = None,
-    estimator: str = "auto",
-    solver: str | SolverConfig = "exact",
-    n_inducing: int | None = None,
-    n_features: int | None = None,
-    tol: float | None = None,
-    inducing: str = "uniform",
-    warm_start: AmortisedEstimate | WarmStart | None = None,
-    intercept: bool = False,
+    model: torch.nn.Module, x_wake: torch.Tensor, **options: Any
 ) -> torch.Tensor:
-    """Scalar Ĵ(θ) whose gradient is the KRR estimate of the mean ML gradient over ``x_wake``.
-
-    Args:
-        model: a model (``sample(n) -> (z, x)``, ``log_joint(z, x)``; see
-            :mod:`fastamort.models.base`).
-        x_wake: a batch of data, (N, *obs_shape).
-        n_sleep: number M of sleep samples drawn when ``sleep`` is not given (≥ 2).
-        sleep: reuse these sleep samples ``(z, x)``.
-        kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian. A kernel without a
-            lengthscale (``Gaussian()``) gets the median heuristic on the sleep set, in
-            place (:meth:`~fastamort.kernels.Kernel.init_from`).
-        lam: the ridge λ, or the name of a rule that chooses it from the sleep set
-            (:mod:`fastamort.hyperparameters`): ``"evidence"`` (the default, None) takes the
-            (ℓ, λ) of largest Gaussian-process marginal likelihood of the targets, ℓ only when
-            the kernel's lengthscale was not given; ``"loo"``: λ by leave-one-out error at the
-            median-heuristic lengthscale (the rule before).
-        estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
-        solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
-            O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
-            (``n_features`` random Fourier features, O(M D²)) or "cg" (preconditioned
-            conjugate gradient to relative residual ``tol``, fused K products, O(M²) per
-            iteration but O(M) memory); or a :class:`fastamort.solvers.SolverConfig` with the
-            options below and the exact solver's ``precision``.
-        n_inducing: Nyström inducing points, or the CG preconditioner's rank (default 1000).
-        n_features: random Fourier features (default 2000).
-        tol: CG relative-residual tolerance (default 1e-6).
-        inducing: "uniform" or "greedy" (pivoted Cholesky) inducing points (nystrom, cg).
-        warm_start: the previous step's :class:`AmortisedEstimate` (or a
-            :class:`fastamort.solvers.WarmStart`) to start CG from.
-        intercept: regress with an unpenalised constant (the mean of the targets), so that
-            far from the sleep points the prediction is the mean rather than 0
-            (:func:`add_intercept`: better for one gradient of a model far from its data,
-            worse in training); False (default): the plain KRR of the formula above.
+    """Scalar Ĵ(θ) whose gradient is the KRR estimate of the mean ML gradient over ``x_wake``:
+    ``amortised_estimate(model, x_wake, **options).objective``, with the same arguments
+    (:func:`amortised_estimate`).
 
     Returns:
         0-d tensor; ``(-objective).backward()`` then an optimiser step ascends the likelihood.
@@ -446,19 +443,10 @@ def amortised_objective(
         >>> model.weight.grad.shape
         torch.Size([3, 1])
     """
-    return amortised_estimate(
-        model,
-        x_wake,
-        n_sleep=n_sleep,
-        sleep=sleep,
-        kernel=kernel,
-        lam=lam,
-        estimator=estimator,
-        solver=solver,
-        n_inducing=n_inducing,
-        n_features=n_features,
-        tol=tol,
-        inducing=inducing,
-        warm_start=warm_start,
-        intercept=intercept,
-    ).objective
+    return amortised_estimate(model, x_wake, **options).objective
+
+
+# One signature, written once: help() and the API docs show amortised_estimate's arguments.
+amortised_objective.__signature__ = inspect.signature(amortised_estimate).replace(  # type: ignore[attr-defined]
+    return_annotation="torch.Tensor"
+)

@@ -57,7 +57,7 @@ def kernel_loss(
     solver: str | SolverConfig = "exact",
     n_inducing: int | None = None,
     n_features: int | None = None,
-    inducing: str = "uniform",
+    inducing: str | None = None,
 ) -> torch.Tensor:
     """Mean squared error of the KRR-predicted log joint at held-out sleep samples.
 

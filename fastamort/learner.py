@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as _checkpoint
-from ._checks import check_int, check_positive
+from ._checks import check_int
 from .distributed import (
     DistributedContext,
     pooled_estimate,
@@ -54,7 +54,6 @@ from .distributed import (
 )
 from .estimator import (
     amortised_estimate,
-    check_lam,
     draw_sleep,
     regression_targets,
     resolve_estimator,
@@ -62,14 +61,14 @@ from .estimator import (
 from .hyperparameters import (
     LEARNED_LAMBDA_RANGE,
     LambdaBoundWarning,
-    check_rule,
     choose_hyperparameters,
     clamp_log_lambda,
 )
 from .kernel_learning import kernel_loss
 from .kernels import Gaussian, Kernel
+from .learner_config import LearnerConfig
 from .models.base import check_model
-from .solvers import SolverConfig, WarmStart
+from .solvers import SolverConfig, WarmStart, solver_config
 
 #: Blocks (own seed each) of the model step's sleep set when ``sleep_refresh`` < 1.
 SLEEP_BLOCKS = 20
@@ -104,9 +103,11 @@ class AmortisedLearner:
         learn_kernel: whether to run kernel steps.
         seed: seeds the data order (per epoch); sampling uses the global torch RNG.
         max_grad_norm: clip the model gradient to this norm (None: no clipping).
-        solver: "exact", "nystrom", "rff" or "cg" (see :func:`fastamort.amortised_objective`);
-            the kernel step uses the same low-rank regression (cg: its Nyström surrogate).
-        n_inducing, n_features, tol, inducing: the solver's options.
+        solver: "exact", "nystrom", "rff" or "cg" (see :func:`fastamort.amortised_estimate`),
+            or a :class:`fastamort.solvers.SolverConfig` with its options; the kernel step uses
+            the same low-rank regression (cg: its Nyström surrogate).
+        n_inducing, n_features, tol, inducing: deprecated loose solver options (a
+            :class:`FutureWarning`): set them in the SolverConfig.
         warm_start: with ``solver="cg"``, start each solve from the previous step's solution;
             default (None): only when ``sleep_refresh`` < 1 (on unrelated sleep sets the mapped
             start saves about one iteration and costs one product).
@@ -140,30 +141,27 @@ class AmortisedLearner:
         learn_kernel: bool = True,
         seed: int = 0,
         max_grad_norm: float | None = None,
-        solver: str = "exact",
+        solver: str | SolverConfig = "exact",
         n_inducing: int | None = None,
         n_features: int | None = None,
         tol: float | None = None,
-        inducing: str = "uniform",
+        inducing: str | None = None,
         warm_start: bool | None = None,
         sleep_refresh: float = 1.0,
     ):
         check_model(model)
-        n_sleep = check_int(n_sleep, "n_sleep", 2)
-        n_held_out = check_int(n_held_out, "n_held_out", 1 if learn_kernel else 0)
-        self._lam_rule = "loo" if lam is None else check_rule(lam)
-        if self._lam_rule is None:
-            lam = float(check_lam(lam))
-            lo, hi = LEARNED_LAMBDA_RANGE
-            if not lo <= lam <= hi:
-                raise ValueError(
-                    f"lam: must be > 0 and within LEARNED_LAMBDA_RANGE [{lo:g}, {hi:g}], got {lam}"
-                )
-        seed = check_int(seed, "seed", 0)
-        if seed >= 2**32:
-            raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
-        if max_grad_norm is not None:
-            max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+        self.config = LearnerConfig(
+            n_sleep=n_sleep,
+            n_held_out=n_held_out,
+            lam=lam,
+            estimator=estimator,
+            learn_kernel=learn_kernel,
+            seed=seed,
+            max_grad_norm=max_grad_norm,
+            solver=solver_config(solver, n_inducing, n_features, tol, inducing),
+            warm_start=warm_start,
+            sleep_refresh=sleep_refresh,
+        )
         if kernel is not None and not isinstance(kernel, Kernel):
             raise TypeError(
                 "kernel: expected a fastamort.kernels.Kernel instance such as "
@@ -175,17 +173,6 @@ class AmortisedLearner:
                     f"{name}: expected a torch.optim.Optimizer instance (or None for Adam; "
                     f"set its learning rate with lr / kernel_lr), got {type(opt).__name__}"
                 )
-        self.solver = SolverConfig(solver, n_inducing, n_features, tol, inducing)
-        if (
-            isinstance(sleep_refresh, bool)
-            or not isinstance(sleep_refresh, (int, float))
-            or not 0.0 <= sleep_refresh <= 1.0
-        ):
-            raise ValueError(f"sleep_refresh: expected a number in [0, 1], got {sleep_refresh!r}")
-        self.sleep_refresh = float(sleep_refresh)
-        if warm_start is None:
-            warm_start = self.sleep_refresh < 1.0
-        self.warm_start = bool(warm_start) and solver == "cg"
         self._warm: WarmStart | None = None
         self._sleep_seeds: list[int] | None = None
         self._sleep_turn = 0
@@ -193,17 +180,12 @@ class AmortisedLearner:
         self.estimator = resolve_estimator(model, estimator)
         device = _device_of(model)
         self.kernel = (kernel if kernel is not None else Gaussian()).to(device)
+        lam0 = self.config.initial_lam
         self.log_lam = nn.Parameter(
             torch.tensor(
-                math.log(lam) if self._lam_rule is None else 0.0,
-                dtype=torch.float64,
-                device=device,
+                0.0 if lam0 is None else math.log(lam0), dtype=torch.float64, device=device
             )
         )
-        self._lam_given = self._lam_rule is None
-        self._lam_init = lam  # as given: a number, a rule name or None (the default rule)
-        self.n_sleep, self.n_held_out = n_sleep, n_held_out
-        self.learn_kernel, self.seed, self.max_grad_norm = learn_kernel, seed, max_grad_norm
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
         self.kernel_optimizer = kernel_optimizer or torch.optim.Adam(
             [p for p in self.kernel.parameters() if p.requires_grad] + [self.log_lam], lr=kernel_lr
@@ -220,22 +202,17 @@ class AmortisedLearner:
     def hyperparameters(self) -> dict[str, Any]:
         """The settings a checkpoint records and a resume must match
         (:data:`fastamort.checkpoint.HYPERPARAMETERS`)."""
-        return {
-            "n_sleep": self.n_sleep,
-            "n_held_out": self.n_held_out,
-            "estimator": self.estimator,
-            "learn_kernel": self.learn_kernel,
-            "seed": self.seed,
-            "max_grad_norm": self.max_grad_norm,
-            "solver": self.solver.solver,
-            "n_inducing": self.solver.n_inducing,
-            "n_features": self.solver.n_features,
-            "tol": self.solver.tol,
-            "inducing": self.solver.inducing,
-            "warm_start": self.warm_start,
-            "sleep_refresh": self.sleep_refresh,
-            "lam": self._lam_init,
-        }
+        return self.config.hyperparameters(self.estimator)
+
+    # the settings, read from the frozen config
+    n_sleep = property(lambda self: self.config.n_sleep)
+    n_held_out = property(lambda self: self.config.n_held_out)
+    learn_kernel = property(lambda self: self.config.learn_kernel)
+    seed = property(lambda self: self.config.seed)
+    max_grad_norm = property(lambda self: self.config.max_grad_norm)
+    solver = property(lambda self: self.config.solver)
+    warm_start = property(lambda self: self.config.uses_warm_start)
+    sleep_refresh = property(lambda self: self.config.sleep_refresh)
 
     # ----------------------------------------------------------------------------------
     @property
@@ -259,12 +236,12 @@ class AmortisedLearner:
         choose_ell = not bool(self.kernel.initialised)
         if choose_ell:
             self.kernel.init_from(x)
-        if not self._lam_given:
+        if self.config.lam_rule is not None:
             with torch.no_grad():
                 targets, stats = regression_targets(self.model, z, x, self.estimator)
                 lam, ell = choose_hyperparameters(
                     self.kernel.features(x).to(torch.float64), self.kernel, targets, stats,
-                    rule=self._lam_rule, lengthscale=choose_ell,
+                    rule=self.config.lam_rule, lengthscale=choose_ell,
                 )  # fmt: skip
                 self.log_lam.fill_(math.log(lam))
                 if ell is not None:
@@ -290,10 +267,7 @@ class AmortisedLearner:
                 held,
                 self.log_lam.exp(),
                 estimator=self.estimator,
-                solver=self.solver.solver,
-                n_inducing=self.solver.n_inducing,
-                n_features=self.solver.n_features,
-                inducing=self.solver.inducing,
+                solver=self.solver,
             )
             self.kernel_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -336,11 +310,7 @@ class AmortisedLearner:
             kernel=self.kernel,
             lam=self.lam,
             estimator=self.estimator,
-            solver=self.solver.solver,
-            n_inducing=self.solver.n_inducing,
-            n_features=self.solver.n_features,
-            tol=self.solver.tol,
-            inducing=self.solver.inducing,
+            solver=self.solver,
             warm_start=self._warm,
         )
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,13 @@ import numpy as np
 import torch
 
 from ._regressor_kernels import NATIVE, lengthscale_for, resolve_gamma
+from ._sklearn_compat import (
+    ConvergenceWarning,
+    Interval,
+    StrOptions,
+    check_is_fitted,
+    check_random_state,
+)
 from .ops.gram import gram
 from .ops.gram_matmul import gram_matmul
 from .ops.normal_matmul import BLOCK_ENTRIES, normal_matmul
@@ -38,35 +45,6 @@ from .regressor import (
 )
 from .solvers.cg import block_pcg
 from .solvers.nystrom import EIG_RTOL
-
-if HAVE_SKLEARN:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.utils import check_random_state
-    from sklearn.utils._param_validation import Interval, StrOptions
-    from sklearn.utils.validation import check_is_fitted
-else:
-    from .regressor import NotFittedError
-
-    class ConvergenceWarning(UserWarning):  # type: ignore[no-redef]
-        """An iterative solver stopped before reaching its tolerance (as scikit-learn's)."""
-
-    def check_random_state(seed):  # type: ignore[no-redef]
-        """A RandomState from None, an int or a RandomState (scikit-learn's rule)."""
-        if seed is None or seed is np.random:
-            return np.random.mtrand._rand
-        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-            return np.random.RandomState(seed)
-        if isinstance(seed, np.random.RandomState):
-            return seed
-        raise ValueError(f"random_state: {seed!r} cannot be used to seed a RandomState instance")
-
-    def check_is_fitted(estimator) -> None:  # type: ignore[no-redef]
-        if not hasattr(estimator, "dual_coef_"):
-            raise NotFittedError(
-                f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
-
 
 __all__ = ["ConvergenceWarning", "NystromKernelRidge"]
 

@@ -11,7 +11,6 @@ without it a minimal stand-in keeps ``get_params``/``set_params``/``score`` work
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import warnings
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._backends import BACKENDS
 from ._regressor_kernels import (
     KERNEL_CHOICES,
     NATIVE,
@@ -28,65 +28,24 @@ from ._regressor_kernels import (
     pairwise_torch,
     solve_dual,
 )
-
-try:
-    from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin
-    from sklearn.exceptions import NotFittedError, UndefinedMetricWarning
-    from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
-    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
-
-    try:
-        from sklearn.utils.validation import validate_data as _sk_validate_data
-    except ImportError:  # scikit-learn < 1.6: the method on BaseEstimator
-        _sk_validate_data = None
-    HAVE_SKLEARN = True
-except ImportError:  # scikit-learn is an optional dependency
-    HAVE_SKLEARN = False
-
-    class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]
-        """Raised when predict/score is called before fit (as scikit-learn's)."""
-
-    class InvalidParameterError(ValueError, TypeError):  # type: ignore[no-redef]
-        """A parameter of the wrong type or value (as scikit-learn's)."""
-
-    UndefinedMetricWarning = UserWarning  # type: ignore[misc,assignment]
-
-    class BaseEstimator:  # type: ignore[no-redef]
-        """get_params/set_params from the constructor signature (scikit-learn's contract)."""
-
-        @classmethod
-        def _get_param_names(cls) -> list[str]:
-            sig = inspect.signature(cls.__init__)
-            return sorted(p for p in sig.parameters if p != "self")
-
-        def get_params(self, deep: bool = True) -> dict[str, Any]:
-            return {name: getattr(self, name) for name in self._get_param_names()}
-
-        def set_params(self, **params: Any):
-            valid = self._get_param_names()
-            for key, value in params.items():
-                if key not in valid:
-                    raise ValueError(
-                        f"Invalid parameter {key!r} for estimator {self}. "
-                        f"Valid parameters are: {valid!r}."
-                    )
-                setattr(self, key, value)
-            return self
-
-        def __repr__(self) -> str:
-            args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-            return f"{type(self).__name__}({args})"
-
-    class RegressorMixin:  # type: ignore[no-redef]
-        """Marker; ``score`` is defined on the estimator itself."""
-
-    class MultiOutputMixin:  # type: ignore[no-redef]
-        """Marker: y may have several columns."""
-
+from ._sklearn_compat import (
+    HAVE_SKLEARN,
+    BaseEstimator,
+    Interval,
+    InvalidParameterError,
+    MultiOutputMixin,
+    NotFittedError,
+    RegressorMixin,
+    StrOptions,
+    UndefinedMetricWarning,
+    check_is_fitted,
+)
+from ._sklearn_compat import check_sample_weight as _check_sample_weight
+from ._sklearn_compat import validate_data as _sk_validate_data
 
 __all__ = ["KernelRidge", "NotFittedError"]
 
-_BACKENDS = ("auto", "triton", "cpp", "torch")
+_BACKENDS = ("auto", *BACKENDS)
 
 
 # --------------------------------------------------------------------------------------
@@ -680,13 +639,3 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         pred = self.predict(X)
         pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
         return _r2(y, pred_t, sample_weight)
-
-
-if not HAVE_SKLEARN:
-
-    def check_is_fitted(estimator) -> None:
-        if not hasattr(estimator, "dual_coef_"):
-            raise NotFittedError(
-                f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )

@@ -333,3 +333,25 @@ def test_learner_runs_on_cuda(dtype):
     assert len(history) == 2 and all(r["objective"] == r["objective"] for r in history)
     assert ("gram", "triton") in ran and ("ridge_solve", "triton") in ran
     assert model.weight.device.type == "cuda"
+
+
+def test_learner_settings_live_in_one_frozen_config():
+    model = FactorAnalysis(4, 2)
+    learner = AmortisedLearner(
+        model, n_sleep=100, n_held_out=20, lam=0.5, solver=fastamort.SolverConfig("cg", tol=1e-4)
+    )
+    config = learner.config
+    assert isinstance(config, fastamort.LearnerConfig)
+    assert (config.n_sleep, config.n_held_out, config.lam, config.lam_rule) == (100, 20, 0.5, None)
+    assert learner.n_sleep == 100 and learner.solver is config.solver and not learner.warm_start
+    assert learner.hyperparameters() == config.hyperparameters("expfam")
+    with pytest.raises(AttributeError):
+        config.n_sleep = 10  # frozen
+    with pytest.raises(AttributeError):
+        learner.n_sleep = 10  # read from the config
+    assert config.replace(sleep_refresh=0.5).uses_warm_start  # cg, aligned sleep sets
+    assert fastamort.LearnerConfig().lam_rule == "loo"
+    with pytest.raises(ValueError, match="n_sleep: expected an integer >= 2"):
+        config.replace(n_sleep=1)
+    with pytest.raises(TypeError, match=r"solver: expected a fastamort\.solvers\.SolverConfig"):
+        fastamort.LearnerConfig(solver="exact")

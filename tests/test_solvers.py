@@ -421,3 +421,41 @@ def test_kernel_loss_solves_against_the_held_out_gram_when_it_is_narrower(monkey
     for n_held in (4, 30):
         kernel_loss(model, Gaussian(2.5), sleep, model.sample(n_held), 0.3, estimator="expfam")
     assert widths == [4, 11]  # 1 + P = 11 targets for FactorAnalysis(5, 2)
+
+
+def test_loose_solver_options_are_deprecated_in_favour_of_a_config():
+    model, x, sleep = _problem(m=60)
+    opts = {"sleep": sleep, "kernel": Gaussian(1.0), "lam": 0.1}
+    with pytest.warns(FutureWarning, match=r"n_inducing: loose solver options are deprecated"):
+        loose = amortised_estimate(model, x, **opts, solver="nystrom", n_inducing=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a config, or a bare name: no warning
+        torch.manual_seed(0)
+        config = SolverConfig("nystrom", n_inducing=20)
+        amortised_estimate(model, x, **opts, solver=config)
+        amortised_estimate(model, x, **opts, solver="exact")
+        kernel_loss(model, Gaussian(1.0), sleep, sleep, 0.1, solver=config)
+        AmortisedLearner(model, solver=SolverConfig("cg", tol=1e-4))
+    with pytest.warns(FutureWarning, match=r"tol, inducing: .*SolverConfig\('cg', tol=0.001"):
+        learner = AmortisedLearner(model, solver="cg", tol=1e-3, inducing="greedy")
+    assert learner.solver == SolverConfig("cg", tol=1e-3, inducing="greedy")
+    with pytest.warns(FutureWarning, match="n_features"):
+        kernel_loss(model, Gaussian(1.0), sleep, sleep, 0.1, solver="rff", n_features=10)
+    with pytest.raises(ValueError, match="n_inducing: set in the SolverConfig"):
+        amortised_estimate(model, x, **opts, solver=config, n_inducing=20)
+    assert loose.info["solver"] == "nystrom"
+
+
+def test_amortised_objective_shares_amortised_estimates_signature():
+    import inspect
+
+    objective = inspect.signature(fastamort.amortised_objective)
+    estimate = inspect.signature(amortised_estimate)
+    assert list(objective.parameters) == list(estimate.parameters)
+    assert objective.parameters == estimate.parameters
+    model, x, sleep = _problem(m=60)
+    opts = {"sleep": sleep, "kernel": Gaussian(1.0), "lam": 0.1}
+    value = fastamort.amortised_objective(model, x, **opts)
+    torch.testing.assert_close(value, amortised_estimate(model, x, **opts).objective)
+    with pytest.raises(TypeError, match="n_slep"):
+        fastamort.amortised_objective(model, x, n_slep=10)

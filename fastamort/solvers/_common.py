@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -149,21 +150,31 @@ def solver_config(
     n_inducing: int | None = None,
     n_features: int | None = None,
     tol: float | None = None,
-    inducing: str = "uniform",
+    inducing: str | None = None,
+    *,
+    stacklevel: int = 3,
 ) -> SolverConfig:
-    """``solver`` as a :class:`SolverConfig`: a name with its loose options, or a config as it
-    is (the loose options must then be left at their defaults)."""
-    if not isinstance(solver, SolverConfig):
-        return SolverConfig(solver, n_inducing, n_features, tol, inducing)
-    loose = {"n_inducing": n_inducing, "n_features": n_features, "tol": tol}
-    given = [k for k, v in loose.items() if v is not None] + (
-        ["inducing"] if inducing != "uniform" else []
-    )
+    """``solver`` as a :class:`SolverConfig`: a config as it is, or a name with its loose
+    options (deprecated: a :class:`FutureWarning` at ``stacklevel`` names them). Loose options
+    beside a config are an error."""
+    loose = {"n_inducing": n_inducing, "n_features": n_features, "tol": tol, "inducing": inducing}
+    given = {k: v for k, v in loose.items() if v is not None}
+    if isinstance(solver, SolverConfig):
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: set in the SolverConfig passed as solver=, not beside it"
+            )
+        return solver
+    config = SolverConfig(solver, **given)
     if given:
-        raise ValueError(
-            f"{', '.join(given)}: set in the SolverConfig passed as solver=, not beside it"
+        options = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        warnings.warn(
+            f"{', '.join(given)}: loose solver options are deprecated and will be removed; "
+            f"pass solver=fastamort.SolverConfig({solver!r}, {options})",
+            FutureWarning,
+            stacklevel=stacklevel,
         )
-    return solver
+    return config
 
 
 def row_chunks(n: int, width: int, elements: int | None = None) -> Iterator[slice]:
