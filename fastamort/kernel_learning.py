@@ -3,7 +3,7 @@
 The estimator is only as good as the regression of the log joint (or its exponential-family
 parts) on x. :func:`kernel_loss` fits the KRR on one sleep set and scores it on a separate,
 held-out sleep set — the authors' criterion, with the per-sample error (five of their
-notebooks averaged the prediction first, AUTHORS_CODE.md §6.1). It is differentiable w.r.t.
+notebooks in kevin-w-li/al-ws averaged the prediction first). It is differentiable w.r.t.
 the kernel's lengthscale and feature network and w.r.t. λ, through ``gram``,
 ``ridge_solve`` and ``gram_matmul``; the targets are detached (the model is not trained here).
 

@@ -9,7 +9,7 @@ likelihood        S(x)       η                    Ψ                           
 Gaussian          (x, x²)    (μ/σ², −1/(2σ²))     Σ μ²/(2σ²) + ½ log(2πσ²)        0
 Bernoulli         x          logits               Σ softplus(logits)              0
 Poisson           x          log rate             Σ rate   (sign: +, unlike the   −Σ log x!
-                                                  authors' code, see AUTHORS_CODE §6.1)
+                                                  authors' Likelihoods.py)
 ================  =========  ===================  ==============================  ==============
 """
 

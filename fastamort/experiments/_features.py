@@ -3,7 +3,7 @@
 ``"none"`` (the default): a Gaussian kernel on the raw observations. ``"linear-bn"``: a
 Gaussian kernel on φ(x) = BatchNorm(W x + b), one learned linear map followed by batch
 normalisation, the authors' "linear network followed by batch norm (in the paper)" (PAPER.md
-§5.10; AUTHORS_CODE.md §2.1). The learner trains W, b, the BatchNorm affine parameters, the
+§5.10; the authors' Features.py in kevin-w-li/al-ws). The learner trains W, b, the BatchNorm affine parameters, the
 lengthscale and λ on held-out sleep samples; the BatchNorm statistics are set to the exact
 statistics of each kernel step's fresh sleep set and frozen (eval mode) for that step's sleep
 and wake evaluation (:meth:`fastamort.kernels.Kernel.calibrate_batch_norm`, called by

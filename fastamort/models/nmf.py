@@ -3,7 +3,7 @@
 z ~ U(0, 1)^k, logits = W·logit(z) + b with W = softplus(V) ≥ 0 (D×k), x_d ~ Bernoulli(σ(logits_d)).
 
 This is the form of the authors' benchmark (the G-Rep "beta-gamma" matrix factorisation,
-AUTHORS_CODE.md §4.9: p = σ(logit(z)·W + b), W ≥ 0). Choices made here:
+the authors' run_mf.py in kevin-w-li/al-ws: p = σ(logit(z)·W + b), W ≥ 0). Choices made here:
 
 * The latent is stored as u = logit(z) ∈ R^k, not as z: z = σ(u) is uniform on (0, 1)^k
   exactly when u is standard logistic, so :meth:`BernoulliNMF.log_prior` is the logistic
