@@ -53,6 +53,8 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
         )
+    if torch.compiler.is_compiling():  # traced tensors carry no negative bit
+        return t
     return t.resolve_neg() if t.is_neg() else t
 
 
@@ -110,8 +112,14 @@ def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
             )
 
 
-def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
-    """The lengthscale as a 0-d tensor of ``like``'s dtype and device (gradients kept)."""
+def check_lengthscale(
+    lengthscale: object, like: torch.Tensor, *, values: bool = True
+) -> torch.Tensor:
+    """The lengthscale as a 0-d tensor of ``like``'s dtype and device (gradients kept).
+
+    ``values=False``: a tensor's value is not read (no host sync; the op checks it in its body
+    by :func:`check_lengthscale_value`), only its type and shape.
+    """
     if isinstance(lengthscale, torch.Tensor):
         if lengthscale.ndim != 0:
             raise ValueError(
@@ -121,7 +129,7 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
         if not lengthscale.is_floating_point():
             raise TypeError(f"lengthscale: expected a floating tensor, got {lengthscale.dtype}")
         ell = lengthscale.to(dtype=like.dtype, device=like.device)
-        if not has_data(lengthscale):
+        if not values or not has_data(lengthscale):
             return ell
         value = float(lengthscale.detach())
     elif is_real_scalar(lengthscale):
@@ -131,15 +139,20 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             f"lengthscale: expected a float or a 0-d tensor, got {type(lengthscale).__name__}"
         )
+    check_lengthscale_value(value, like.dtype)
+    return ell
+
+
+def check_lengthscale_value(value: float, dtype: torch.dtype) -> None:
+    """A lengthscale ``value`` positive, finite and large enough that ``dtype`` holds ℓ²."""
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"lengthscale: must be positive and finite, got {value}")
-    smallest = math.sqrt(torch.finfo(like.dtype).tiny)  # ℓ² a normal number, 1/ℓ² finite
+    smallest = math.sqrt(torch.finfo(dtype).tiny)  # ℓ² a normal number, 1/ℓ² finite
     if value < smallest:
         raise ValueError(
             f"lengthscale: {value:.3g} is below {smallest:.3g}, the smallest whose square "
-            f"{like.dtype} holds (rescale the points, or use float64)"
+            f"{dtype} holds (rescale the points, or use float64)"
         )
-    return ell
 
 
 def check_points(*named: tuple[str, torch.Tensor], squared: bool = True) -> None:

@@ -16,7 +16,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backends import cpp_module, cpp_unavailable_reason
+from .._backends import cpp_unavailable_reason
+from . import _cpp
 from .cholesky import NotPSDError, cholesky
 from .ridge_solve import k_and_lam_grads
 
@@ -43,10 +44,10 @@ def _narrowed_factor(k: torch.Tensor, alpha: float, backend: str):
     if not bool(torch.isfinite(k.diagonal()).all()) or not math.isfinite(alpha):
         return None
     if backend in ("auto", "cpp") and k.is_contiguous() and cpp_unavailable_reason() is None:
-        lower_np, info, frobenius_sq = cpp_module().cholesky_narrowed(k.numpy(), float(alpha))
+        lower, info, frobenius_sq = _cpp.cholesky_narrowed(k, alpha)
         if info != 0 or not math.isfinite(frobenius_sq):
             return None
-        lower, k_norm = torch.from_numpy(lower_np), math.sqrt(frobenius_sq)
+        k_norm = math.sqrt(frobenius_sq)
     else:
         a32 = k.to(torch.float32)
         a32.diagonal().add_(alpha)
