@@ -84,6 +84,59 @@ def check_finite(*named: tuple[str, torch.Tensor]) -> None:
             raise ValueError(f"{name}: contains NaN or infinite values")
 
 
+def traced() -> bool:
+    """True under ``torch.compile`` tracing or inside a ``torch.func`` transform (vmap, grad):
+    checks that read values then run inside registered ops, not in Python."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def finite_or_raise(anchor: torch.Tensor, *checks: tuple[torch.Tensor, str]) -> torch.Tensor:
+    """``anchor``, once every tensor of ``checks`` (tensor, message) is free of NaN and infinity;
+    else ``ValueError(message)`` of the first that is not.
+
+    Eager: checked here and ``anchor`` itself returned. Traced (:func:`traced`): checked inside
+    the registered op ``fastamort::check_finite`` (no graph break), which returns a copy of
+    ``anchor``; the caller uses it in ``anchor``'s place, which keeps the check in the graph.
+    """
+    if not checks:
+        return anchor
+    if traced():
+        tensors, messages = zip(*checks, strict=True)
+        return _check_finite_op(anchor, list(tensors), "\n".join(messages))
+    for t, message in checks:
+        if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
+            raise ValueError(message)
+    return anchor
+
+
+@torch.library.custom_op("fastamort::check_finite", mutates_args=())
+def _check_finite_op(
+    anchor: torch.Tensor, tensors: list[torch.Tensor], messages: str
+) -> torch.Tensor:
+    """A copy of ``anchor`` once each of ``tensors`` is finite (messages: one a line)."""
+    for t, message in zip(tensors, messages.split("\n"), strict=True):
+        if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+            raise ValueError(message)
+    return anchor.clone()
+
+
+@_check_finite_op.register_fake
+def _(anchor, tensors, messages):
+    return torch.empty_like(anchor)
+
+
+def _check_finite_backward(ctx, grad):
+    return grad, None, None
+
+
+def _check_finite_vmap(info, in_dims, anchor, tensors, messages):
+    return _check_finite_op(anchor, tensors, messages), in_dims[0]
+
+
+_check_finite_op.register_autograd(_check_finite_backward, setup_context=lambda *_: None)
+torch.library.register_vmap(_check_finite_op, _check_finite_vmap)
+
+
 def as_columns(
     t: torch.Tensor, name: str, n: int, ref: tuple[str, torch.Tensor]
 ) -> tuple[torch.Tensor, bool]:

@@ -17,6 +17,7 @@ from fastamort.ops.gram_matmul import gram_matmul_op
 from fastamort.ops.kernel_math import KERNEL_IDS
 from fastamort.ops.kernel_ridge_batched import kernel_ridge_batched_op
 from fastamort.ops.ridge_solve import cholesky_solve_op, ridge_solve_op
+from fastamort.ops.ridge_solve_mixed import ridge_solve_mixed, ridge_solve_mixed_op
 
 GAUSS = KERNEL_IDS["gaussian"]
 LAPLACE = KERNEL_IDS["laplacian"]
@@ -330,3 +331,83 @@ def test_compiled_value_checks_raise_the_eager_errors(device, backend):
         compiled(x, y, xq, -ell, lam)
     with pytest.raises(ValueError, match="lam: must be >= 0"):
         compiled(x, y, xq, ell, -lam)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile(fullgraph=True) of amortised_objective with a fixed sleep set and kernel
+# --------------------------------------------------------------------------------------------
+def _objective_setup():
+    from fastamort.kernels import Gaussian
+    from fastamort.models import FactorAnalysis
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(obs_dim=3, latent_dim=1).double()
+    x_wake = torch.randn(20, 3, dtype=torch.float64)
+    with torch.no_grad():
+        sleep = model.sample(60)
+    kernel = Gaussian().double().init_from(sleep[1])
+
+    def objective(x):
+        return fastamort.amortised_objective(model, x, sleep=sleep, kernel=kernel, lam=0.1)
+
+    return model, x_wake, objective
+
+
+def test_compile_fullgraph_amortised_objective_matches_eager():
+    torch._dynamo.reset()
+    model, x_wake, objective = _objective_setup()
+    params = list(model.parameters())
+    compiled = torch.compile(objective, fullgraph=True, backend="aot_eager")
+    got = compiled(x_wake)
+    got_grads = torch.autograd.grad(got, params)
+    want = objective(x_wake)
+    want_grads = torch.autograd.grad(want, params)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    bad = x_wake.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x_wake: contains NaN or infinite values"):
+        compiled(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# ridge_solve_mixed (float32 factor, float64 refinement)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("declines", [False, True], ids=["refined", "float64-fallback"])
+def test_opcheck_ridge_solve_mixed(backend, declines):
+    if backend == "cpp" and fastamort.backend_report()["cpp"] != "available":
+        pytest.skip("extension not built")
+    k = _spd(1, 12)[0]
+    if declines:  # κ far beyond float32: the float32 route declines, the op solves in float64
+        q = torch.linalg.qr(_points(12, 12, seed=5))[0]
+        k = q @ torch.diag(torch.logspace(0, -13, 12, dtype=torch.float64)) @ q.mT
+    k.requires_grad_()
+    b = _points(12, 2, grad=True, seed=1)
+    lam = torch.tensor(1e-12 if declines else 0.1, dtype=torch.float64, requires_grad=True)
+    _opcheck(ridge_solve_mixed_op, (k, b, lam, backend))
+    x, _, k_norm = ridge_solve_mixed_op(k, b, lam, backend)
+    assert bool(k_norm < 0) == declines
+    eager = ridge_solve_mixed(k, b, lam, backend)
+    assert (eager is None) == declines
+    want = fastamort.ridge_solve(k, b, lam, backend=backend) if declines else eager
+    torch.testing.assert_close(x, want, rtol=1e-9, atol=1e-9)
+    sym = lambda a, c, e: ridge_solve_mixed_op((a + a.mT) / 2, c, e, backend)[0]  # noqa: E731
+    if not declines:
+        assert gradcheck(sym, (k, b, lam))
+
+
+def test_compile_fullgraph_ridge_solve_mixed():
+    torch._dynamo.reset()
+    k = _spd(1, 10)[0].requires_grad_()
+    b = _points(10, 3, grad=True, seed=1)
+
+    def solve(a, c):
+        return ridge_solve_mixed((a + a.mT) / 2, c, 0.1, "auto").square().sum()
+
+    compiled = torch.compile(solve, fullgraph=True, backend="aot_eager")
+    got = _value_and_grads(compiled, (k, b))
+    want = _value_and_grads(solve, (k, b))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)

@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .._checks import traced
+
+__all__ = ["autograd_inside_op", "register_batch_vmap", "register_loop_vmap", "traced"]
+
 _C = torch._C
-
-
-def traced() -> bool:
-    """True under ``torch.compile`` tracing or inside a ``torch.func`` transform (vmap, grad):
-    the public ops then call their registered ``torch.ops.fastamort`` op."""
-    return torch.compiler.is_compiling() or _C._are_functorch_transforms_active()
 
 
 @contextlib.contextmanager
