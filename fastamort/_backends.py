@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from functools import cache
 from types import ModuleType
+from typing import Literal, Protocol
 
 import torch
 
@@ -108,11 +109,13 @@ def _why_not(backend: str, device: torch.device) -> str | None:
     return reason
 
 
+@torch.compiler.assume_constant_result
 def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
     """The backend that runs ``op`` on tensors of ``device``.
 
     ``backend`` None or "auto" defers to ``FASTAMORT_BACKEND`` and then to the automatic
-    order; anything explicit is checked and refused with the reason.
+    order; anything explicit is checked and refused with the reason. ``torch.compile`` runs
+    this once while tracing and keeps the answer as a constant of the compiled graph.
     """
     requested = "auto" if backend is None else backend
     source = "backend"
@@ -149,6 +152,99 @@ def backend_report() -> dict[str, str]:
     else:
         report["triton"] = "imports, but no CUDA device (set TRITON_INTERPRET=1 to interpret)"
     return report
+
+
+class GramBackend(Protocol):
+    """The Gram jobs of a compiled backend (``fastamort.ops._cpp``, ``fastamort.ops._triton_gram``).
+
+    Tensors are batched, (B, ·, ·); ``kid`` is an id of :mod:`fastamort.ops.kernel_math` and
+    ``ell`` the lengthscale as a 0-d tensor.
+    """
+
+    def gram_forward(
+        self, x: torch.Tensor, y: torch.Tensor | None, kid: int, ell: torch.Tensor
+    ) -> torch.Tensor:
+        """K (B, M, N) of x (B, M, D) and y (B, N, D) (None: y = x)."""
+
+    def gram_matmul_forward(
+        self, x: torch.Tensor, y: torch.Tensor | None, v: torch.Tensor, kid: int, ell: torch.Tensor
+    ) -> torch.Tensor:
+        """K(x, y) @ v (B, M, P) for v (B, N, P), without storing K."""
+
+    def gram_backward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        grad: torch.Tensor,
+        v: torch.Tensor | None,
+        kid: int,
+        ell: torch.Tensor,
+        need_x: bool = True,
+        need_y: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(dx | None, dy | None, dℓ 0-d): gradients of sum(G ∘ K), G = grad or grad·vᵀ;
+        only the point gradients asked for."""
+
+    def gram_ell_grad(
+        self, k: torch.Tensor, grad: torch.Tensor, kid: int, ell: torch.Tensor
+    ) -> torch.Tensor:
+        """dℓ (0-d) of sum(grad ∘ K) from K itself (no distances)."""
+
+
+class RidgeBackend(Protocol):
+    """The factor/solve jobs of a backend (``fastamort.ops._cpp``, ``fastamort.ops._torch``,
+    ``fastamort.ops._triton_ridge``): only lower triangles are read, ``shift`` (B,) float64 is
+    added to the diagonals, and ``info`` (B,) int64 > 0 marks the members that failed (their
+    outputs are garbage or NaN); a factor with a pivot L_jj² below the dtype's smallest normal
+    number counts as failed."""
+
+    def factor(self, a: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L (B, n, n), info)."""
+
+    def solve(self, lower: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x (B, n, p) with L Lᵀ x = b."""
+
+    def ridge(
+        self, k: torch.Tensor, b: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(x (B, n, p), L, info) for (k + shift·I) x = b."""
+
+
+class FusedRidgeBackend(RidgeBackend, Protocol):
+    """A :class:`RidgeBackend` with the fused kernel ridge job (``cpp`` and ``triton``)."""
+
+    def kernel_ridge_batched(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        shift: torch.Tensor,
+        kid: int,
+        ell: torch.Tensor,
+        x_new: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(alpha (B, n, p), prediction (B, m, p) | None, info) of K(x, x) + shift·I fits."""
+
+
+_IMPL_MODULES = {
+    ("gram", "cpp"): "fastamort.ops._cpp",
+    ("gram", "triton"): "fastamort.ops._triton_gram",
+    ("ridge", "cpp"): "fastamort.ops._cpp",
+    ("ridge", "torch"): "fastamort.ops._torch",
+    ("ridge", "triton"): "fastamort.ops._triton_ridge",
+}
+
+
+def backend_impl(kind: Literal["gram", "ridge"], backend: str) -> GramBackend | RidgeBackend:
+    """The adapter module of ``backend`` for the ``kind`` of job: a :class:`GramBackend`
+    ("gram": "cpp" or "triton") or a :class:`RidgeBackend` ("ridge": "cpp", "torch" or
+    "triton"). The Triton modules are imported on first use."""
+    try:
+        module = _IMPL_MODULES[kind, backend]
+    except KeyError:
+        raise ValueError(f"no {kind} adapters for backend {backend!r}") from None
+    if backend == "triton":
+        return triton_module(module)  # type: ignore[return-value]
+    return importlib.import_module(module)  # type: ignore[return-value]
 
 
 _RECORDERS: list[list[tuple[str, str]]] = []

@@ -53,6 +53,8 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(t.shape)}"
         )
+    if torch.compiler.is_compiling():  # traced tensors carry no negative bit
+        return t
     return t.resolve_neg() if t.is_neg() else t
 
 
@@ -80,6 +82,59 @@ def check_finite(*named: tuple[str, torch.Tensor]) -> None:
     for name, t in named:
         if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
+
+
+def traced() -> bool:
+    """True under ``torch.compile`` tracing or inside a ``torch.func`` transform (vmap, grad):
+    checks that read values then run inside registered ops, not in Python."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def finite_or_raise(anchor: torch.Tensor, *checks: tuple[torch.Tensor, str]) -> torch.Tensor:
+    """``anchor``, once every tensor of ``checks`` (tensor, message) is free of NaN and infinity;
+    else ``ValueError(message)`` of the first that is not.
+
+    Eager: checked here and ``anchor`` itself returned. Traced (:func:`traced`): checked inside
+    the registered op ``fastamort::check_finite`` (no graph break), which returns a copy of
+    ``anchor``; the caller uses it in ``anchor``'s place, which keeps the check in the graph.
+    """
+    if not checks:
+        return anchor
+    if traced():
+        tensors, messages = zip(*checks, strict=True)
+        return _check_finite_op(anchor, list(tensors), "\n".join(messages))
+    for t, message in checks:
+        if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
+            raise ValueError(message)
+    return anchor
+
+
+@torch.library.custom_op("fastamort::check_finite", mutates_args=())
+def _check_finite_op(
+    anchor: torch.Tensor, tensors: list[torch.Tensor], messages: str
+) -> torch.Tensor:
+    """A copy of ``anchor`` once each of ``tensors`` is finite (messages: one a line)."""
+    for t, message in zip(tensors, messages.split("\n"), strict=True):
+        if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+            raise ValueError(message)
+    return anchor.clone()
+
+
+@_check_finite_op.register_fake
+def _(anchor, tensors, messages):
+    return torch.empty_like(anchor)
+
+
+def _check_finite_backward(ctx, grad):
+    return grad, None, None
+
+
+def _check_finite_vmap(info, in_dims, anchor, tensors, messages):
+    return _check_finite_op(anchor, tensors, messages), in_dims[0]
+
+
+_check_finite_op.register_autograd(_check_finite_backward, setup_context=lambda *_: None)
+torch.library.register_vmap(_check_finite_op, _check_finite_vmap)
 
 
 def as_columns(
@@ -110,8 +165,14 @@ def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
             )
 
 
-def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
-    """The lengthscale as a 0-d tensor of ``like``'s dtype and device (gradients kept)."""
+def check_lengthscale(
+    lengthscale: object, like: torch.Tensor, *, values: bool = True
+) -> torch.Tensor:
+    """The lengthscale as a 0-d tensor of ``like``'s dtype and device (gradients kept).
+
+    ``values=False``: a tensor's value is not read (no host sync; the op checks it in its body
+    by :func:`check_lengthscale_value`), only its type and shape.
+    """
     if isinstance(lengthscale, torch.Tensor):
         if lengthscale.ndim != 0:
             raise ValueError(
@@ -121,7 +182,7 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
         if not lengthscale.is_floating_point():
             raise TypeError(f"lengthscale: expected a floating tensor, got {lengthscale.dtype}")
         ell = lengthscale.to(dtype=like.dtype, device=like.device)
-        if not has_data(lengthscale):
+        if not values or not has_data(lengthscale):
             return ell
         value = float(lengthscale.detach())
     elif is_real_scalar(lengthscale):
@@ -131,15 +192,20 @@ def check_lengthscale(lengthscale: object, like: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             f"lengthscale: expected a float or a 0-d tensor, got {type(lengthscale).__name__}"
         )
+    check_lengthscale_value(value, like.dtype)
+    return ell
+
+
+def check_lengthscale_value(value: float, dtype: torch.dtype) -> None:
+    """A lengthscale ``value`` positive, finite and large enough that ``dtype`` holds ℓ²."""
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"lengthscale: must be positive and finite, got {value}")
-    smallest = math.sqrt(torch.finfo(like.dtype).tiny)  # ℓ² a normal number, 1/ℓ² finite
+    smallest = math.sqrt(torch.finfo(dtype).tiny)  # ℓ² a normal number, 1/ℓ² finite
     if value < smallest:
         raise ValueError(
             f"lengthscale: {value:.3g} is below {smallest:.3g}, the smallest whose square "
-            f"{like.dtype} holds (rescale the points, or use float64)"
+            f"{dtype} holds (rescale the points, or use float64)"
         )
-    return ell
 
 
 def check_points(*named: tuple[str, torch.Tensor], squared: bool = True) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ._checks import check_int, is_real_scalar
+from ._checks import check_int, finite_or_raise, is_real_scalar, traced
 from .hyperparameters import (  # noqa: F401 (re-exported: fastamort.estimator.choose_lambda)
     LAMBDA_GRID,
     LAMBDA_MAX_POINTS,
@@ -163,17 +163,17 @@ def check_sleep(
         )
     if like is not None and x.device != like[1]:
         raise ValueError(f"{name}: x is on {x.device} but the model is on {like[1]}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: x contains NaN or infinite values")
+    checks = [(x, f"{name}: x contains NaN or infinite values")]
+    if not traced():  # (traced: all checked at once by one registered op, below)
+        x, checks = finite_or_raise(x, *checks), []
     if isinstance(z, torch.Tensor) and (z.ndim == 0 or z.shape[0] != x.shape[0]):
         raise ValueError(
             f"{name}: z must have one row per sample of x ({x.shape[0]}), "
             f"got shape {tuple(z.shape)}"
         )
-    for t in _latent_tensors(z):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: z contains NaN or infinite values")
-    return z, x.detach()
+    z_message = f"{name}: z contains NaN or infinite values"
+    checks += [(t, z_message) for t in _latent_tensors(z) if t.is_floating_point()]
+    return z, finite_or_raise(x, *checks).detach()
 
 
 def resolve_estimator(model: object, estimator: str) -> str:
@@ -205,9 +205,7 @@ def check_wake(x_wake: object, sleep_x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"x_wake: device {x_wake.device} differs from the model's {sleep_x.device}"
         )
-    if not bool(torch.isfinite(x_wake).all()):
-        raise ValueError("x_wake: contains NaN or infinite values")
-    return x_wake
+    return finite_or_raise(x_wake, (x_wake, "x_wake: contains NaN or infinite values"))
 
 
 def regression_parts(model, z, x, estimator: str) -> tuple[torch.Tensor, torch.Tensor | None]:

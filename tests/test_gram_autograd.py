@@ -112,10 +112,10 @@ def test_gradgradcheck_float64(device, backend, kernel, matmul):
 
 
 class _Spy:
-    """Records the calls of one backend's Gram kernels (gram_backend_impl) and forwards them."""
+    """Records the calls of one backend's Gram kernels (backend_impl) and forwards them."""
 
     def __init__(self, monkeypatch, backend):
-        impl = gram_module.gram_backend_impl(backend)
+        impl = gram_module.backend_impl("gram", backend)
         self.calls: list[tuple] = []
         names = ("gram_forward", "gram_matmul_forward", "gram_backward", "gram_ell_grad")
         spied = {name: self._wrap(name, getattr(impl, name)) for name in names}
@@ -126,7 +126,7 @@ class _Spy:
         for name, fn in spied.items():
             setattr(Impl, name, staticmethod(fn))
         for module in (gram_module, gram_matmul_module):
-            monkeypatch.setattr(module, "gram_backend_impl", lambda b: Impl)
+            monkeypatch.setattr(module, "backend_impl", lambda kind, b: Impl)
 
     def _wrap(self, name, fn):
         def call(*args, **kwargs):

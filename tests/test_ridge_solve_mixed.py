@@ -145,14 +145,14 @@ def test_mixed_precision_cpp_route_runs_and_matches_the_torch_route(monkeypatch)
     b = torch.randn(300, 3, generator=g, dtype=torch.float64)
     exact = torch.linalg.solve(k + 0.1 * torch.eye(300, dtype=torch.float64), b)
     calls = []
-    real_module = rsm.cpp_module()
+    real_module = rsm._cpp.cpp_module()
 
     class Spy:
         def __getattr__(self, name):
             calls.append(name)
             return getattr(real_module, name)
 
-    monkeypatch.setattr(rsm, "cpp_module", Spy)
+    monkeypatch.setattr(rsm._cpp, "cpp_module", Spy)
     fast = rsm.solve_mixed(k, b, 0.1, "cpp")
     assert calls and calls[0] == "cholesky_narrowed"
     calls.clear()

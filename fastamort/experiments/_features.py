@@ -3,10 +3,11 @@
 ``"none"`` (the default): a Gaussian kernel on the raw observations. ``"linear-bn"``: a
 Gaussian kernel on φ(x) = BatchNorm(W x + b), one learned linear map followed by batch
 normalisation, the authors' "linear network followed by batch norm (in the paper)" (PAPER.md
-§5.10; the authors' Features.py in kevin-w-li/al-ws). The learner trains W, b, the BatchNorm affine parameters, the
-lengthscale and λ on held-out sleep samples; the BatchNorm statistics are set to the exact
-statistics of each kernel step's fresh sleep set and frozen (eval mode) for that step's sleep
-and wake evaluation (:meth:`fastamort.kernels.Kernel.calibrate_batch_norm`, called by
+§5.10; the authors' Features.py in kevin-w-li/al-ws). The learner trains W, b, the BatchNorm
+affine parameters, the lengthscale and λ on held-out sleep samples; the BatchNorm statistics
+are set to the exact statistics of each kernel step's fresh sleep set and frozen (eval mode)
+for that step's sleep and wake evaluation
+(:meth:`fastamort.kernels.Kernel.calibrate_batch_norm`, called by
 :func:`fastamort.kernel_loss`), never the batch statistics of the authors' train-mode nets.
 """
 

@@ -11,7 +11,8 @@ S(x) = (x, x²); the prior log p(c, z) = log π_c + log N(z; μ_c, Σ_c) carries
 
 Choices: σ_d = ``min_std`` + exp(s_d) (a floor, so the noise cannot collapse to zero and the
 importance-sampling evaluation stays usable), L_c's diagonal = ``min_scale`` + softplus(·).
-The authors' MAP priors on α, μ and Σ (the authors' Pinwheel notebooks in kevin-w-li/al-ws) are not used: maximum likelihood.
+The authors' MAP priors on α, μ and Σ (their Pinwheel notebooks in kevin-w-li/al-ws) are not
+used: maximum likelihood.
 :func:`fastamort.baselines.encoder_for` does not apply (the latent is a tuple).
 """
 

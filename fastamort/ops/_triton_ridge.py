@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._jitter import mark_tiny_pivots
 from ._triton_gram import (
     _LAPLACIAN_ID,
     INTERPRETER,
@@ -701,7 +702,8 @@ def factor(
     """``(L (B, n, n), info (B,) int64)``: ``L Lᵀ = a + shift·I`` from ``a``'s lower triangle.
 
     ``L`` has exact zeros above the diagonal; ``info[b] = j + 1`` (first pivot ``j`` not positive
-    and finite) marks a failed member, whose ``L`` is garbage. ``block``: the blocked method's
+    and finite, or L_jj² below the smallest normal number) marks a failed member, whose ``L`` is
+    garbage. ``block``: the blocked method's
     block width (a power of two >= 16).
     """
     batch, n = a.shape[0], a.shape[-1]
@@ -712,15 +714,16 @@ def factor(
         return torch.zeros_like(a), torch.zeros(batch, dtype=torch.int64, device=a.device)
     if chosen == "cusolver":
         lower, info = torch.linalg.cholesky_ex(_shifted_lower(a, shift))
-        return lower, info.long()
-    if chosen == "blocked":
-        return _factor_blocked(a, shift, block)
-    lower = torch.empty((batch, n, n), dtype=a.dtype, device=a.device)
-    info = torch.empty(batch, dtype=torch.int64, device=a.device)
-    _factor_small[(batch,)](
-        a, shift.contiguous(), lower, info, n, *a.stride(), *lower.stride(), BLOCK_N=_block_n(n)
-    )
-    return lower, info
+        info = info.long()
+    elif chosen == "blocked":
+        lower, info = _factor_blocked(a, shift, block)
+    else:
+        lower = torch.empty((batch, n, n), dtype=a.dtype, device=a.device)
+        info = torch.empty(batch, dtype=torch.int64, device=a.device)
+        _factor_small[(batch,)](
+            a, shift.contiguous(), lower, info, n, *a.stride(), *lower.stride(), BLOCK_N=_block_n(n)
+        )
+    return lower, mark_tiny_pivots(lower, info)
 
 
 def solve(lower: Tensor, b: Tensor) -> Tensor:
@@ -783,7 +786,8 @@ def ridge(
         BLOCK_N=_block_n(n),
         BLOCK_P=_block_p(p),
     )
-    return x, lower, info
+    info = mark_tiny_pivots(lower, info)
+    return torch.where((info == 0)[:, None, None], x, float("nan")), lower, info
 
 
 def kernel_ridge_batched(

@@ -1,37 +1,26 @@
 """``cholesky``: lower Cholesky factors on three backends, with safe failure and autograd.
 
-Also home of what the ridge ops share: the backend adapters for factor/solve, the jitter
-policy (:func:`factor_with_jitter`), :class:`NotPSDError` and :class:`NumericalWarning`.
-
-Jitter policy (``jitter="auto"``): factor every batch member as given; for the members that
-fail (and only those) add ``JITTER_START[dtype] × mean|diag|`` to the diagonal and retry,
-×10 per retry, up to ``10**JITTER_RETRIES`` times the first jitter (the cap: 0.1 × mean|diag|
-in float32, 1e-5 × mean|diag| in float64), with a :class:`NumericalWarning` each time; then
-raise :class:`NotPSDError` naming the size, dtype, batch index and the jitter tried.
-Non-finite input is refused up front with ``ValueError`` (never ``NotPSDError``). A member whose
-jitter scale (mean |diagonal| + λ) is 0, or so small that its first jitter is not a normal number
-of the dtype, is reported at once: there is no jitter relative to it.
-
-A factorisation succeeds only with every pivot L_jj² a positive *normal* number on every backend:
-LAPACK and cuSOLVER accept any positive pivot, and a subnormal one (a numerically zero matrix)
-gives a factor whose solve overflows to ∞ and NaN.
+The jitter policy (``jitter="auto"``) and its errors live in :mod:`fastamort.ops._jitter`;
+:class:`NotPSDError`, :class:`NumericalWarning` and the jitter constants stay importable here.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import sys
-import warnings
-from collections.abc import Callable
-from types import SimpleNamespace
-
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import check_finite, check_tensor, has_data, is_real_scalar
+from .._backends import backend_impl, note_backend, resolve_backend
+from .._checks import check_finite, check_tensor
+from ._jitter import (
+    JITTER_RETRIES,
+    JITTER_START,
+    NotPSDError,
+    NumericalWarning,
+    check_jitter,
+    factor_with_jitter,
+    mean_abs_diagonal,
+)
+from ._library import register_batch_vmap, traced
 
 __all__ = [
     "JITTER_RETRIES",
@@ -41,218 +30,6 @@ __all__ = [
     "cholesky",
     "cholesky_ref",
 ]
-
-#: First jitter, relative to the mean absolute diagonal, per dtype.
-JITTER_START = {torch.float32: 1e-6, torch.float64: 1e-10}
-#: ×10 steps after the first jittered try: the last adds ``10**JITTER_RETRIES × JITTER_START``,
-#: 0.1 (float32) or 1e-5 (float64) times the mean |diagonal| (six jittered tries in all).
-JITTER_RETRIES = 5
-
-
-class NotPSDError(ValueError):
-    """A matrix is not (numerically) positive definite, even with the jitter tried."""
-
-
-class NumericalWarning(RuntimeWarning):
-    """Jitter was added to a diagonal to make a factorisation succeed."""
-
-
-# --------------------------------------------------------------------------------------
-# Backend adapters: factor(a (B,n,n), shift (B,) float64) -> (L, info (B,) int64 tensor),
-# solve(L, b (B,n,p)) -> x, ridge(k, b, shift) -> (x, L, info). Only the lower triangle of
-# the input is read. info > 0 marks the members whose factorisation failed.
-# --------------------------------------------------------------------------------------
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().resolve_neg().contiguous().numpy()
-
-
-def mark_tiny_pivots(lower: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
-    """``info`` with the members whose factor ``lower`` (B, n, n) has a pivot L_jj² below the
-    dtype's smallest normal number marked failed (j + 1 for the first): their solve overflows."""
-    if lower.numel() == 0:
-        return info
-    small = lower.diagonal(dim1=-2, dim2=-1).abs() < math.sqrt(torch.finfo(lower.dtype).tiny)
-    first = torch.argmax(small.to(torch.int8), dim=-1) + 1
-    return torch.where((info == 0) & small.any(-1), first, info)
-
-
-def _cpp_factor(a, shift):
-    lower, info = cpp_module().cholesky_forward(_np(a), _np(shift.double()))
-    return torch.from_numpy(lower), torch.from_numpy(info).long()
-
-
-def _cpp_solve(lower, b):
-    return torch.from_numpy(cpp_module().cholesky_solve(_np(lower), _np(b)))
-
-
-def _cpp_ridge(k, b, shift, keep_lower=True, check_finite=False):
-    x, lower, info = cpp_module().ridge_solve_forward(
-        _np(k), _np(b), _np(shift.double()), keep_lower, check_finite
-    )
-    lower_t = None if lower is None else torch.from_numpy(lower)
-    return torch.from_numpy(x), lower_t, torch.from_numpy(info).long()
-
-
-def _eye_shift(a: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    return shift.to(a.dtype)[:, None, None] * eye
-
-
-def _torch_factor(a, shift):
-    lower, info = torch.linalg.cholesky_ex(a.tril() + _eye_shift(a, shift))
-    return lower, mark_tiny_pivots(lower, info.long())
-
-
-def _torch_solve(lower, b):
-    return torch.cholesky_solve(b, lower)
-
-
-def _torch_ridge(k, b, shift):
-    lower, info = _torch_factor(k, shift)
-    x = torch.cholesky_solve(b, lower)
-    x = torch.where((info == 0)[:, None, None], x, torch.full_like(x, float("nan")))
-    return x, lower, info
-
-
-def _triton_impl() -> SimpleNamespace:
-    """The Triton kernels, with the factor's pivots checked as on the other backends."""
-    mod = triton_module("fastamort.ops._triton_ridge")
-
-    def factor(a, shift):
-        lower, info = mod.factor(a, shift)
-        return lower, mark_tiny_pivots(lower, info)
-
-    def ridge(k, b, shift):
-        x, lower, info = mod.ridge(k, b, shift)
-        info = mark_tiny_pivots(lower, info)
-        return torch.where((info == 0)[:, None, None], x, float("nan")), lower, info
-
-    return SimpleNamespace(factor=factor, solve=mod.solve, ridge=ridge)
-
-
-_CPP = SimpleNamespace(factor=_cpp_factor, solve=_cpp_solve, ridge=_cpp_ridge)
-_TORCH = SimpleNamespace(factor=_torch_factor, solve=_torch_solve, ridge=_torch_ridge)
-
-
-def ridge_backend_impl(backend: str) -> SimpleNamespace:
-    """Factor/solve kernels of one backend."""
-    if backend == "cpp":
-        return _CPP
-    if backend == "torch":
-        return _TORCH
-    return _triton_impl()
-
-
-# --------------------------------------------------------------------------------------
-# Jitter policy
-# --------------------------------------------------------------------------------------
-def check_jitter(jitter: object) -> str | float:
-    """``"auto"``, or the first jitter as a finite float ≥ 0 (0, None, False: no jitter)."""
-    if jitter is None or jitter is False or (isinstance(jitter, str) and jitter == "auto"):
-        return "auto" if jitter else 0.0
-    if not is_real_scalar(jitter) or not (math.isfinite(jitter) and jitter >= 0):
-        raise ValueError(f"jitter: expected 'auto', 0 or a positive finite float, got {jitter!r}")
-    return float(jitter)
-
-
-def factor_with_jitter(
-    run: Callable[[torch.Tensor, torch.Tensor], tuple],
-    shift: torch.Tensor,
-    diag: Callable[[], torch.Tensor],
-    *,
-    n: int,
-    dtype: torch.dtype,
-    jitter: str | float | None,
-    what: str,
-) -> tuple:
-    """Runs ``run(index, shift)``, which factorises the batch members ``index`` (None: all)
-    with ``shift`` (float64) added to their diagonals, and retries the failed ones with jitter.
-
-    ``diag()`` gives each matrix's mean absolute diagonal (B,), the jitter's scale; it is
-    only called when a factorisation failed. ``run``
-    returns a tuple whose last element is ``info`` (B',), non-zero where it failed. Returns
-    that tuple for the whole batch, plus the jitter finally used per member (float64, (B,)).
-    """
-    n_batch = shift.shape[0]
-    out = list(run(None, shift))
-    used = torch.zeros(n_batch, dtype=torch.float64, device=shift.device)
-    if n_batch == 0 or n == 0 or not has_data(out[-1]) or not bool(out[-1].any()):
-        return (*out, used)  # (a meta tensor has shapes, no values to retry)
-    failed = torch.nonzero(out[-1] != 0).flatten()
-    if check_jitter(jitter) == 0:
-        _raise_not_psd(n, dtype, failed, None, what)
-    if jitter == "auto":
-        scale = diag().detach().double().abs() + shift.abs()
-        start = JITTER_START[dtype] * scale
-        unscaled = failed[start[failed] < torch.finfo(dtype).tiny]
-        if unscaled.numel() > 0:
-            _raise_not_psd(n, dtype, unscaled, None, what, scale=scale[unscaled])
-    else:
-        start = torch.full_like(shift, float(jitter))
-    for attempt in range(JITTER_RETRIES + 1):
-        extra = start[failed] * 10.0**attempt
-        warnings.warn(
-            f"{what}: {failed.numel()} of {n_batch} matrices ({n}×{n}, {dtype}) not positive "
-            f"definite; retrying with jitter {float(extra.max()):.3g} added to the diagonal "
-            f"(batch indices {_show(failed)})",
-            NumericalWarning,
-            stacklevel=_user_stacklevel(),
-        )
-        retry = run(failed, shift[failed] + extra)
-        for slot, value in zip(out, retry, strict=True):
-            if slot is not None:
-                slot[failed] = value
-        used[failed] = extra
-        failed = failed[retry[-1] != 0]
-        if failed.numel() == 0:
-            return (*out, used)
-    _raise_not_psd(n, dtype, failed, start[failed] * 10.0**JITTER_RETRIES, what)
-    raise AssertionError("unreachable")
-
-
-def mean_abs_diagonal(a: torch.Tensor) -> torch.Tensor:
-    """(B,) mean |a_ii| of (B, n, n) matrices."""
-    return a.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1)
-
-
-_INTERNAL_DIRS = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    os.path.dirname(os.path.abspath(torch.__file__)),
-)
-
-
-def _user_stacklevel() -> int:
-    """stacklevel that points a warning at the first frame outside fastamort and torch."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _show(index: torch.Tensor, limit: int = 8) -> str:
-    items = index[:limit].tolist()
-    return ", ".join(map(str, items)) + (", …" if index.numel() > limit else "")
-
-
-def _raise_not_psd(n, dtype, failed, jitter_tried, what, scale=None):
-    where = f"{what}: matrix of size {n}×{n} ({dtype}) at batch index {_show(failed)}"
-    if scale is not None:
-        largest = float(scale.max())
-        size = "zero" if largest == 0 else f"only {largest:.3g}"
-        raise NotPSDError(
-            f"{where} is not positive definite, and its diagonal plus the ridge is {size}, "
-            f"too small for a jitter relative to it in {dtype} (it is singular). Increase the "
-            "ridge (lam/alpha), rescale the matrix, or check it"
-        )
-    tried = (
-        "no jitter (jitter=0)"
-        if jitter_tried is None
-        else (f"jitter up to {float(jitter_tried.max()):.3g} on the diagonal")
-    )
-    raise NotPSDError(
-        f"{where} is not positive definite, even with {tried}. Increase the ridge (lam/alpha), "
-        "use float64, or check the matrix"
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -278,27 +55,33 @@ def cholesky_backward(lower: torch.Tensor, grad_lower: torch.Tensor) -> torch.Te
     return 0.5 * (s + s.mT)
 
 
+def _factor(a: torch.Tensor, backend: str, jitter: str | float) -> torch.Tensor:
+    """L (B, n, n) of a (B, n, n) on ``backend`` with the jitter policy."""
+    impl = backend_impl("ridge", backend)
+    zero = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
+
+    def run(index, shift):
+        return impl.factor(a if index is None else a[index], shift)
+
+    lower, _, _ = factor_with_jitter(
+        run,
+        zero,
+        lambda: mean_abs_diagonal(a),
+        n=a.shape[-1],
+        dtype=a.dtype,
+        jitter=jitter,
+        what="cholesky",
+    )
+    note_backend("cholesky", backend)
+    return lower
+
+
 class CholeskyFunction(torch.autograd.Function):
     """L = chol(a + jitter·I) on one backend; jitter chosen in forward, constant in backward."""
 
     @staticmethod
     def forward(ctx, a, backend: str, jitter):  # type: ignore[override]
-        impl = ridge_backend_impl(backend)
-        zero = torch.zeros(a.shape[0], dtype=torch.float64, device=a.device)
-
-        def run(index, shift):
-            return impl.factor(a if index is None else a[index], shift)
-
-        lower, _, _ = factor_with_jitter(
-            run,
-            zero,
-            lambda: mean_abs_diagonal(a),
-            n=a.shape[-1],
-            dtype=a.dtype,
-            jitter=jitter,
-            what="cholesky",
-        )
-        note_backend("cholesky", backend)
+        lower = _factor(a, backend, jitter)
         ctx.save_for_backward(lower)
         return lower
 
@@ -307,6 +90,36 @@ class CholeskyFunction(torch.autograd.Function):
     def backward(ctx, grad_lower):  # type: ignore[override]
         (lower,) = ctx.saved_tensors
         return cholesky_backward(lower, grad_lower.tril()), None, None
+
+
+# --------------------------------------------------------------------------------------
+# Registered op fastamort::cholesky (see fastamort.ops._library): a (B, n, n); the finiteness
+# check and the jitter policy run in its body. ``jitter`` < 0 stands for "auto".
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastamort::cholesky", mutates_args=())
+def cholesky_op(a: torch.Tensor, jitter: float, backend: str) -> torch.Tensor:
+    """L (B, n, n) with L Lᵀ = a + jitter·I (jitter chosen by the policy; ``jitter`` < 0:
+    ``"auto"``, else the first jitter tried)."""
+    check_finite(("a", a))
+    return _factor(a, backend, "auto" if jitter < 0 else jitter).contiguous()
+
+
+@cholesky_op.register_fake
+def _(a, jitter, backend):
+    return a.new_empty(a.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _backward(ctx, grad_lower):
+    (lower,) = ctx.saved_tensors
+    return cholesky_backward(lower, grad_lower.tril()), None, None
+
+
+cholesky_op.register_autograd(_backward, setup_context=_setup)
+register_batch_vmap(cholesky_op, leading=(0,))
 
 
 # --------------------------------------------------------------------------------------
@@ -343,10 +156,15 @@ def cholesky(
                 [1., 2.]])
     """
     a = check_square(a, "a")
-    check_finite(("a", a))
-    check_jitter(jitter)
+    eager = not traced()
+    if eager:
+        check_finite(("a", a))
+    checked = check_jitter(jitter)
     name = resolve_backend("cholesky", backend, a.device)
     batch, n = a.shape[:-2], a.shape[-1]
     a3 = a.reshape(batch.numel(), n, n)
+    if not eager:
+        first = -1.0 if checked == "auto" else float(checked)
+        return cholesky_op(a3, first, name).reshape(*batch, n, n)
     lower = CholeskyFunction.apply(a3, name, jitter)
     return lower.reshape(*batch, n, n)

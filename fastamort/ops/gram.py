@@ -1,81 +1,39 @@
 """``gram``: kernel Gram matrices K[i, j] = k(x_i, y_j), on three backends, with autograd.
 
-Layout of this module: the backend adapters (C++ through NumPy buffers; Triton kernels live
-in :mod:`fastamort.ops._triton_gram` because they share device code with ``gram_matmul``),
-the pure-PyTorch reference :func:`gram_ref`, the autograd function, and the public op.
+Layout of this module: the pure-PyTorch reference :func:`gram_ref`, the autograd function, and
+the public op. The compiled backends' kernels are reached through
+:func:`fastamort._backends.backend_impl` (``"gram"``: :mod:`fastamort.ops._cpp`,
+:mod:`fastamort.ops._triton_gram`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 
-from .._backends import cpp_module, note_backend, resolve_backend, triton_module
+from .._backends import GramBackend, backend_impl, note_backend, resolve_backend
 from .._checks import (
     batch_shape,
     check_lengthscale,
+    check_lengthscale_value,
     check_points,
     check_same_kind,
     check_tensor,
     flatten_batch,
     has_data,
 )
+from ._library import (
+    autograd_inside_op,
+    empty_like_none,
+    none_if_empty,
+    register_batch_vmap,
+    register_loop_vmap,
+    traced,
+)
 from .kernel_math import DIRECT_RATIO, KERNEL_NAMES, is_euclidean, kernel_from_s, kernel_id
 
 __all__ = ["gram", "gram_ref"]
-
-
-# --------------------------------------------------------------------------------------
-# Backend adapters: every backend exposes, on batched (B, ·, ·) tensors with the lengthscale
-# as a 0-d tensor,
-#   gram_forward(x, y, kid, ell) -> K,  gram_matmul_forward(x, y, v, kid, ell) -> K·v,
-#   gram_backward(x, y, grad, v, kid, ell, need_x, need_y) -> (dx | None, dy | None, dell):
-#       gradients of sum(G * K), G = grad or grad·vᵀ; only the point gradients asked for;
-#   gram_ell_grad(k, grad, kid, ell) -> dell from K itself (no distances).
-# --------------------------------------------------------------------------------------
-def _np(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().resolve_neg().contiguous().numpy()
-
-
-def _cpp_gram_forward(x, y, kid: int, ell: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(cpp_module().gram_forward(_np(x), _np(y), kid, float(ell)))
-
-
-def _cpp_gram_matmul_forward(x, y, v, kid: int, ell: torch.Tensor) -> torch.Tensor:
-    out = cpp_module().gram_matmul_forward(_np(x), _np(y), _np(v), kid, float(ell))
-    return torch.from_numpy(out)
-
-
-def _cpp_gram_backward(x, y, grad, v, kid: int, ell: torch.Tensor, need_x=True, need_y=True):
-    dx, dy, dell = cpp_module().gram_backward(
-        _np(x), _np(y), _np(grad), _np(v), kid, float(ell), need_x, need_y
-    )
-    dx_t = None if dx is None else torch.from_numpy(dx)
-    dy_t = None if dy is None else torch.from_numpy(dy)
-    return dx_t, dy_t, torch.tensor(float(dell.sum()), dtype=ell.dtype)
-
-
-def _cpp_gram_ell_grad(k, grad, kid: int, ell: torch.Tensor) -> torch.Tensor:
-    dell = cpp_module().gram_ell_grad(_np(k), _np(grad), kid, float(ell))
-    return torch.tensor(float(dell.sum()), dtype=ell.dtype)
-
-
-_CPP = SimpleNamespace(
-    gram_forward=_cpp_gram_forward,
-    gram_matmul_forward=_cpp_gram_matmul_forward,
-    gram_backward=_cpp_gram_backward,
-    gram_ell_grad=_cpp_gram_ell_grad,
-)
-
-
-def gram_backend_impl(backend: str) -> SimpleNamespace:
-    """The kernels of one compiled backend ("cpp" or "triton")."""
-    if backend == "cpp":
-        return _CPP
-    return triton_module("fastamort.ops._triton_gram")  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------
@@ -245,6 +203,38 @@ def wants_double_backward(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def compiled_gram_grads(
+    impl: GramBackend,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    grad: torch.Tensor,
+    v: torch.Tensor | None,
+    kid: int,
+    ell: torch.Tensor,
+    needed: tuple[bool, bool, bool, bool],
+) -> tuple[torch.Tensor | None, ...]:
+    """(dx, dy, dv, dℓ) of sum(grad ∘ out), out = K(x, y) (``v`` None) or K(x, y)·v, by a
+    compiled backend's kernels; ``needed`` says which (None for the others).
+
+    A lengthscale-only gradient of K reads ℓ·∂k/∂ℓ off ``k`` (the saved forward result) when it
+    is given, with no distances; dv = K(y, x)·grad is another fused product.
+    """
+    need_x, need_y, need_v, need_ell = needed
+    need_y = need_y and y is not None
+    dv = dx = dy = dell = None
+    if need_v:  # K(x, y)ᵀ = K(y, x) for these symmetric kernels
+        dv = impl.gram_matmul_forward(
+            x if y is None else y, None if y is None else x, grad, kid, ell
+        )
+    if need_x or need_y or (need_ell and (v is not None or k is None)):
+        dx, dy, dell = impl.gram_backward(x, y, grad, v, kid, ell, need_x, need_y)
+    elif need_ell:
+        dell = impl.gram_ell_grad(k, grad, kid, ell)
+    dell = dell.to(ell.dtype).reshape(ell.shape) if need_ell else None
+    return dx, dy, dv, dell
+
+
 class GramFunction(torch.autograd.Function):
     """K = gram(x, y) on a compiled backend; backward by that backend's own kernels.
 
@@ -256,8 +246,7 @@ class GramFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, ell, kid: int, backend: str):  # type: ignore[override]
-        impl = gram_backend_impl(backend)
-        k = impl.gram_forward(x, y, kid, ell)
+        k = backend_impl("gram", backend).gram_forward(x, y, kid, ell)
         note_backend("gram", backend)
         need_x, need_y, need_ell = ctx.needs_input_grad[:3]
         keep_k = need_ell and not (need_x or need_y)
@@ -270,39 +259,204 @@ class GramFunction(torch.autograd.Function):
         x, y, ell, k = ctx.saved_tensors
         needed = tuple(ctx.needs_input_grad[:3])
         if wants_double_backward(x, y, ell, grad_k):
-            kernel = KERNEL_NAMES[ctx.kid]
-            grads = differentiable_grads(
-                lambda a, b, e: gram_twice_differentiable(a, b, kernel, e),
-                (x, y, ell),
-                needed,
-                grad_k,
-            )
-            note_backend("gram.backward", "torch")
-            return (*grads, None, None)
+            return (*double_backward(x, y, None, ell, ctx.kid, needed, grad_k), None, None)
         need_x, need_y, need_ell = needed
-        impl = gram_backend_impl(ctx.backend)
-        grad_k = grad_k.contiguous()
-        dx = dy = dell = None
-        if need_x or (need_y and y is not None):
-            dx, dy, dell = impl.gram_backward(
-                x, y, grad_k, None, ctx.kid, ell, need_x, need_y and y is not None
-            )
-        elif need_ell:
-            dell = impl.gram_ell_grad(k, grad_k, ctx.kid, ell)
+        impl = backend_impl("gram", ctx.backend)
+        dx, dy, _, dell = compiled_gram_grads(
+            impl,
+            x,
+            y,
+            k,
+            grad_k.contiguous(),
+            None,
+            ctx.kid,
+            ell,
+            (need_x, need_y, False, need_ell),
+        )
         note_backend("gram.backward", ctx.backend)
-        if need_ell:
-            dell = dell.to(ell.dtype).reshape(ell.shape)
-        return dx, dy, dell if need_ell else None, None, None
+        return dx, dy, dell, None, None
+
+
+def double_backward(x, y, v, ell, kid: int, needed: tuple[bool, ...], grad):
+    """Gradients of sum(grad ∘ out) as a graph (``create_graph=True``): out = K(x, y), or
+    K(x, y)·v when ``v`` is given (``needed`` then covers x, y, v, ℓ)."""
+    kernel = KERNEL_NAMES[kid]
+    if v is None:
+        grads = differentiable_grads(
+            lambda a, b, e: gram_twice_differentiable(a, b, kernel, e), (x, y, ell), needed, grad
+        )
+        note_backend("gram.backward", "torch")
+    else:
+        grads = differentiable_grads(
+            lambda a, b, w, e: gram_twice_differentiable(a, b, kernel, e) @ w,
+            (x, y, v, ell),
+            needed,
+            grad,
+        )
+        note_backend("gram_matmul.backward", "torch")
+    return grads
+
+
+# --------------------------------------------------------------------------------------
+# Registered ops (torch.library, see fastamort.ops._library): fastamort::gram and the
+# backward op it shares with fastamort::gram_matmul. Inputs are batched (B, ·, ·); the value
+# checks of the points and the lengthscale run in the op bodies.
+# --------------------------------------------------------------------------------------
+def check_point_values(
+    x: torch.Tensor, y: torch.Tensor | None, ell: torch.Tensor, kid: int
+) -> None:
+    """The checks of :func:`prepare_points` that read values (ℓ's range, finite points whose
+    distances cannot overflow), with the same errors."""
+    if has_data(ell):
+        check_lengthscale_value(float(ell), x.dtype)
+    check_points(
+        ("x", x), *([] if y is None else [("y", y)]), squared=is_euclidean(KERNEL_NAMES[kid])
+    )
+
+
+def _is_empty(x: torch.Tensor, other: torch.Tensor, *cols: int) -> bool:
+    return min(x.shape[0], x.shape[1], other.shape[1], x.shape[2], *cols) == 0
+
+
+@torch.library.custom_op("fastamort::gram", mutates_args=())
+def gram_op(
+    x: torch.Tensor, y: torch.Tensor | None, ell: torch.Tensor, kid: int, backend: str
+) -> torch.Tensor:
+    """K (B, M, N) of x (B, M, D) and y (B, N, D) or None (y = x), on ``backend``."""
+    check_point_values(x, y, ell, kid)
+    if backend == "torch" or _is_empty(x, x if y is None else y):
+        k = gram_ref(x, y, KERNEL_NAMES[kid], ell)
+        if backend == "torch":
+            note_backend("gram", "torch")
+        return k
+    k = backend_impl("gram", backend).gram_forward(x, y, kid, ell)
+    note_backend("gram", backend)
+    return k
+
+
+@gram_op.register_fake
+def _(x, y, ell, kid, backend):
+    return x.new_empty(x.shape[0], x.shape[1], (x if y is None else y).shape[1])
+
+
+@torch.library.custom_op("fastamort::gram_backward", mutates_args=())
+def gram_backward_op(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    grad: torch.Tensor,
+    v: torch.Tensor | None,
+    ell: torch.Tensor,
+    kid: int,
+    need_x: bool,
+    need_y: bool,
+    need_v: bool,
+    need_ell: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy, dv, dℓ) of sum(grad ∘ out), out = K(x, y) (``v`` None) or K(x, y)·v; the
+    gradients not asked for are empty tensors. ``k``: the saved K for an ℓ-only gradient."""
+    needed = (need_x, need_y and y is not None, need_v and v is not None, need_ell)
+    what = "gram.backward" if v is None else "gram_matmul.backward"
+    other = x if y is None else y
+    if backend == "torch" or _is_empty(x, other, *([] if v is None else [v.shape[2]])):
+        grads = _torch_gram_grads(x, y, v, ell, kid, needed, grad)
+        backend = "torch"
+    else:
+        impl = backend_impl("gram", backend)
+        grads = compiled_gram_grads(impl, x, y, k, grad, v, kid, ell, needed)
+    note_backend(what, backend)
+    return tuple(empty_like_none(g, x) for g in grads)  # type: ignore[return-value]
+
+
+@gram_backward_op.register_fake
+def _(x, y, k, grad, v, ell, kid, need_x, need_y, need_v, need_ell, backend):
+    shapes = (
+        x.shape if need_x else (0,),
+        y.shape if need_y and y is not None else (0,),
+        v.shape if need_v and v is not None else (0,),
+        ell.shape if need_ell else (0,),
+    )
+    return tuple(x.new_empty(shape) for shape in shapes)
+
+
+def _torch_gram_grads(x, y, v, ell, kid, needed, grad):
+    """:func:`gram_backward_op` on the torch backend: autograd through the reference."""
+    kernel = KERNEL_NAMES[kid]
+    inputs = (x, y, v, ell)
+    leaves = tuple(
+        None if t is None else t.detach().requires_grad_(need)
+        for t, need in zip(inputs, needed, strict=True)
+    )
+    with autograd_inside_op():
+        grads = differentiable_grads(
+            lambda a, b, w, e: (
+                gram_ref(a, b, kernel, e) if w is None else gram_ref(a, b, kernel, e) @ w
+            ),
+            leaves,
+            needed,
+            grad,
+        )
+    return tuple(None if g is None else g.detach() for g in grads)
+
+
+def _gram_setup(ctx, inputs, output):
+    x, y, ell, kid, backend = inputs
+    need_x, need_y, need_ell = ctx.needs_input_grad[:3]
+    keep_k = need_ell and not (need_x or need_y)
+    ctx.save_for_backward(x, y, ell, output if keep_k else None)
+    ctx.kid, ctx.backend = kid, backend
+
+
+def _gram_backward(ctx, grad_k):
+    x, y, ell, k = ctx.saved_tensors
+    need_x, need_y, need_ell = needed = tuple(ctx.needs_input_grad[:3])
+    if wants_double_backward(x, y, ell, grad_k):
+        return (*double_backward(x, y, None, ell, ctx.kid, needed, grad_k), None, None)
+    dx, dy, _, dell = gram_backward_op(
+        x,
+        y,
+        k,
+        grad_k.contiguous(),
+        None,
+        ell,
+        ctx.kid,
+        need_x,
+        need_y,
+        False,
+        need_ell,
+        ctx.backend,
+    )
+    need_y = need_y and y is not None
+    return (
+        none_if_empty(dx, need_x),
+        none_if_empty(dy, need_y),
+        none_if_empty(dell, need_ell),
+        None,
+        None,
+    )
+
+
+gram_op.register_autograd(_gram_backward, setup_context=_gram_setup)
+register_batch_vmap(gram_op, leading=(0, 1))
+register_loop_vmap(gram_backward_op)
 
 
 # --------------------------------------------------------------------------------------
 # Public op
 # --------------------------------------------------------------------------------------
 def prepare_points(
-    x: object, y: object, kernel: str, lengthscale: object, names: tuple[str, str] = ("x", "y")
+    x: object,
+    y: object,
+    kernel: str,
+    lengthscale: object,
+    names: tuple[str, str] = ("x", "y"),
+    *,
+    values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
     """Validates x (…, M, D), optional y (…, N, D), kernel and lengthscale; errors call x and y
-    by ``names``."""
+    by ``names``. ``values=False``: only what needs no data read (the registered op checks the
+    values in its body, :func:`check_point_values`)."""
     kid = kernel_id(kernel)
     xn, yn = names
     x = check_tensor(x, xn, min_ndim=2)
@@ -314,8 +468,9 @@ def prepare_points(
                 f"{yn}: feature dimension {y.shape[-1]} differs from {xn}'s {x.shape[-1]} "
                 f"({xn} {tuple(x.shape)}, {yn} {tuple(y.shape)})"
             )
-    ell = check_lengthscale(lengthscale, x)
-    check_points((xn, x), *([] if y is None else [(yn, y)]), squared=is_euclidean(kernel))
+    ell = check_lengthscale(lengthscale, x, values=values)
+    if values:
+        check_points((xn, x), *([] if y is None else [(yn, y)]), squared=is_euclidean(kernel))
     return x, y, ell, kid
 
 
@@ -348,11 +503,17 @@ def gram(
         tensor([[1.0000, 0.6065],
                 [0.6065, 1.0000]])
     """
-    x, y, ell, kid = prepare_points(x, y, kernel, lengthscale)
+    if traced():
+        x, y, ell, kid = prepare_points(x, y, kernel, lengthscale, values=False)
+    else:
+        x, y, ell, kid = prepare_points(x, y, kernel, lengthscale)
     name = resolve_backend("gram", backend, x.device)
     other = x if y is None else y
     batch = batch_shape(x.shape[:-2], other.shape[:-2], names=("x", "y"))
     m, n = x.shape[-2], other.shape[-2]
+    if traced():
+        y3 = None if y is None else flatten_batch(y, batch)
+        return gram_op(flatten_batch(x, batch), y3, ell, kid, name).reshape(*batch, m, n)
     if name == "torch" or m == 0 or n == 0 or x.shape[-1] == 0 or batch.numel() == 0:
         k = gram_ref(x, y, kernel, ell)
         if name == "torch":
@@ -362,6 +523,3 @@ def gram(
     y3 = None if y is None else flatten_batch(y, batch)
     k = GramFunction.apply(x3, y3, ell, kid, name)
     return k.reshape(*batch, m, n)
-
-
-KERNELS = KERNEL_NAMES

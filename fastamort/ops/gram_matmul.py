@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backends import note_backend, resolve_backend
+from .._backends import backend_impl, note_backend, resolve_backend
 from .._checks import (
     as_columns,
     batch_shape,
@@ -19,11 +19,13 @@ from .._checks import (
     check_tensor,
     flatten_batch,
 )
+from ._library import none_if_empty, register_batch_vmap, traced
 from .gram import (
-    differentiable_grads,
-    gram_backend_impl,
+    check_point_values,
+    compiled_gram_grads,
+    double_backward,
+    gram_backward_op,
     gram_ref,
-    gram_twice_differentiable,
     prepare_points,
     wants_double_backward,
 )
@@ -53,8 +55,7 @@ class GramMatmulFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, v, ell, kid: int, backend: str):  # type: ignore[override]
-        impl = gram_backend_impl(backend)
-        out = impl.gram_matmul_forward(x, y, v, kid, ell)
+        out = backend_impl("gram", backend).gram_matmul_forward(x, y, v, kid, ell)
         note_backend("gram_matmul", backend)
         ctx.save_for_backward(x, y, v, ell)
         ctx.kid, ctx.backend = kid, backend
@@ -65,30 +66,70 @@ class GramMatmulFunction(torch.autograd.Function):
         x, y, v, ell = ctx.saved_tensors
         needed = tuple(ctx.needs_input_grad[:4])
         if wants_double_backward(x, y, v, ell, grad_out):
-            kernel = KERNEL_NAMES[ctx.kid]
-            grads = differentiable_grads(
-                lambda a, b, w, e: gram_twice_differentiable(a, b, kernel, e) @ w,
-                (x, y, v, ell),
-                needed,
-                grad_out,
-            )
-            note_backend("gram_matmul.backward", "torch")
-            return (*grads, None, None)
-        need_x, need_y, need_v, need_ell = needed
-        need_y = need_y and y is not None
-        impl = gram_backend_impl(ctx.backend)
-        g = grad_out.contiguous()
-        dv = None
-        if need_v:  # K(x, y)ᵀ = K(y, x) for these symmetric kernels
-            dv = impl.gram_matmul_forward(
-                x if y is None else y, None if y is None else x, g, ctx.kid, ell
-            )
-        dx = dy = dell = None
-        if need_x or need_y or need_ell:
-            dx, dy, dell = impl.gram_backward(x, y, g, v, ctx.kid, ell, need_x, need_y)
-            dell = dell.to(ell.dtype).reshape(ell.shape) if need_ell else None
+            return (*double_backward(x, y, v, ell, ctx.kid, needed, grad_out), None, None)
+        impl = backend_impl("gram", ctx.backend)
+        dx, dy, dv, dell = compiled_gram_grads(
+            impl, x, y, None, grad_out.contiguous(), v, ctx.kid, ell, needed
+        )
         note_backend("gram_matmul.backward", ctx.backend)
         return dx, dy, dv, dell, None, None
+
+
+# --------------------------------------------------------------------------------------
+# Registered op fastamort::gram_matmul (see fastamort.ops._library); its backward is
+# fastamort::gram_backward. Inputs batched (B, ·, ·); value checks in the body.
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastamort::gram_matmul", mutates_args=())
+def gram_matmul_op(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    v: torch.Tensor,
+    ell: torch.Tensor,
+    kid: int,
+    backend: str,
+) -> torch.Tensor:
+    """K(x, y) @ v (B, M, P) for x (B, M, D), y (B, N, D) or None, v (B, N, P)."""
+    check_point_values(x, y, ell, kid)
+    check_finite(("v", v))
+    other = x if y is None else y
+    if (
+        backend == "torch"
+        or min(x.shape[0], x.shape[1], other.shape[1], x.shape[2], v.shape[2]) == 0
+    ):
+        out = gram_matmul_ref(x, y, v, KERNEL_NAMES[kid], ell)
+        if backend == "torch":
+            note_backend("gram_matmul", "torch")
+        return out
+    out = backend_impl("gram", backend).gram_matmul_forward(x, y, v, kid, ell)
+    note_backend("gram_matmul", backend)
+    return out
+
+
+@gram_matmul_op.register_fake
+def _(x, y, v, ell, kid, backend):
+    return x.new_empty(x.shape[0], x.shape[1], v.shape[2])
+
+
+def _setup(ctx, inputs, output):
+    x, y, v, ell, kid, backend = inputs
+    ctx.save_for_backward(x, y, v, ell)
+    ctx.kid, ctx.backend = kid, backend
+
+
+def _backward(ctx, grad_out):
+    x, y, v, ell = ctx.saved_tensors
+    need_x, need_y, need_v, need_ell = needed = tuple(ctx.needs_input_grad[:4])
+    if wants_double_backward(x, y, v, ell, grad_out):
+        return (*double_backward(x, y, v, ell, ctx.kid, needed, grad_out), None, None)
+    grads = gram_backward_op(
+        x, y, None, grad_out.contiguous(), v, ell, ctx.kid, *needed, ctx.backend
+    )
+    wanted = (need_x, need_y and y is not None, need_v, need_ell)
+    return (*(none_if_empty(g, w) for g, w in zip(grads, wanted, strict=True)), None, None)
+
+
+gram_matmul_op.register_autograd(_backward, setup_context=_setup)
+register_batch_vmap(gram_matmul_op, leading=(0, 1, 2))
 
 
 def gram_matmul(
@@ -118,16 +159,22 @@ def gram_matmul(
         >>> fastamort.gram_matmul(x, None, torch.ones(2))
         tensor([1.6065, 1.6065])
     """
-    x, y, ell, kid = prepare_points(x, y, kernel, lengthscale)
+    eager = not traced()
+    x, y, ell, kid = prepare_points(x, y, kernel, lengthscale, values=eager)
     v = check_tensor(v, "v", min_ndim=1)
     check_same_kind([("x", x), ("v", v)])
-    check_finite(("v", v))
+    if eager:
+        check_finite(("v", v))
     other = x if y is None else y
     v2, vector = as_columns(v, "v", other.shape[-2], ("x", x))
     name = resolve_backend("gram_matmul", backend, x.device)
     batch = batch_shape(x.shape[:-2], other.shape[:-2], v2.shape[:-2], names=("x", "y", "v"))
     m, n, p = x.shape[-2], other.shape[-2], v2.shape[-1]
-    if name == "torch" or min(m, n, p, x.shape[-1]) == 0 or batch.numel() == 0:
+    if not eager:
+        x3, v3 = flatten_batch(x, batch), flatten_batch(v2, batch)
+        y3 = None if y is None else flatten_batch(y, batch)
+        out = gram_matmul_op(x3, y3, v3, ell, kid, name).reshape(*batch, m, p)
+    elif name == "torch" or min(m, n, p, x.shape[-1]) == 0 or batch.numel() == 0:
         out = gram_matmul_ref(x, y, v2, kernel, ell)
         if name == "torch":
             note_backend("gram_matmul", "torch")

@@ -15,12 +15,21 @@ from typing import NamedTuple
 
 import torch
 
-from .._backends import cpp_module, note_backend, resolve_backend, triton_module
-from .._checks import as_columns, batch_shape, check_finite, check_same_kind, flatten_batch
-from .cholesky import factor_with_jitter
-from .gram import gram, gram_ref, prepare_points
+from .._backends import backend_impl, note_backend, resolve_backend
+from .._checks import (
+    as_columns,
+    batch_shape,
+    check_finite,
+    check_points,
+    check_same_kind,
+    flatten_batch,
+)
+from ._jitter import factor_with_jitter
+from ._library import register_batch_vmap, traced
+from .gram import check_point_values, gram, gram_ref, prepare_points
 from .gram_matmul import gram_matmul
-from .ridge_solve import check_lam, ridge_solve
+from .kernel_math import KERNEL_NAMES, is_euclidean
+from .ridge_solve import check_lam, check_lam_values, ridge_solve
 
 __all__ = ["KernelRidgeResult", "kernel_ridge_batched", "kernel_ridge_batched_ref"]
 
@@ -43,22 +52,68 @@ def kernel_ridge_batched_ref(x, y, lam, kernel="gaussian", lengthscale=1.0, x_ne
     return KernelRidgeResult(alpha, pred)
 
 
-def _np(t):
-    return None if t is None else t.detach().contiguous().numpy()
+def _fused(x, y, lam, ell, x_new, kid: int, backend: str, cpp_checks: bool = False):
+    """(alpha (B, n, p), prediction (B, m, p) | None) of the fused kernel on ``backend``, with
+    the jitter policy; ``cpp_checks``: the cpp kernel refuses a non-finite y itself."""
+    fused = backend_impl("ridge", backend).kernel_ridge_batched
+    if cpp_checks:
+        fused = functools.partial(fused, check_finite=True)
 
+    def run(index, shift):
+        if index is None:
+            return fused(x, y, shift, kid, ell, x_new)
+        xn = None if x_new is None else x_new[index]
+        return fused(x[index], y[index], shift, kid, ell, xn)
 
-def _cpp_fused(x, y, shift, kid, ell, x_new, check_finite=False):
-    alpha, pred, info = cpp_module().kernel_ridge_batched(
-        _np(x), _np(y), _np(shift.double()), kid, float(ell), _np(x_new), check_finite
+    # k(x, x) = 1 on the diagonal for every kernel here: the jitter's scale is 1
+    alpha, pred, _, _ = factor_with_jitter(
+        run,
+        lam,
+        lambda: torch.ones_like(lam),
+        n=x.shape[1],
+        dtype=x.dtype,
+        jitter="auto",
+        what="kernel_ridge_batched",
     )
-    pred_t = None if pred is None else torch.from_numpy(pred)
-    return torch.from_numpy(alpha), pred_t, torch.from_numpy(info).long()
+    note_backend("kernel_ridge_batched", backend)
+    return alpha, pred
 
 
-def _fused_impl(backend: str):
-    if backend == "cpp":
-        return _cpp_fused
-    return triton_module("fastamort.ops._triton_ridge").kernel_ridge_batched
+# --------------------------------------------------------------------------------------
+# Registered op fastamort::kernel_ridge_batched (see fastamort.ops._library): the fused
+# kernel, forward only (with inputs that need gradients the public op composes the registered
+# gram, ridge_solve and gram_matmul ops instead). Value checks and jitter in the body.
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastamort::kernel_ridge_batched", mutates_args=())
+def kernel_ridge_batched_op(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: torch.Tensor,
+    ell: torch.Tensor,
+    x_new: torch.Tensor | None,
+    kid: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha (B, n, p), prediction (B, m, p); m = 0 without ``x_new``) for x (B, n, d),
+    y (B, n, p), λ (B,) float64, ℓ 0-d, x_new (B, m, d) or None."""
+    check_point_values(x, None, ell, kid)
+    if x_new is not None:
+        check_points(("x_new", x_new), squared=is_euclidean(KERNEL_NAMES[kid]))
+    check_lam_values(lam)
+    check_finite(("y", y))
+    alpha, pred = _fused(x, y, lam, ell, x_new, kid, backend)
+    if pred is None:
+        pred = alpha.new_empty(alpha.shape[0], 0, alpha.shape[2])
+    return alpha.contiguous(), pred.contiguous()
+
+
+@kernel_ridge_batched_op.register_fake
+def _(x, y, lam, ell, x_new, kid, backend):
+    m = 0 if x_new is None else x_new.shape[1]
+    return y.new_empty(y.shape), y.new_empty(y.shape[0], m, y.shape[2])
+
+
+register_batch_vmap(kernel_ridge_batched_op, leading=(0, 1, 2, 4))
 
 
 def kernel_ridge_batched(
@@ -91,7 +146,8 @@ def kernel_ridge_batched(
         >>> torch.allclose(fit.prediction, x.sin(), atol=1e-4)
         True
     """
-    x, _, ell, kid = prepare_points(x, None, kernel, lengthscale)
+    eager = not traced()
+    x, _, ell, kid = prepare_points(x, None, kernel, lengthscale, values=eager)
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y: expected a torch.Tensor, got {type(y).__name__}")
     check_same_kind([("x", x), ("y", y)])
@@ -99,7 +155,9 @@ def kernel_ridge_batched(
     y2, vector = as_columns(y, "y", n, ("x", x))
     shapes, names = [x.shape[:-2], y2.shape[:-2]], ["x", "y"]
     if x_new is not None:
-        x_new = prepare_points(x_new, None, kernel, lengthscale, names=("x_new", "y"))[0]
+        x_new = prepare_points(
+            x_new, None, kernel, lengthscale, names=("x_new", "y"), values=eager
+        )[0]
         check_same_kind([("x", x), ("x_new", x_new)])
         if x_new.shape[-1] != x.shape[-1]:
             raise ValueError(
@@ -107,7 +165,7 @@ def kernel_ridge_batched(
             )
         shapes.append(x_new.shape[:-2])
         names.append("x_new")
-    lam_t = check_lam(lam, x)
+    lam_t = check_lam(lam, x, values=eager)
     shapes.append(lam_t.shape)
     names.append("lam")
     try:
@@ -117,7 +175,8 @@ def kernel_ridge_batched(
             batch = batch_shape(*shapes, names=names)
         name = resolve_backend("kernel_ridge_batched", backend, x.device)
     except Exception:
-        check_finite(("y", y))  # non-finite y is reported first, as always
+        if eager:
+            check_finite(("y", y))  # non-finite y is reported first, as always
         raise
     p = y2.shape[-1]
     wants_grad = torch.is_grad_enabled() and any(
@@ -127,7 +186,7 @@ def kernel_ridge_batched(
     # The cpp kernel checks y's finiteness itself while it reads y (the same ValueError,
     # without a separate pass); x and x_new were checked above.
     cpp_checks = name == "cpp" and not composed
-    if not cpp_checks:
+    if eager and not cpp_checks:
         check_finite(("y", y))
     if composed:
         kmat = gram(x, kernel=kernel, lengthscale=ell, backend=name)
@@ -140,30 +199,12 @@ def kernel_ridge_batched(
         x3, y3 = flatten_batch(x, batch), flatten_batch(y2, batch)
         xn3 = None if x_new is None else flatten_batch(x_new, batch)
         lam3 = lam_t.detach().expand(batch).reshape(-1).double()
-        fused = _fused_impl(name)
-        if cpp_checks:
-            fused = functools.partial(fused, check_finite=True)
-
-        def run(index, shift):
-            if index is None:
-                return fused(x3, y3, shift, kid, ell.detach(), xn3)
-            xn = None if xn3 is None else xn3[index]
-            return fused(x3[index], y3[index], shift, kid, ell.detach(), xn)
-
-        # k(x, x) = 1 on the diagonal for every kernel here: the jitter's scale is 1
-        alpha, pred, _, _ = factor_with_jitter(
-            run,
-            lam3,
-            lambda: torch.ones_like(lam3),
-            n=n,
-            dtype=x.dtype,
-            jitter="auto",
-            what="kernel_ridge_batched",
-        )
-        note_backend("kernel_ridge_batched", name)
+        if eager:
+            alpha, pred = _fused(x3, y3, lam3, ell.detach(), xn3, kid, name, cpp_checks)
+        else:
+            alpha, pred = kernel_ridge_batched_op(x3, y3, lam3, ell.detach(), xn3, kid, name)
         alpha = alpha.reshape(*batch, n, p)
-        if pred is not None:
-            pred = pred.reshape(*batch, x_new.shape[-2], p)
+        pred = None if x_new is None else pred.reshape(*batch, x_new.shape[-2], p)
     if vector:
         alpha = alpha.squeeze(-1)
         pred = None if pred is None else pred.squeeze(-1)

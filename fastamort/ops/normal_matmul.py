@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from .._backends import cpp_module, note_backend, resolve_backend
+from .._backends import note_backend, resolve_backend
 from .._checks import check_finite, check_tensor
+from . import _cpp
 from .gram import gram_ref, prepare_points
 from .gram_matmul import gram_matmul
 
@@ -69,22 +70,6 @@ def normal_matmul_ref(
             t *= weights[i : i + step].to(torch.float64)[:, None]
         out += k.mT @ t
     return out
-
-
-def _cpp(x, centres, v, y, w, kid: int, ell: float) -> torch.Tensor:
-    def np64(t):
-        return None if t is None else t.detach().to(torch.float64).contiguous().numpy()
-
-    out = cpp_module().nystrom_normal_matmul(
-        x.detach().contiguous().numpy(),
-        centres.detach().contiguous().numpy(),
-        np64(v),
-        np64(y),
-        np64(w),
-        kid,
-        ell,
-    )
-    return torch.from_numpy(out)
 
 
 def _triton(x, centres, v, y, w, kernel: str, ell: float) -> torch.Tensor:
@@ -170,7 +155,7 @@ def normal_matmul(
     y2 = None if y is None else (y[:, None] if vector else y)
     name = resolve_backend("normal_matmul", backend, x.device)
     if name == "cpp":
-        out = _cpp(x, centres, v2, y2, weights, kid, float(ell))
+        out = _cpp.nystrom_normal_matmul(x, centres, v2, y2, weights, kid, float(ell))
     elif name == "triton":
         out = _triton(x, centres, v2, y2, weights, kernel, float(ell))
     else:

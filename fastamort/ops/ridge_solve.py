@@ -13,7 +13,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backends import note_backend, resolve_backend
+from .._backends import backend_impl, note_backend, resolve_backend
 from .._checks import (
     as_columns,
     batch_shape,
@@ -21,9 +21,12 @@ from .._checks import (
     check_same_kind,
     check_tensor,
     flatten_batch,
+    has_data,
     is_real_scalar,
 )
-from .cholesky import check_square, factor_with_jitter, mean_abs_diagonal, ridge_backend_impl
+from ._jitter import factor_with_jitter, mean_abs_diagonal
+from ._library import register_batch_vmap, traced
+from .cholesky import check_square
 
 __all__ = ["ridge_solve", "ridge_solve_ref"]
 
@@ -35,14 +38,19 @@ def ridge_solve_ref(k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor)
     return torch.linalg.solve(k + lam_t[..., None, None] * eye, b)
 
 
-def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tensor:
-    """λ ≥ 0 as a tensor of ``like``'s dtype and device (gradients kept)."""
+def check_lam(
+    lam: object, like: torch.Tensor, name: str = "lam", *, values: bool = True
+) -> torch.Tensor:
+    """λ ≥ 0 as a tensor of ``like``'s dtype and device (gradients kept). ``values=False``:
+    a tensor's values are not read (the registered op checks them, :func:`check_lam_values`)."""
     if isinstance(lam, torch.Tensor):
         if not lam.is_floating_point():
             raise TypeError(f"{name}: expected a floating tensor, got {lam.dtype}")
         if lam.device != like.device:
             raise ValueError(f"{name}: device {lam.device} differs from k's {like.device}")
         lam_t = lam.to(like.dtype)
+        if not values:
+            return lam_t
     elif is_real_scalar(lam):
         value = float(lam)
         if not math.isfinite(value):
@@ -53,14 +61,23 @@ def check_lam(lam: object, like: torch.Tensor, name: str = "lam") -> torch.Tenso
         return torch.tensor(value, dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"{name}: expected a float or a tensor, got {type(lam).__name__}")
-    if lam_t.numel() > 0:
-        if not bool(torch.isfinite(lam_t).all()):
-            if bool(torch.isfinite(lam.detach()).all()):
-                _check_in_range(name, float(lam.detach().abs().max()), like.dtype)
-            raise ValueError(f"{name}: contains NaN or infinite values")
-        if bool((lam_t < 0).any()):
-            raise ValueError(f"{name}: must be >= 0, got a minimum of {float(lam_t.min())}")
+    check_lam_values(lam_t, name, original=lam)
     return lam_t
+
+
+def check_lam_values(
+    lam_t: torch.Tensor, name: str = "lam", original: torch.Tensor | None = None
+) -> None:
+    """Every λ finite and ≥ 0 (``original``: the tensor before its conversion to ``lam_t``'s
+    dtype, which names a value that dtype cannot hold)."""
+    if lam_t.numel() == 0 or not has_data(lam_t):
+        return
+    if not bool(torch.isfinite(lam_t).all()):
+        if original is not None and bool(torch.isfinite(original.detach()).all()):
+            _check_in_range(name, float(original.detach().abs().max()), lam_t.dtype)
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    if bool((lam_t < 0).any()):
+        raise ValueError(f"{name}: must be >= 0, got a minimum of {float(lam_t.min())}")
 
 
 def _check_in_range(name: str, value: float, dtype: torch.dtype) -> None:
@@ -80,7 +97,7 @@ def _solve_forward(k, b, lam, backend: str, *, keep_lower: bool, check_finite: b
     skips writing the (B, n, n) factor and L is None. ``check_finite`` (``cpp`` only): the
     kernel raises ``ValueError("k: contains NaN or infinite values")`` (or ``b: …``) itself.
     """
-    impl = ridge_backend_impl(backend)
+    impl = backend_impl("ridge", backend)
     ridge = impl.ridge
     if backend == "cpp" and (not keep_lower or check_finite):
         ridge = functools.partial(ridge, keep_lower=keep_lower, check_finite=check_finite)
@@ -131,11 +148,62 @@ class RidgeSolveFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_x):  # type: ignore[override]
         x, lower = ctx.saved_tensors
-        grad_b = ridge_backend_impl(ctx.backend).solve(lower, grad_x.contiguous())
+        grad_b = backend_impl("ridge", ctx.backend).solve(lower, grad_x.contiguous())
         note_backend("ridge_solve.backward", ctx.backend)
         need_k, _, need_lam, *_ = ctx.needs_input_grad
         grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
         return grad_k, grad_b, grad_lam, None
+
+
+# --------------------------------------------------------------------------------------
+# Registered ops (see fastamort.ops._library): fastamort::ridge_solve returns the factor too
+# (saved for the backward, which solves with it by fastamort::cholesky_solve). Inputs
+# batched: K (B, n, n), B (B, n, p), λ (B,); value checks and the jitter policy in the body.
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastamort::ridge_solve", mutates_args=())
+def ridge_solve_op(
+    k: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X (B, n, p), L (B, n, n)) with X = (K + λI)⁻¹ B and L Lᵀ = K + (λ + jitter)I."""
+    check_finite(("k", k), ("b", b))
+    check_lam_values(lam)
+    x, lower = _solve_forward(k, b, lam, backend, keep_lower=True)
+    return x.contiguous(), lower.contiguous()  # the strides the fake implementation states
+
+
+@ridge_solve_op.register_fake
+def _(k, b, lam, backend):
+    return b.new_empty(b.shape), k.new_empty(k.shape)
+
+
+@torch.library.custom_op("fastamort::cholesky_solve", mutates_args=())
+def cholesky_solve_op(lower: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tensor:
+    """X (B, n, p) with L Lᵀ X = B for lower-triangular L (B, n, n)."""
+    return backend_impl("ridge", backend).solve(lower, b.contiguous()).contiguous()
+
+
+@cholesky_solve_op.register_fake
+def _(lower, b, backend):
+    return b.new_empty(b.shape)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*output)
+    ctx.backend = inputs[3]
+
+
+def _backward(ctx, grad_x, _grad_lower):
+    x, lower = ctx.saved_tensors
+    grad_b = cholesky_solve_op(lower, grad_x.contiguous(), ctx.backend)
+    note_backend("ridge_solve.backward", ctx.backend)
+    need_k, _, need_lam, *_ = ctx.needs_input_grad
+    grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
+    return grad_k, grad_b, grad_lam, None
+
+
+ridge_solve_op.register_autograd(_backward, setup_context=_setup)
+register_batch_vmap(ridge_solve_op, leading=(0, 1, 2))
+register_batch_vmap(cholesky_solve_op, leading=(0, 1))
 
 
 def ridge_solve(
@@ -167,7 +235,8 @@ def ridge_solve(
     check_same_kind([("k", k), ("b", b)])
     n = k.shape[-1]
     b2, vector = as_columns(b, "b", n, ("k", k))
-    lam_t = check_lam(lam, k)
+    eager = not traced()
+    lam_t = check_lam(lam, k, values=eager)
     try:
         name = resolve_backend("ridge_solve", backend, k.device)
         if k.shape[:-2] == b2.shape[:-2] and lam_t.ndim == 0:
@@ -175,8 +244,15 @@ def ridge_solve(
         else:
             batch = batch_shape(k.shape[:-2], b2.shape[:-2], lam_t.shape, names=("k", "b", "lam"))
     except Exception:
-        check_finite(("k", k), ("b", b))  # non-finite input is reported first, as always
+        if eager:
+            check_finite(("k", k), ("b", b))  # non-finite input is reported first, as always
         raise
+    p = b2.shape[-1]
+    if not eager:
+        lam3 = lam_t.expand(batch).reshape(-1)
+        x, _ = ridge_solve_op(flatten_batch(k, batch), flatten_batch(b2, batch), lam3, name)
+        x = x.reshape(*batch, n, p)
+        return x.squeeze(-1) if vector else x
     needs_grad = (
         torch.is_grad_enabled() and (k.requires_grad or b.requires_grad or lam_t.requires_grad)
     ) or _forward_ad_active()
@@ -185,7 +261,6 @@ def ridge_solve(
     fast = name == "cpp" and not needs_grad
     if not fast:
         check_finite(("k", k), ("b", b))
-    p = b2.shape[-1]
     k3, b3 = flatten_batch(k, batch), flatten_batch(b2, batch)
     lam3 = lam_t.expand(batch).reshape(-1)
     if needs_grad:

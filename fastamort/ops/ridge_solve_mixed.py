@@ -16,9 +16,11 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backends import cpp_module, cpp_unavailable_reason
+from .._backends import cpp_unavailable_reason
+from . import _cpp
+from ._library import traced
 from .cholesky import NotPSDError, cholesky
-from .ridge_solve import k_and_lam_grads
+from .ridge_solve import k_and_lam_grads, ridge_solve
 
 #: float64 solves on the CPU from this n on try a float32 factorisation with float64 refinement.
 MIXED_MIN_N = 1536
@@ -32,21 +34,21 @@ MIXED_N_PER_RHS = 50
 
 
 def _narrowed_factor(k: torch.Tensor, alpha: float, backend: str):
-    """(‖K‖_F, solve₃₂) for A = K + αI, or None when the float32 factorisation fails.
+    """(‖K‖_F, L₃₂) for A = K + αI, or None when the float32 factorisation fails.
 
     The C++ route narrows K while copying it into the factor and sums ‖K‖_F² in the same pass
     (no float32 copy of K and no second read); the other backends copy, factor and take the
-    norm separately. ``solve₃₂(r)`` = A₃₂⁻¹ r for float64 r (n, p), returned in float64: two
-    triangular solves (one BLAS call each; the blocked solve's barriers cost more than the
-    memory-bound p = 1 solve on a loaded machine; torch.cholesky_solve would copy the factor).
+    norm separately. :func:`_solve32` applies A₃₂⁻¹ by two triangular solves (one BLAS call
+    each; the blocked solve's barriers cost more than the memory-bound p = 1 solve on a loaded
+    machine; torch.cholesky_solve would copy the factor).
     """
     if not bool(torch.isfinite(k.diagonal()).all()) or not math.isfinite(alpha):
         return None
     if backend in ("auto", "cpp") and k.is_contiguous() and cpp_unavailable_reason() is None:
-        lower_np, info, frobenius_sq = cpp_module().cholesky_narrowed(k.numpy(), float(alpha))
+        lower, info, frobenius_sq = _cpp.cholesky_narrowed(k, alpha)
         if info != 0 or not math.isfinite(frobenius_sq):
             return None
-        lower, k_norm = torch.from_numpy(lower_np), math.sqrt(frobenius_sq)
+        k_norm = math.sqrt(frobenius_sq)
     else:
         a32 = k.to(torch.float32)
         a32.diagonal().add_(alpha)
@@ -59,21 +61,23 @@ def _narrowed_factor(k: torch.Tensor, alpha: float, backend: str):
         del a32
         k_norm = float(torch.linalg.vector_norm(k))
 
-    def solve32(rhs: torch.Tensor) -> torch.Tensor:
-        z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
-        return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
+    return k_norm, lower
 
-    return k_norm, solve32
+
+def _solve32(lower: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """A₃₂⁻¹ r for the float32 factor ``lower`` and float64 r (n, p), in float64."""
+    z = torch.linalg.solve_triangular(lower, rhs.to(torch.float32), upper=False)
+    return torch.linalg.solve_triangular(lower.mT, z, upper=True).to(torch.float64)
 
 
 def _refine(k: torch.Tensor, alpha: float, factored, b: torch.Tensor) -> torch.Tensor | None:
     """x = (K + αI)⁻¹ b by refinement on the float32 factor ``factored`` (see solve_mixed)."""
     n = k.shape[0]
-    k_norm, solve32 = factored
+    k_norm, lower = factored
     a_norm = k_norm + abs(alpha) * math.sqrt(n)
     tol = a_norm * float(torch.finfo(torch.float64).eps) * math.sqrt(n)
 
-    x = solve32(b)
+    x = _solve32(lower, b)
     last = math.inf
     for _ in range(MIXED_MAX_STEPS):
         r = torch.addmm(b, k, x, alpha=-1.0).sub_(x, alpha=alpha)
@@ -85,7 +89,7 @@ def _refine(k: torch.Tensor, alpha: float, factored, b: torch.Tensor) -> torch.T
             return None
         last = worst
         scale = r_norm.clamp_min(torch.finfo(torch.float64).tiny)  # keep r in float32 range
-        x.add_(solve32(r / scale) * scale)
+        x.add_(_solve32(lower, r / scale) * scale)
     return None
 
 
@@ -131,15 +135,82 @@ class _MixedRidgeSolve(torch.autograd.Function):
         return grad_k, grad_b, grad_lam, None
 
 
+# --------------------------------------------------------------------------------------
+# Registered ops (see fastamort.ops._library): fastamort::ridge_solve_mixed never declines
+# (when the float32 route does, its body solves in float64 and returns k_norm = -1, the
+# factor zeros); the backward refines on the saved float32 factor by
+# fastamort::ridge_refine_solve. K (n, n), B (n, p) float64, λ 0-d.
+# --------------------------------------------------------------------------------------
+@torch.library.custom_op("fastamort::ridge_solve_mixed", mutates_args=())
+def ridge_solve_mixed_op(
+    k: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X (n, p), L₃₂ (n, n) float32, ‖K‖_F 0-d): X = (K + λI)⁻¹ B."""
+    alpha = float(lam)
+    factored = _narrowed_factor(k, alpha, backend)
+    x = None if factored is None else _refine(k, alpha, factored, b)
+    if x is None:
+        x = ridge_solve(k, b, alpha, backend=backend)  # the float64 route
+        lower = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        return x.contiguous(), lower, torch.tensor(-1.0, dtype=torch.float64)
+    k_norm, lower = factored
+    return x.contiguous(), lower.contiguous(), torch.tensor(k_norm, dtype=torch.float64)
+
+
+@ridge_solve_mixed_op.register_fake
+def _(k, b, lam, backend):
+    return b.new_empty(b.shape), k.new_empty(k.shape, dtype=torch.float32), k.new_empty(())
+
+
+@torch.library.custom_op("fastamort::ridge_refine_solve", mutates_args=())
+def ridge_refine_solve_op(
+    k: torch.Tensor, lam: torch.Tensor, lower: torch.Tensor, k_norm: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    """(K + λI)⁻¹ G by refinement on the float32 factor ``lower`` (float64 solve when there is
+    none, ``k_norm`` < 0, or the refinement does not converge)."""
+    alpha, norm = float(lam), float(k_norm)
+    grad_b = None if norm < 0 else _refine(k, alpha, (norm, lower), g.contiguous())
+    if grad_b is None:
+        a = k.clone()
+        a.diagonal().add_(alpha)
+        grad_b = torch.linalg.solve(a, g)
+    return grad_b.contiguous()
+
+
+@ridge_refine_solve_op.register_fake
+def _(k, lam, lower, k_norm, g):
+    return g.new_empty(g.shape)
+
+
+def _setup(ctx, inputs, output):
+    k, _, lam, _ = inputs
+    x, lower, k_norm = output
+    ctx.save_for_backward(k, lam, x, lower, k_norm)
+
+
+def _backward(ctx, grad_x, _grad_lower, _grad_norm):
+    k, lam, x, lower, k_norm = ctx.saved_tensors
+    grad_b = ridge_refine_solve_op(k.detach(), lam.detach(), lower, k_norm, grad_x)
+    need_k, _, need_lam, *_ = ctx.needs_input_grad
+    grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
+    return grad_k, grad_b, grad_lam, None
+
+
+ridge_solve_mixed_op.register_autograd(_backward, setup_context=_setup)
+
+
 def ridge_solve_mixed(
     k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor | None:
     """:func:`solve_mixed` differentiable w.r.t. K (n, n), b (n, p) and a tensor λ, or None.
 
     The backward pass refines A₃₂⁻¹ Ẋ in the same way, so a gradient costs a few float64
-    products instead of a float64 factorisation. None when the float32 route declines.
+    products instead of a float64 factorisation. None when the float32 route declines (under
+    ``torch.compile`` and ``torch.func``, the registered op solves in float64 instead).
     """
     lam_t = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam), dtype=k.dtype)
+    if traced():  # the registered op: never None, it falls back to float64 inside
+        return ridge_solve_mixed_op(k, b, lam_t.to(k.dtype), backend)[0]
     alpha = float(lam_t.detach())
     k_d, b_d = k.detach(), b.detach()
     factored = _narrowed_factor(k_d, alpha, backend)
