@@ -145,7 +145,7 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
     dyp = dy.mutable_data();
     dy_obj = dy;
   }
-  py::array_t<double> dell({dims.b});
+  py::array_t<double> dell(static_cast<py::ssize_t>(dims.b));
   double* dellp = dell.mutable_data();
   const T* gp = const_data<T>(grad);
   const long g_stride = v.is_none() ? dims.m * dims.n : dims.m * p;
@@ -170,7 +170,7 @@ py::array gram_ell_grad_t(const py::array& k, const py::array& grad, int kernel,
   if (gs[0] != ks[0] || gs[1] != ks[1] || gs[2] != ks[2])
     throw py::value_error("grad: expected the shape of k (B, M, N)");
   const long b = ks[0], m = ks[1], n = ks[2];
-  py::array_t<double> dell({b});
+  py::array_t<double> dell(static_cast<py::ssize_t>(b));
   double* dellp = dell.mutable_data();
   const T* kp = const_data<T>(k);
   const T* gp = const_data<T>(grad);

@@ -1,7 +1,7 @@
 // pybind11 bindings of the ridge engine. Arrays are batched, C-contiguous and row-major:
 // a, k, L (B, N, N); b, x (B, N, P); points x (B, N, D), y (B, N, P), x_new (B, M, D);
 // shift (B,) float64; info (B,) int32. Outputs take the dtype of the first argument.
-#include <omp.h>
+#include "parallel.hpp"
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -95,7 +95,7 @@ py::tuple cholesky_forward_t(const py::array& a, const py::array& shift) {
   const long batch = s[0], n = s[1];
   const double* sh = checked_shift(shift, batch);
   py::array_t<T> l({batch, n, n});
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* ap = const_data<T>(a);
   T* lp = l.mutable_data();
   int32_t* ip = info.mutable_data();
@@ -167,7 +167,7 @@ py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py
     lp = l.mutable_data();
     l_obj = l;
   }
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* kp = const_data<T>(k);
   const T* bp = const_data<T>(b);
   T* xp = x.mutable_data();
@@ -224,7 +224,7 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
     predp = pred.mutable_data();
     pred_obj = pred;
   }
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* xp = const_data<T>(x);
   const T* yp = const_data<T>(y);
   T* ap = alpha.mutable_data();

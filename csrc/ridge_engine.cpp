@@ -20,7 +20,7 @@
 // run time as the Gram engine's row kernels are.
 #include "ridge_engine.hpp"
 
-#include <omp.h>
+#include "parallel.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -33,7 +33,11 @@
 #include "gram_engine.hpp"
 #include "row_ops.hpp"
 
+#if defined(_MSC_VER) && !defined(__clang__)
+#define FASTAMORT_INLINE __forceinline
+#else
 #define FASTAMORT_INLINE inline __attribute__((always_inline))
+#endif
 
 namespace fastamort::ridge {
 namespace {
@@ -699,7 +703,7 @@ int tiled_potrf(int n, T* a, long lda, int nb) {
   };
   const int ld = static_cast<int>(lda);
   std::vector<char> tokens(static_cast<size_t>(nt) * nt);  // one dependency address per tile
-  char* dep = tokens.data();
+  [[maybe_unused]] char* dep = tokens.data();  // named in the task dependences only
   std::atomic<int> info{0};
 #pragma omp parallel
 #pragma omp single
@@ -836,7 +840,7 @@ void solve_in_place(int n, int p, const T* l, T* x, bool parallel) {
 // Contiguous halves per thread made both threads take first-touch page faults at the same
 // time, which on the 2-core dev VM (a Firecracker guest) cost 6-7× more than faulting them
 // one at a time: narrowing n = 4000 in cholesky_narrowed took 72 ms, now 11 ms.
-constexpr int kFirstTouchRows = 8;
+[[maybe_unused]] constexpr int kFirstTouchRows = 8;  // named in OpenMP schedules only
 
 template <class T>
 void copy_lower(int n, const T* a, T shift, T* l, bool parallel) {
