@@ -17,10 +17,16 @@ void bind_nystrom(py::module_& m);
 namespace {
 // The compiler that built the extension, with its version.
 std::string compiler_name() {
+#if defined(__clang__)
+  return std::string(
 #if defined(__apple_build_version__)
-  return std::string("Apple clang ") + __clang_version__;
-#elif defined(__clang__)
-  return std::string("clang ") + __clang_version__;
+             "Apple clang "
+#else
+             "clang "
+#endif
+             ) +
+         std::to_string(__clang_major__) + "." + std::to_string(__clang_minor__) + "." +
+         std::to_string(__clang_patchlevel__);
 #elif defined(__GNUC__)
   return "gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
          std::to_string(__GNUC_PATCHLEVEL__);
