@@ -1,15 +1,18 @@
-// Small helpers shared by the pybind11 bindings: dtype dispatch, shape checks, and an
-// OpenMP loop over a batch that carries exceptions out of the parallel region.
+// Small helpers shared by the pybind11 bindings: dtype dispatch, kernel and shape checks, and
+// an OpenMP loop over a batch that carries exceptions out of the parallel region.
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "row_ops.hpp"
 
 namespace fastamort {
 
@@ -21,6 +24,35 @@ inline int float_kind(const py::array& a, const char* name) {
   if (a.dtype().is(py::dtype::of<double>())) return 1;
   throw py::type_error(std::string(name) + ": expected a float32 or float64 array, got dtype " +
                        std::string(py::str(a.dtype())));
+}
+
+// f(float{}) for a float32 array, f(double{}) for a float64 one (TypeError naming `name`
+// otherwise): f is a generic lambda taking the element type from its argument, e.g.
+//   dispatch_float(x, "x", [&](auto t) { return forward<decltype(t)>(x, ...); })
+template <class F>
+auto dispatch_float(const py::array& a, const char* name, F&& f) -> decltype(f(float{})) {
+  if (float_kind(a, name) == 0) return f(float{});
+  return f(double{});
+}
+
+// ValueError unless kernel is a kernel id (row_ops.hpp's KernelId).
+inline void check_kernel_id(int kernel) {
+  if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
+}
+
+// Whether a lengthscale of +∞ is allowed: the Gram kernels take it (a finite lengthscale beyond
+// the range of float32 arrives as ∞, and its kernel is exactly k(0) = 1, every gradient 0, as
+// on the other backends); the solvers and products need a finite one.
+enum class Lengthscale { kPositive, kPositiveFinite };
+
+// ValueError unless kernel is a kernel id and lengthscale > 0 (and finite, kPositiveFinite).
+inline void check_kernel(int kernel, double lengthscale, Lengthscale rule) {
+  check_kernel_id(kernel);
+  if (rule == Lengthscale::kPositive) {
+    if (!(lengthscale > 0.0)) throw py::value_error("lengthscale: must be positive");
+  } else if (!(lengthscale > 0.0) || lengthscale == std::numeric_limits<double>::infinity()) {
+    throw py::value_error("lengthscale: must be positive and finite");
+  }
 }
 
 // Checks C-contiguity, dimensions and dtype; returns the shape.

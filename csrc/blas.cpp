@@ -1,8 +1,16 @@
 // Loads SciPy's BLAS/LAPACK capsules and wraps them with row-major helpers.
 #include "blas.hpp"
 
-#include <dlfcn.h>
 #include <pybind11/pybind11.h>
+
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define FASTAMORT_HAS_DLFCN 1
+#elif defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#define NOMINMAX
+#include <windows.h>
+#endif
 
 #include <mutex>
 #include <stdexcept>
@@ -64,27 +72,47 @@ constexpr int slot() {
   return sizeof(T) == sizeof(double) ? 1 : 0;
 }
 
-// Finds the BLAS's thread-count setters by looking up symbols from the shared object that
-// holds the gemm we were given (dlsym on a handle also searches its dependencies).
-void find_thread_control(void* blas_function) {
-  Dl_info info;
-  if (dladdr(blas_function, &info) == 0 || info.dli_fname == nullptr) return;
-  void* handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-  if (handle == nullptr) return;
-  const char* prefixes[] = {"scipy_openblas", "openblas"};
-  for (const char* prefix : prefixes) {
+// Finds the BLAS's thread-count setters by looking up symbols from the shared library that
+// holds the gemm we were given. Without such a lookup (a platform with neither dlfcn.h nor
+// Win32) the BLAS keeps its own thread count and thread_control() is false.
+const char* const kThreadPrefixes[] = {"scipy_openblas", "openblas"};
+
+template <class Lookup>
+void take_thread_control(Lookup lookup) {
+  for (const char* prefix : kThreadPrefixes) {
     const std::string set_name = std::string(prefix) + "_set_num_threads";
     const std::string get_name = std::string(prefix) + "_get_num_threads";
-    void* set_fn = dlsym(handle, set_name.c_str());
-    void* get_fn = dlsym(handle, get_name.c_str());
+    void* set_fn = lookup(set_name.c_str());
+    void* get_fn = lookup(get_name.c_str());
     if (set_fn != nullptr && get_fn != nullptr) {
       g_table.set_threads = reinterpret_cast<set_threads_f*>(set_fn);
       g_table.get_threads = reinterpret_cast<get_threads_f*>(get_fn);
       g_table.threads_symbol = set_name;
-      break;
+      return;
     }
   }
+}
+
+void find_thread_control(void* blas_function) {
+#if defined(FASTAMORT_HAS_DLFCN)
+  // dlsym on a handle also searches the library's dependencies.
+  Dl_info info;
+  if (dladdr(blas_function, &info) == 0 || info.dli_fname == nullptr) return;
+  void* handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return;
+  take_thread_control([handle](const char* name) { return dlsym(handle, name); });
   dlclose(handle);
+#elif defined(_WIN32)
+  HMODULE module = nullptr;
+  const DWORD flags =
+      GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT;
+  if (!GetModuleHandleExA(flags, reinterpret_cast<LPCSTR>(blas_function), &module)) return;
+  take_thread_control([module](const char* name) {
+    return reinterpret_cast<void*>(GetProcAddress(module, name));
+  });
+#else
+  (void)blas_function;
+#endif
 }
 
 }  // namespace

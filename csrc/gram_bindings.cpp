@@ -35,13 +35,6 @@ Dims gram_dims(const py::array& x, const py::object& y, int kind) {
   return dims;
 }
 
-// ℓ = +∞ is allowed: a finite lengthscale beyond the range of float32 arrives as ∞, and its
-// kernel is exactly k(0) = 1 (s = 0, every gradient 0), as on the other backends.
-void check_kernel(int kernel, double lengthscale) {
-  if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
-  if (!(lengthscale > 0.0)) throw py::value_error("lengthscale: must be positive");
-}
-
 // Raw pointers of a batched problem, taken while the GIL is held (the kernels run without it).
 template <class T>
 struct Points {
@@ -145,7 +138,7 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
     dyp = dy.mutable_data();
     dy_obj = dy;
   }
-  py::array_t<double> dell({dims.b});
+  py::array_t<double> dell(static_cast<py::ssize_t>(dims.b));
   double* dellp = dell.mutable_data();
   const T* gp = const_data<T>(grad);
   const long g_stride = v.is_none() ? dims.m * dims.n : dims.m * p;
@@ -170,7 +163,7 @@ py::array gram_ell_grad_t(const py::array& k, const py::array& grad, int kernel,
   if (gs[0] != ks[0] || gs[1] != ks[1] || gs[2] != ks[2])
     throw py::value_error("grad: expected the shape of k (B, M, N)");
   const long b = ks[0], m = ks[1], n = ks[2];
-  py::array_t<double> dell({b});
+  py::array_t<double> dell(static_cast<py::ssize_t>(b));
   double* dellp = dell.mutable_data();
   const T* kp = const_data<T>(k);
   const T* gp = const_data<T>(grad);
@@ -191,9 +184,10 @@ void bind_gram(py::module_& m) {
   m.def(
       "gram_forward",
       [](const py::array& x, const py::object& y, int kernel, double lengthscale) -> py::array {
-        check_kernel(kernel, lengthscale);
-        return float_kind(x, "x") == 0 ? gram_forward_t<float>(x, y, kernel, lengthscale)
-                                       : gram_forward_t<double>(x, y, kernel, lengthscale);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositive);
+        return dispatch_float(x, "x", [&](auto t) {
+          return gram_forward_t<decltype(t)>(x, y, kernel, lengthscale);
+        });
       },
       py::arg("x"), py::arg("y"), py::arg("kernel"), py::arg("lengthscale"),
       "K = k(x, y): x (B, M, D), y (B, N, D) or None for y = x (exactly symmetric) -> (B, M, N).");
@@ -201,10 +195,10 @@ void bind_gram(py::module_& m) {
       "gram_matmul_forward",
       [](const py::array& x, const py::object& y, const py::array& v, int kernel,
          double lengthscale) -> py::array {
-        check_kernel(kernel, lengthscale);
-        return float_kind(x, "x") == 0
-                   ? gram_matmul_forward_t<float>(x, y, v, kernel, lengthscale)
-                   : gram_matmul_forward_t<double>(x, y, v, kernel, lengthscale);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositive);
+        return dispatch_float(x, "x", [&](auto t) {
+          return gram_matmul_forward_t<decltype(t)>(x, y, v, kernel, lengthscale);
+        });
       },
       py::arg("x"), py::arg("y"), py::arg("v"), py::arg("kernel"), py::arg("lengthscale"),
       "k(x, y) @ v computed in tiles (K never stored): v (B, N, P) -> (B, M, P).");
@@ -212,11 +206,11 @@ void bind_gram(py::module_& m) {
       "gram_backward",
       [](const py::array& x, const py::object& y, const py::array& grad, const py::object& v,
          int kernel, double lengthscale, bool need_dx, bool need_dy) -> py::tuple {
-        check_kernel(kernel, lengthscale);
-        return float_kind(x, "x") == 0
-                   ? gram_backward_t<float>(x, y, grad, v, kernel, lengthscale, need_dx, need_dy)
-                   : gram_backward_t<double>(x, y, grad, v, kernel, lengthscale, need_dx,
-                                             need_dy);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositive);
+        return dispatch_float(x, "x", [&](auto t) {
+          return gram_backward_t<decltype(t)>(x, y, grad, v, kernel, lengthscale, need_dx,
+                                              need_dy);
+        });
       },
       py::arg("x"), py::arg("y"), py::arg("grad"), py::arg("v"), py::arg("kernel"),
       py::arg("lengthscale"), py::arg("need_dx") = true, py::arg("need_dy") = true,
@@ -227,9 +221,10 @@ void bind_gram(py::module_& m) {
   m.def(
       "gram_ell_grad",
       [](const py::array& k, const py::array& grad, int kernel, double lengthscale) -> py::array {
-        check_kernel(kernel, lengthscale);
-        return float_kind(k, "k") == 0 ? gram_ell_grad_t<float>(k, grad, kernel, lengthscale)
-                                       : gram_ell_grad_t<double>(k, grad, kernel, lengthscale);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositive);
+        return dispatch_float(k, "k", [&](auto t) {
+          return gram_ell_grad_t<decltype(t)>(k, grad, kernel, lengthscale);
+        });
       },
       py::arg("k"), py::arg("grad"), py::arg("kernel"), py::arg("lengthscale"),
       "d/dlengthscale of sum(grad * K) per batch member, from K = k(x, y) (B, M, N) itself:\n"
@@ -240,7 +235,7 @@ void bind_gram(py::module_& m) {
   m.def(
       "gram_route",
       [](long m_rows, long n_cols, long d, int kernel) -> std::string {
-        if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
+        check_kernel_id(kernel);
         const bool inner = !is_small(Dims{1, m_rows, n_cols, d});
         switch (gram::route(static_cast<int>(d), kernel, inner)) {
           case gram::Route::kDirect: return "direct";
@@ -252,6 +247,9 @@ void bind_gram(py::module_& m) {
       "How gram_forward makes one M×N×D problem's tiles: 'direct', 'fused' or 'gemm'.");
   m.def("blas_thread_control", &blas::thread_control,
         "Whether the BLAS thread count can be pinned to 1 around the Gram kernels.");
+  py::dict kernel_ids;
+  for (int id = 0; id < kNumKernels; ++id) kernel_ids[kKernelNames[id]] = id;
+  m.attr("KERNEL_IDS") = kernel_ids;  // the ids the kernel arguments take
   m.def("simd_isa", []() { return std::string(row_ops<double>().isa); },
         "Instruction set the element-wise kernels were dispatched to.");
 }

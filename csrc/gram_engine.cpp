@@ -6,7 +6,7 @@
 // run in parallel over a batch) everything is serial and no BLAS is called.
 #include "gram_engine.hpp"
 
-#include <omp.h>
+#include "parallel.hpp"
 
 #include <algorithm>
 #include <cstring>

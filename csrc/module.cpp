@@ -1,8 +1,10 @@
 // fastamort._C: the CPU extension (pybind11, NumPy buffers, OpenMP; no libtorch).
-#include <omp.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "blas.hpp"
+#include "parallel.hpp"
 
 namespace py = pybind11;
 
@@ -11,6 +13,30 @@ void bind_gram(py::module_& m);
 void bind_ridge(py::module_& m);
 void bind_nystrom(py::module_& m);
 }
+
+namespace {
+// The compiler that built the extension, with its version.
+std::string compiler_name() {
+#if defined(__clang__)
+  return std::string(
+#if defined(__apple_build_version__)
+             "Apple clang "
+#else
+             "clang "
+#endif
+             ) +
+         std::to_string(__clang_major__) + "." + std::to_string(__clang_minor__) + "." +
+         std::to_string(__clang_patchlevel__);
+#elif defined(__GNUC__)
+  return "gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
+         std::to_string(__GNUC_PATCHLEVEL__);
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastamort CPU kernels: Gram matrices, fused Gram-matmul, ridge solves.";
@@ -25,6 +51,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("blas_source", []() { return fastamort::blas::describe(); });
   m.def("blas_num_threads", &fastamort::blas::num_threads,
         "The BLAS's current thread count (-1 without thread control).");
+  py::dict build;
+  build["compiler"] = compiler_name();
+  build["openmp"] = fastamort::openmp_version();  // yyyymm of the OpenMP standard, 0 without
+  m.attr("BUILD_INFO") = build;
 #ifdef FASTAMORT_VERSION
   m.attr("__version__") = FASTAMORT_VERSION;
 #endif

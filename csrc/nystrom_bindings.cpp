@@ -64,12 +64,10 @@ void bind_nystrom(py::module_& m) {
       "nystrom_normal_matmul",
       [](const py::array& x, const py::array& centres, const py::object& v, const py::object& y,
          const py::object& w, int kernel, double lengthscale) -> py::array {
-        if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
-        if (!(lengthscale > 0.0) || lengthscale == std::numeric_limits<double>::infinity())
-          throw py::value_error("lengthscale: must be positive and finite");
-        return float_kind(x, "x") == 0
-                   ? normal_matmul_t<float>(x, centres, v, y, w, kernel, lengthscale)
-                   : normal_matmul_t<double>(x, centres, v, y, w, kernel, lengthscale);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositiveFinite);
+        return dispatch_float(x, "x", [&](auto t) {
+          return normal_matmul_t<decltype(t)>(x, centres, v, y, w, kernel, lengthscale);
+        });
       },
       py::arg("x"), py::arg("centres"), py::arg("v"), py::arg("y"), py::arg("w"),
       py::arg("kernel"), py::arg("lengthscale"),

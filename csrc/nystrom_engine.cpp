@@ -1,7 +1,7 @@
 // The fused normal-equation product of Nyström KRR; see nystrom_engine.hpp for the plan.
 #include "nystrom_engine.hpp"
 
-#include <omp.h>
+#include "parallel.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -9,21 +9,29 @@
 
 #include "row_ops.hpp"
 
-// The float64 products, once for the baseline ISA and once for AVX2+FMA (x86-64, GCC).
+// The float64 products, once for the baseline ISA and once for AVX2+FMA (x86-64, GCC or clang).
 #define FASTAMORT_NYS_NS products_base
 #define FASTAMORT_NYS_VEC_BYTES 16
 #include "nystrom_products_impl.hpp"
 #undef FASTAMORT_NYS_NS
 #undef FASTAMORT_NYS_VEC_BYTES
 #if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__clang__)  // clang ignores GCC's target pragma
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 #define FASTAMORT_NYS_NS products_isa_avx2
 #define FASTAMORT_NYS_VEC_BYTES 32
 #include "nystrom_products_impl.hpp"
 #undef FASTAMORT_NYS_NS
 #undef FASTAMORT_NYS_VEC_BYTES
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #define FASTAMORT_NYS_HAVE_AVX2 1
 #endif
 

@@ -1,7 +1,7 @@
 // pybind11 bindings of the ridge engine. Arrays are batched, C-contiguous and row-major:
 // a, k, L (B, N, N); b, x (B, N, P); points x (B, N, D), y (B, N, P), x_new (B, M, D);
 // shift (B,) float64; info (B,) int32. Outputs take the dtype of the first argument.
-#include <omp.h>
+#include "parallel.hpp"
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -16,6 +16,7 @@
 #include "array_utils.hpp"
 #include "blas.hpp"
 #include "ridge_engine.hpp"
+#include "ridge_internal.hpp"
 #include "row_ops.hpp"
 
 namespace py = pybind11;
@@ -67,12 +68,6 @@ std::vector<long> rhs_batch(const py::array& b, const char* name, long batch, lo
   return s;
 }
 
-void check_kernel(int kernel, double lengthscale) {
-  if (kernel < 0 || kernel >= kNumKernels) throw py::value_error("kernel: unknown kernel id");
-  if (!(lengthscale > 0.0) || lengthscale == std::numeric_limits<double>::infinity())
-    throw py::value_error("lengthscale: must be positive and finite");
-}
-
 // Runs body(first, count, inner_parallel, workspace) over the batch in groups of
 // ridge::group_size(n) consecutive problems, in parallel over the groups or one group after
 // another (inner_parallel: the engine may use our threads inside); see kBatchParallelMaxN.
@@ -95,7 +90,7 @@ py::tuple cholesky_forward_t(const py::array& a, const py::array& shift) {
   const long batch = s[0], n = s[1];
   const double* sh = checked_shift(shift, batch);
   py::array_t<T> l({batch, n, n});
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* ap = const_data<T>(a);
   T* lp = l.mutable_data();
   int32_t* ip = info.mutable_data();
@@ -167,7 +162,7 @@ py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py
     lp = l.mutable_data();
     l_obj = l;
   }
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* kp = const_data<T>(k);
   const T* bp = const_data<T>(b);
   T* xp = x.mutable_data();
@@ -224,7 +219,7 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
     predp = pred.mutable_data();
     pred_obj = pred;
   }
-  py::array_t<int32_t> info({batch});
+  py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* xp = const_data<T>(x);
   const T* yp = const_data<T>(y);
   T* ap = alpha.mutable_data();
@@ -300,6 +295,19 @@ py::array trsm_right_lower_t(const std::string& trans, const py::array& l, const
 }  // namespace
 
 void bind_ridge(py::module_& m) {
+  // The route thresholds of the ridge engine, for the tests that probe both sides of each.
+  py::dict thresholds;
+  thresholds["own_max_n"] = ridge::kOwnMaxN;
+  thresholds["own_max_p"] = ridge::kOwnMaxP;
+  thresholds["lanes"] = ridge::kLanes;
+  thresholds["fused_small_group_max_n"] = ridge::kFusedSmallGroupMaxN;
+  thresholds["fused_alone_max_n"] = ridge::kFusedAloneMaxN;
+  thresholds["fused_alone_max_d"] = ridge::kFusedAloneMaxD;
+  thresholds["tiled_min_n"] = ridge::kTiledMinN;
+  thresholds["parallel_solve_min_n"] = ridge::kParallelSolveMinN;
+  thresholds["column_split_min_p"] = ridge::kColumnSplitMinP;
+  thresholds["batch_parallel_max_n"] = kBatchParallelMaxN;
+  m.attr("ROUTE_THRESHOLDS") = thresholds;
   m.def(
       "cholesky_narrowed",
       [](const py::array& a, double shift) -> py::tuple {
@@ -328,8 +336,8 @@ void bind_ridge(py::module_& m) {
   m.def(
       "_tiled_ridge_solve",
       [](const py::array& k, const py::array& b, double shift, int tile) -> py::tuple {
-        return float_kind(k, "k") == 0 ? tiled_ridge_solve_t<float>(k, b, shift, tile)
-                                       : tiled_ridge_solve_t<double>(k, b, shift, tile);
+        return dispatch_float(
+            k, "k", [&](auto t) { return tiled_ridge_solve_t<decltype(t)>(k, b, shift, tile); });
       },
       py::arg("k"), py::arg("b"), py::arg("shift"), py::arg("tile"),
       "Testing hook: (x, L, info) of ridge_solve_forward for one problem k (N, N), b (N, P),\n"
@@ -338,8 +346,8 @@ void bind_ridge(py::module_& m) {
       "_trsm_right_lower",
       [](const std::string& trans, const py::array& l, const py::array& b,
          double alpha) -> py::array {
-        return float_kind(l, "L") == 0 ? trsm_right_lower_t<float>(trans, l, b, alpha)
-                                       : trsm_right_lower_t<double>(trans, l, b, alpha);
+        return dispatch_float(
+            l, "L", [&](auto t) { return trsm_right_lower_t<decltype(t)>(trans, l, b, alpha); });
       },
       py::arg("trans"), py::arg("L"), py::arg("b"), py::arg("alpha") = 1.0,
       "Testing hook: X with X op(L) = alpha b, L (N, N) lower triangular (lower triangle\n"
@@ -347,8 +355,8 @@ void bind_ridge(py::module_& m) {
   m.def(
       "cholesky_forward",
       [](const py::array& a, const py::array& shift) -> py::tuple {
-        return float_kind(a, "a") == 0 ? cholesky_forward_t<float>(a, shift)
-                                       : cholesky_forward_t<double>(a, shift);
+        return dispatch_float(
+            a, "a", [&](auto t) { return cholesky_forward_t<decltype(t)>(a, shift); });
       },
       py::arg("a"), py::arg("shift"),
       "(L, info) = chol(a + shift*I) per batch member, reading only the lower triangle of a\n"
@@ -358,8 +366,7 @@ void bind_ridge(py::module_& m) {
   m.def(
       "cholesky_solve",
       [](const py::array& l, const py::array& b) -> py::array {
-        return float_kind(l, "L") == 0 ? cholesky_solve_t<float>(l, b)
-                                       : cholesky_solve_t<double>(l, b);
+        return dispatch_float(l, "L", [&](auto t) { return cholesky_solve_t<decltype(t)>(l, b); });
       },
       py::arg("L"), py::arg("b"),
       "x = (L L^T)^-1 b: L (B, N, N) lower triangular (only its lower triangle is read),\n"
@@ -368,9 +375,9 @@ void bind_ridge(py::module_& m) {
       "ridge_solve_forward",
       [](const py::array& k, const py::array& b, const py::array& shift, bool keep_l,
          bool check_finite) -> py::tuple {
-        return float_kind(k, "k") == 0
-                   ? ridge_solve_forward_t<float>(k, b, shift, keep_l, check_finite)
-                   : ridge_solve_forward_t<double>(k, b, shift, keep_l, check_finite);
+        return dispatch_float(k, "k", [&](auto t) {
+          return ridge_solve_forward_t<decltype(t)>(k, b, shift, keep_l, check_finite);
+        });
       },
       py::arg("k"), py::arg("b"), py::arg("shift"), py::arg("keep_l") = true,
       py::arg("check_finite") = false,
@@ -383,13 +390,11 @@ void bind_ridge(py::module_& m) {
       "kernel_ridge_batched",
       [](const py::array& x, const py::array& y, const py::array& shift, int kernel,
          double lengthscale, const py::object& x_new, bool check_finite) -> py::tuple {
-        check_kernel(kernel, lengthscale);
-        return float_kind(x, "x") == 0 ? kernel_ridge_batched_t<float>(x, y, shift, kernel,
-                                                                       lengthscale, x_new,
-                                                                       check_finite)
-                                       : kernel_ridge_batched_t<double>(x, y, shift, kernel,
-                                                                        lengthscale, x_new,
-                                                                        check_finite);
+        check_kernel(kernel, lengthscale, Lengthscale::kPositiveFinite);
+        return dispatch_float(x, "x", [&](auto t) {
+          return kernel_ridge_batched_t<decltype(t)>(x, y, shift, kernel, lengthscale, x_new,
+                                                     check_finite);
+        });
       },
       py::arg("x"), py::arg("y"), py::arg("shift"), py::arg("kernel"), py::arg("lengthscale"),
       py::arg("x_new") = py::none(), py::arg("check_finite") = false,

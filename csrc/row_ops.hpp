@@ -13,6 +13,9 @@ namespace fastamort {
 
 enum KernelId : int { kGaussian = 0, kMatern12 = 1, kMatern32 = 2, kMatern52 = 3, kLaplacian = 4 };
 constexpr int kNumKernels = 5;
+// The kernels' names by id, as fastamort's KERNEL_IDS (exported as fastamort._C.KERNEL_IDS).
+inline constexpr const char* kKernelNames[kNumKernels] = {"gaussian", "matern12", "matern32",
+                                                          "matern52", "laplacian"};
 
 inline bool kernel_is_euclidean(int kernel) { return kernel != kLaplacian; }
 

@@ -11,7 +11,11 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__clang__)  // clang ignores GCC's target pragma
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC target("avx2,fma")
+#endif
 #define FASTAMORT_VEC_BYTES 32
 #define FASTAMORT_ISA_NS isa_avx2
 #define FASTAMORT_ISA_NAME "avx2+fma"
@@ -20,6 +24,9 @@
 namespace fastamort::isa_avx2 {
 bool compiled() { return true; }
 }  // namespace fastamort::isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #else
 namespace fastamort::isa_avx2 {
 bool compiled() { return false; }

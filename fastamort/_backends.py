@@ -48,12 +48,10 @@ def _import_status(module: str) -> tuple[ModuleType | None, str | None]:
 
 def cpp_module() -> ModuleType:
     """The compiled extension ``fastamort._C``; raises if it is not built."""
-    mod, why = _import_status("fastamort._C")
+    mod, _ = _import_status("fastamort._C")
     if mod is None:
-        raise BackendUnavailableError(
-            "the C++ extension fastamort._C is not available "
-            f"({why}); reinstall without FASTAMORT_NO_EXT=1 to build it"
-        )
+        why = cpp_unavailable_reason()
+        raise BackendUnavailableError(f"the C++ backend is not available: {why}")
     threads = torch.get_num_threads()
     if threads != _cpp_threads[0] and hasattr(mod, "set_num_threads"):
         # the extension has its own OpenMP runtime: keep it at torch.set_num_threads's value
@@ -87,9 +85,16 @@ def triton_unavailable_reason() -> str | None:
 def cpp_unavailable_reason() -> str | None:
     """Why the C++ backend cannot be used at all, or None."""
     _, why = _import_status("fastamort._C")
-    if why is not None:
-        return f"the extension fastamort._C is not built ({why})"
-    return None
+    if why is None:
+        return None
+    if why.startswith("ModuleNotFoundError"):
+        return (
+            f"the extension fastamort._C is not installed ({why}): the package was built "
+            "without it, either on purpose (FASTAMORT_NO_EXT=1) or because its compile failed "
+            "(setup.py then warns and goes on); reinstall with `pip install -v` to see the "
+            "compiler's messages, and FASTAMORT_REQUIRE_EXT=1 to make a failed compile fatal"
+        )
+    return f"the extension fastamort._C is installed but does not import ({why})"
 
 
 def _why_not(backend: str, device: torch.device) -> str | None:

@@ -27,9 +27,23 @@ C = pytest.importorskip("fastamort._C")
 DTYPES = [np.float32, np.float64]
 # Relative tolerances (to the largest entry involved) per dtype.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
-OWN_MAX_N = 128  # the own/LAPACK split in csrc/ridge_engine.cpp
-TILED_MIN_N = 192  # kTiledMinN: one problem from this order up is factored in tiles
-KERNELS = {0: "gaussian", 1: "matern12", 2: "matern32", 3: "matern52", 4: "laplacian"}
+OWN_MAX_N = C.ROUTE_THRESHOLDS["own_max_n"]  # the own/LAPACK split
+TILED_MIN_N = C.ROUTE_THRESHOLDS["tiled_min_n"]  # one problem from this order up: tiles
+KERNELS = {kid: name for name, kid in C.KERNEL_IDS.items()}
+
+
+def test_the_extension_and_python_agree_on_kernel_ids():
+    from fastamort.ops.kernel_math import KERNEL_IDS
+
+    assert C.KERNEL_IDS == KERNEL_IDS
+
+
+def test_the_docstring_states_the_exported_route_thresholds():
+    t = C.ROUTE_THRESHOLDS
+    doc = " ".join(__doc__.split())
+    assert f"(n <= {t['own_max_n']} and at most {t['own_max_p']} right-hand sides" in doc
+    assert f"groups of {t['lanes']} problems" in doc
+    assert f"n >= {t['tiled_min_n']} is factored by the tiled Cholesky" in doc
 
 
 def _spd(rng, batch, n, dtype):

@@ -27,12 +27,14 @@ pytestmark = [
 FUNCTION = re.compile(r"^[0-9a-f]+ <(.+)>:$")
 
 
-def disassembly() -> str:
-    """objdump's listing of the built extension, names demangled."""
-    from fastamort import _C
+def disassembly(path: str | None = None) -> str:
+    """objdump's listing of the built extension (or of the library at path), names demangled."""
+    if path is None:
+        from fastamort import _C
 
+        path = _C.__file__
     return subprocess.run(
-        ["objdump", "-d", "--no-show-raw-insn", "-C", _C.__file__],
+        ["objdump", "-d", "--no-show-raw-insn", "-C", path],
         capture_output=True,
         text=True,
         check=True,
