@@ -386,7 +386,13 @@ def amortised_estimate(
         kernel = Gaussian().to(xs.device)
     elif not isinstance(kernel, Kernel):
         raise TypeError(f"kernel: expected a fastamort.kernels.Kernel, got {type(kernel).__name__}")
-    choose_ell = not bool(kernel.initialised)
+    if traced():  # no data-dependent branch in a compiled graph: the kernel must be set up
+        torch._assert_async(
+            kernel.initialised, "kernel: give a lengthscale (or call init_from) before compiling"
+        )
+        choose_ell = False
+    else:
+        choose_ell = not bool(kernel.initialised)
     if choose_ell:
         kernel.init_from(xs)  # median heuristic on this sleep set (the kernel keeps it)
 

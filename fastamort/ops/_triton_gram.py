@@ -78,7 +78,7 @@ _GRAM_CONFIGS = {
 _MATMUL_CONFIGS = {
     "euclid": [
         _cfg(64, 64, 32, 4, 3),
-        _cfg(128, 64, 32, 8, 3),
+        _cfg(128, 64, 16, 8, 3),  # BLOCK_K 32 needs 384 KiB of shared memory in float64
         _cfg(64, 128, 32, 4, 2),
         _cfg(128, 128, 16, 8, 2),
         _cfg(64, 32, 32, 4, 2),
@@ -242,11 +242,9 @@ def _s_tile_exact(
 
 
 @triton.jit
-def _s_tile(
+def _s_tile_direct(
     a_base,
     c_base,
-    na_base,
-    nc_base,
     offs_a,
     offs_c,
     mask_a,
@@ -261,35 +259,30 @@ def _s_tile(
     SYMMETRIC: tl.constexpr,
     BLOCK_A: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    BLOCK_K: tl.constexpr,
 ):
-    """:func:`_s_tile_exact` with the centred rows standing in for the raw ones (the entries it
-    recomputes are then direct differences of centred points: exact up to the centring's
-    rounding). Returns ``s`` only."""
-    s, _ = _s_tile_exact(
-        a_base,
-        c_base,
-        a_base,
-        c_base,
-        na_base,
-        nc_base,
-        offs_a,
-        offs_c,
-        mask_a,
-        mask_c,
-        stride_am,
-        stride_ad,
-        stride_cm,
-        stride_cd,
-        D,
-        ell,
-        KERNEL,
-        SYMMETRIC,
-        BLOCK_A,
-        BLOCK_C,
-        BLOCK_K,
-    )
-    return s
+    """Scaled distances ``s[BLOCK_A, BLOCK_C]`` by direct differences, one dimension at a time:
+    as accurate as the points allow, whatever their offset, and with no second tile held live
+    (small tiles: the fused kernel ridge, where the GEMM trick plus its recomputation spills
+    registers). s = 0 on i == j when ``SYMMETRIC``."""
+    dtype = a_base.dtype.element_ty
+    a_rows = a_base + offs_a.to(tl.int64) * stride_am
+    c_rows = c_base + offs_c.to(tl.int64) * stride_cm
+    acc = tl.zeros((BLOCK_A, BLOCK_C), dtype=dtype)
+    for k in range(0, D):
+        a_k = tl.load(a_rows + k * stride_ad, mask=mask_a, other=0.0)
+        c_k = tl.load(c_rows + k * stride_cd, mask=mask_c, other=0.0)
+        diff = a_k[:, None] - c_k[None, :]
+        if KERNEL == _LAPLACIAN:
+            acc += tl.abs(diff)
+        else:
+            acc += diff * diff
+    if KERNEL == _LAPLACIAN:
+        s = acc / ell
+    else:
+        s = acc / (ell * ell)
+    if SYMMETRIC:
+        s = tl.where(offs_a[:, None] == offs_c[None, :], 0.0, s)
+    return tl.minimum(s, 1e7)  # kernel_math.S_MAX
 
 
 @triton.jit
@@ -818,7 +811,7 @@ def _prepare_exact(
 
 
 def _prepare(x: Tensor, y: Tensor | None, kernel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(x̃, ỹ, ‖x̃‖², ‖ỹ‖²)`` of :func:`_prepare_exact`, for kernels built on :func:`_s_tile`."""
+    """``(x̃, ỹ, ‖x̃‖², ‖ỹ‖²)`` of :func:`_prepare_exact`, for the fused kernel ridge."""
     return _prepare_exact(x, y, kernel)[2:]
 
 

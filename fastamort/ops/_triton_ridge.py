@@ -45,7 +45,7 @@ from ._triton_gram import (
     _norm_stride,
     _pow2_block,
     _prepare,
-    _s_tile,
+    _s_tile_direct,
     _tri_index,
     _unflatten,
     gram_forward,
@@ -532,7 +532,7 @@ def _krr_fused_kernel(
 ):
     """``alpha = (K(x, x) + shift·I)⁻¹ y`` and ``pred = K(x_new, x) alpha`` for one problem.
 
-    ``K(x, x)`` is built from :func:`_s_tile` / :func:`_k_of_s` of :mod:`._triton_gram` (unit
+    ``K(x, x)`` is built from :func:`_s_tile_direct` / :func:`_k_of_s` of :mod:`._triton_gram` (unit
     diagonal; only its lower triangle is used), factored and solved in registers, never stored.
     The prediction is computed per ``BLOCK_P`` chunk of ``alpha`` while it is in registers.
     """
@@ -545,19 +545,15 @@ def _krr_fused_kernel(
 
     # per-problem bases
     x_base = x_ptr + pid_b * stride_xb
-    nx_base = nx_ptr + pid_b * stride_nxb
     q_base = xn_ptr + pid_b * stride_qb
-    nq_base = nxn_ptr + pid_b * stride_nqb
     y_base = y_ptr + pid_b * stride_yb
     a_base = alpha_ptr + pid_b * stride_ab
     p_base = pred_ptr + pid_b * stride_pb
 
     # K + shift·I, lower triangle (padding rows/columns zeroed)
-    s = _s_tile(
+    s = _s_tile_direct(
         x_base,
         x_base,
-        nx_base,
-        nx_base,
         rows,
         cols,
         mask_n,
@@ -572,7 +568,6 @@ def _krr_fused_kernel(
         True,
         BLOCK_N,
         BLOCK_N,
-        BLOCK_K,
     )
     k = _k_of_s(s, KERNEL)
     inside = mask_n[:, None] & mask_n[None, :]
@@ -599,11 +594,9 @@ def _krr_fused_kernel(
             for m0 in range(0, M, BLOCK_M):
                 offs_m = m0 + offs_m0
                 mask_m = offs_m < M
-                s_new = _s_tile(
+                s_new = _s_tile_direct(
                     q_base,
                     x_base,
-                    nq_base,
-                    nx_base,
                     offs_m,
                     cols,
                     mask_m,
@@ -618,7 +611,6 @@ def _krr_fused_kernel(
                     False,
                     BLOCK_M,
                     BLOCK_N,
-                    BLOCK_K,
                 )
                 k_new = tl.where(mask_n[None, :], _k_of_s(s_new, KERNEL), 0.0)
                 pred = tl.dot(k_new, alpha, input_precision="ieee")
