@@ -59,7 +59,10 @@ EVERY_CONFIG = {
         ({"KERNEL": 4, "SYMMETRIC": False}, tg._GRAM_CONFIGS["l1"]),
     ],
     "gram_matmul": [
-        ({"KERNEL": 3, "SYMMETRIC": False, "BLOCK_P": 16}, tg._MATMUL_CONFIGS["euclid"]),
+        (
+            {"KERNEL": 3, "SYMMETRIC": False, "BLOCK_P": 16},
+            {"float32": tg._MATMUL_CONFIGS["euclid"], "float64": tg._MATMUL_CONFIGS["euclid64"]},
+        ),
         ({"KERNEL": 4, "SYMMETRIC": False, "BLOCK_P": 16}, tg._MATMUL_CONFIGS["l1"]),
     ],
     "cholesky": [
@@ -105,10 +108,11 @@ def test_every_launch_compiles_for_sm90(group: str, tmp_path: Path) -> None:
 
     # The launches compiled with every autotune config got each of them, and each such launch
     # (one specialisation: constexprs, 1-strides) has a config that does not spill registers.
-    for constexprs, configs in EVERY_CONFIG.get(group, []):
-        want = {_config_key(c.kwargs, c.num_warps, c.num_stages) for c in configs}
-        names = {k for c in configs for k in c.kwargs}
+    for constexprs, table in EVERY_CONFIG.get(group, []):
         for dtype in ("float32", "float64"):
+            configs = table[dtype] if isinstance(table, dict) else table  # per dtype, or shared
+            want = {_config_key(c.kwargs, c.num_warps, c.num_stages) for c in configs}
+            names = {k for c in configs for k in c.kwargs}
             launches = defaultdict(dict)
             for r in rows:
                 if r["dtype"] != dtype or any(

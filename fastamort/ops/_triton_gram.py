@@ -75,14 +75,26 @@ _GRAM_CONFIGS = {
 # register spills where the others spill: float64 and the Matérn epilogues (matmul), every
 # backward (the others spill 30–120 B per thread in float32, 0.2–1.6 KB in float64). The
 # autotuner decides on the GPU.
+# float64 Euclidean products get only the smaller tiles: with the direct recomputation, the
+# larger ones need 384–768 KiB of shared memory in the Matérn epilogues (sm_90 allows 227 KiB).
+# The last config of each Euclidean table is the one the offline compile finds free of register
+# spills in the Matérn-5/2 epilogue (float32: 32×32×32, 4 warps; float64: 32×32×16, 8 warps).
 _MATMUL_CONFIGS = {
     "euclid": [
         _cfg(64, 64, 32, 4, 3),
-        _cfg(128, 64, 16, 8, 3),  # BLOCK_K 32 needs 384 KiB of shared memory in float64
+        _cfg(128, 64, 32, 8, 3),
         _cfg(64, 128, 32, 4, 2),
         _cfg(128, 128, 16, 8, 2),
         _cfg(64, 32, 32, 4, 2),
         _cfg(64, 64, 32, 8, 2),
+        _cfg(32, 32, 32, 4, 2),
+    ],
+    "euclid64": [
+        _cfg(64, 64, 32, 4, 3),
+        _cfg(64, 32, 32, 4, 2),
+        _cfg(64, 64, 32, 8, 2),
+        _cfg(32, 32, 32, 4, 2),
+        _cfg(32, 32, 16, 8, 2),
     ],
     "l1": [
         _cfg(32, 32, 8, 4, 2),
@@ -123,6 +135,12 @@ def _tuned(fn: Callable, table: dict[str, list[triton.Config]], key: list[str], 
 
 def _family(kernel: int) -> str:
     return "l1" if kernel == _LAPLACIAN_ID else "euclid"
+
+
+def _matmul_family(kernel: int, dtype: torch.dtype) -> str:
+    """:func:`_family`, with float64 Euclidean products on their own (smaller) tiles."""
+    family = _family(kernel)
+    return "euclid64" if family == "euclid" and dtype == torch.float64 else family
 
 
 def _min_block(configs: list[triton.Config], name: str) -> int:
@@ -883,7 +901,7 @@ def gram_matmul_forward(x: Tensor, y: Tensor | None, v: Tensor, kernel: int, ell
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(P, block_p) * B,)
 
-    _gram_matmul[_family(kernel)][grid](
+    _gram_matmul[_matmul_family(kernel, x.dtype)][grid](
         xc,
         yc,
         xr,
