@@ -12,6 +12,7 @@
 #include <windows.h>
 #endif
 
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 
@@ -43,6 +44,7 @@ struct Table {
   set_threads_f* set_threads = nullptr;
   get_threads_f* get_threads = nullptr;
   std::string threads_symbol;
+  std::string source = "scipy.linalg.cython_blas/cython_lapack capsules";
   bool ok = false;
 };
 
@@ -115,6 +117,41 @@ void find_thread_control(void* blas_function) {
 #endif
 }
 
+// The BLAS inside torch's own library, when it is Intel MKL (x86-64 Linux wheels link it
+// statically and export its Fortran symbols). MKL's GEMM, TRSM and POTRF are faster than
+// SciPy's OpenBLAS on x86-64 (bench/bench_gram.py and `fastamort bench step` re-measure it),
+// and they are what the benchmarks' floor (torch's own routines) runs on. Taken without a
+// link step: dlopen of the already-loaded libtorch_cpu with RTLD_NOLOAD. SYRK (not exported)
+// stays SciPy's. MKL called inside one of our OpenMP regions runs on one thread by itself
+// (MKL_DYNAMIC); SingleThreaded keeps guarding OpenBLAS. FASTAMORT_BLAS=scipy skips this.
+void take_torch_mkl() {
+#if defined(FASTAMORT_HAS_DLFCN)
+  const char* choice = std::getenv("FASTAMORT_BLAS");
+  if (choice != nullptr && std::string(choice) == "scipy") return;
+  void* handle = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return;
+  auto sym = [handle](const std::string& name) { return dlsym(handle, name.c_str()); };
+  const char* prefixes[2] = {"s", "d"};
+  bool ok = sym("MKL_Get_Max_Threads") != nullptr;
+  void* found[2][4] = {};
+  for (int i = 0; i < 2 && ok; ++i) {
+    const std::string p = prefixes[i];
+    const std::string names[4] = {p + "gemm_", p + "trsm_", p + "potrf_", p + "potrs_"};
+    for (int f = 0; f < 4; ++f) ok = ok && (found[i][f] = sym(names[f])) != nullptr;
+  }
+  dlclose(handle);  // torch keeps the library loaded
+  if (!ok) return;
+  for (int i = 0; i < 2; ++i) {
+    g_table.gemm[i] = reinterpret_cast<gemm_f*>(found[i][0]);
+    g_table.trsm[i] = reinterpret_cast<trsm_f*>(found[i][1]);
+    g_table.potrf[i] = reinterpret_cast<potrf_f*>(found[i][2]);
+    g_table.potrs[i] = reinterpret_cast<potrs_f*>(found[i][3]);
+  }
+  g_table.source = "torch's Intel MKL (gemm, trsm, potrf, potrs; libtorch_cpu) and " +
+                   g_table.source + " (syrk)";
+#endif
+}
+
 }  // namespace
 
 void load() {
@@ -135,6 +172,8 @@ void load() {
         reinterpret_cast<potrs_f*>(capsule_pointer(lapack, (p + "potrs").c_str(), lapack_mod));
   }
   find_thread_control(reinterpret_cast<void*>(g_table.gemm[1]));
+  py::module_::import("torch");  // libtorch_cpu loaded, whoever imports us first
+  take_torch_mkl();
   g_table.ok = true;
 }
 
@@ -144,14 +183,14 @@ bool thread_control() { return g_table.set_threads != nullptr; }
 
 std::string describe() {
   if (!g_table.ok) return "not loaded";
-  std::string s = "scipy.linalg.cython_blas/cython_lapack capsules";
+  std::string s = g_table.source;
   s += thread_control() ? " (thread control: " + g_table.threads_symbol + ")"
                         : " (no thread control found)";
   return s;
 }
 
 SingleThreaded::SingleThreaded() {
-  if (g_table.get_threads == nullptr) return;
+  if (g_table.set_threads == nullptr) return;
   std::lock_guard<std::mutex> lock(g_threads_mutex);
   if (g_single_users++ == 0) {
     g_saved_threads = g_table.get_threads();

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastamort._backends import cpp_unavailable_reason
 
@@ -66,8 +67,10 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_concurrent_python_threads_keep_the_blas_single_threaded_inside_openmp():
+@pytest.mark.parametrize("provider", ["auto", "scipy"])
+def test_concurrent_python_threads_keep_the_blas_single_threaded_inside_openmp(provider):
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",)}
+    env["FASTAMORT_BLAS"] = provider
     # Two OpenMP threads and a two-thread BLAS, whatever the machine's core count.
     env.update(OMP_NUM_THREADS="2", SCIPY_OPENBLAS_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -84,3 +87,46 @@ def test_concurrent_python_threads_keep_the_blas_single_threaded_inside_openmp()
     assert int(before) == 2 and after == before, "the BLAS thread count was not restored"
     warnings = [line for line in proc.stderr.splitlines() if "OpenBLAS Warning" in line]
     assert not warnings, f"{len(warnings)} OpenBLAS warnings, first: {warnings[0]}"
+
+
+# The same engine calls under both BLAS providers (torch's MKL where torch has it, SciPy's
+# OpenBLAS): gram (GEMM + SYRK route, D > 64), gram_matmul, a large ridge solve (tiled
+# Cholesky with GEMM/TRSM tasks) and its backward.
+PROVIDER_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, fastamort
+    from fastamort import _C
+    torch.manual_seed(0)
+    x = torch.randn(700, 100, dtype=torch.float64)
+    v = torch.randn(700, 3, dtype=torch.float64)
+    k = fastamort.gram(x, lengthscale=10.0, backend="cpp")
+    kv = fastamort.gram_matmul(x[:50], x, v, lengthscale=10.0, backend="cpp")
+    kk = k.clone().requires_grad_(True)
+    sol = fastamort.ridge_solve(kk, v, 1e-3, backend="cpp")
+    sol.square().sum().backward()
+    torch.save({"k": k, "kv": kv, "sol": sol.detach(), "grad": kk.grad}, sys.argv[1])
+    print(_C.blas_source())
+    """
+)
+
+
+def test_both_blas_providers_give_the_same_results(tmp_path):
+    results, sources = {}, {}
+    for provider in ("auto", "scipy"):
+        env = dict(os.environ, FASTAMORT_BLAS=provider)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        out = tmp_path / f"{provider}.pt"
+        proc = subprocess.run(
+            [sys.executable, "-c", PROVIDER_SCRIPT, str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results[provider], sources[provider] = torch.load(out), proc.stdout.strip()
+    assert "MKL" not in sources["scipy"], sources["scipy"]
+    for name, ref in results["scipy"].items():
+        got = results["auto"][name]
+        scale = ref.abs().max()
+        assert float((got - ref).abs().max() / scale) < 1e-10, name
