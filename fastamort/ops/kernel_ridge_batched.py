@@ -68,8 +68,8 @@ def kernel_ridge_batched_ref(x, y, lam, kernel="gaussian", lengthscale=1.0, x_ne
 
 
 def _fused(x, y, lam, ell, x_new, kid: int, backend: str, cpp_checks: bool = False):
-    """(alpha (B, n, p), prediction (B, m, p) | None, shift (B,)) of the fused kernel on
-    ``backend``, with the jitter policy: shift = λ + the jitter used (float64);
+    """(alpha (B, n, p), prediction (B, m, p) | None, jitter (B,)) of the fused kernel on
+    ``backend``, with the jitter policy (jitter: float64, 0 where none was needed);
     ``cpp_checks``: the cpp kernel refuses a non-finite y itself."""
     fused = backend_impl("ridge", backend).kernel_ridge_batched
     if cpp_checks:
@@ -92,7 +92,7 @@ def _fused(x, y, lam, ell, x_new, kid: int, backend: str, cpp_checks: bool = Fal
         what="kernel_ridge_batched",
     )
     note_backend("kernel_ridge_batched", backend)
-    return alpha, pred, lam + jitter
+    return alpha, pred, jitter
 
 
 # --------------------------------------------------------------------------------------
@@ -118,10 +118,10 @@ def kernel_ridge_batched_op(
         check_points(("x_new", x_new), squared=is_euclidean(KERNEL_NAMES[kid]))
     check_lam_values(lam)
     check_finite(("y", y))
-    alpha, pred, shift = _fused(x, y, lam, ell, x_new, kid, backend)
+    alpha, pred, jitter = _fused(x, y, lam, ell, x_new, kid, backend)
     if pred is None:
         pred = alpha.new_empty(alpha.shape[0], 0, alpha.shape[2])
-    return alpha.contiguous(), pred.contiguous(), shift.contiguous()
+    return alpha.contiguous(), pred.contiguous(), (lam + jitter).contiguous()
 
 
 @kernel_ridge_batched_op.register_fake
