@@ -7,12 +7,16 @@ Environment:
                             installed (the torch and Triton backends; `fastamort info` says why
                             the cpp backend is missing).
     FASTAMORT_NO_OPENMP=1   compile without OpenMP (every kernel runs on one thread).
+    FASTAMORT_PORTABLE=1    with GCC or clang, compile the code path of a compiler without their
+                            extensions (MSVC's): no vector types, no AVX2 dispatch, OpenMP 2.0
+                            constructs only (csrc/portability.hpp; tests/test_build.py).
     FASTAMORT_DEBUG=1       build the extension with -O0 -g (/Od /Zi on MSVC).
     FASTAMORT_BUILD_JOBS    parallel compile jobs for the C++ sources (default: all CPUs).
 
 Compilers: GCC and clang (-O3 -fopenmp), Apple clang (OpenMP from Homebrew's libomp, found
 through ``brew --prefix libomp`` or $FASTAMORT_LIBOMP_PREFIX, else OpenMP off with a warning),
-MSVC (/O2 /openmp). With GCC or clang, OpenMP is probed first: a compiler without it (clang
+MSVC (/O2 /openmp:experimental: OpenMP 2.0 plus its `omp simd`; csrc/portability.hpp keeps
+MSVC off the GCC/clang extensions and the OpenMP 4.0 constructs). With GCC or clang, OpenMP is probed first: a compiler without it (clang
 without libomp) builds the extension without OpenMP and says so.
 
 The extension links no BLAS (and no libtorch, no CUDA): it takes SciPy's BLAS/LAPACK through
@@ -77,7 +81,10 @@ def _extensions() -> list:
             include_dirs=["csrc"],
             cxx_std=17,
             libraries=["dl"] if sys.platform.startswith("linux") else [],
-            define_macros=[("FASTAMORT_VERSION", f'"{VERSION}"')],
+            define_macros=[
+                ("FASTAMORT_VERSION", f'"{VERSION}"'),
+                *([("FASTAMORT_PORTABLE", "1")] if _flag("FASTAMORT_PORTABLE") else []),
+            ],
         )
     ]
 
@@ -139,8 +146,8 @@ def _flags(compiler) -> tuple[list[str], list[str], str]:
     if family == "msvc":
         compile_args = ["/Od", "/Zi"] if debug else ["/O2"]
         compile_args += ["/EHsc", "/bigobj"]
-        if want_openmp:
-            return [*compile_args, "/openmp"], [], "msvc: OpenMP on (/openmp)"
+        if want_openmp:  # :experimental adds the `omp simd` directives to OpenMP 2.0
+            return [*compile_args, "/openmp:experimental"], [], "msvc: OpenMP on (/openmp)"
         return compile_args, [], "msvc: OpenMP off (FASTAMORT_NO_OPENMP=1)"
     compile_args = ["-O0", "-g"] if debug else ["-O3"]
     compile_args += ["-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]

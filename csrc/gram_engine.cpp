@@ -352,7 +352,11 @@ void forward(const Problem<T>& p, T* k, bool inner_parallel) {
   const int n = p.n;
   const Blocking bl = blocking<T>(pr.direct(), p.m, n, n, pr.fused(), p.d);
   const int nbi = (p.m + bl.rows - 1) / bl.rows, nbj = (n + bl.cols - 1) / bl.cols;
+#ifdef FASTAMORT_HAVE_OMP4
 #pragma omp parallel for schedule(dynamic) collapse(2) if (pr.blas())
+#else
+#pragma omp parallel for schedule(dynamic) if (pr.blas())
+#endif
   for (int bi = 0; bi < nbi; ++bi) {
     for (int bj = 0; bj < nbj; ++bj) {
       const int i0 = bi * bl.rows, rows = std::min(bl.rows, p.m - i0);

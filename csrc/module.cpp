@@ -5,6 +5,7 @@
 
 #include "blas.hpp"
 #include "parallel.hpp"
+#include "portability.hpp"
 
 namespace py = pybind11;
 
@@ -54,6 +55,24 @@ PYBIND11_MODULE(_C, m) {
   py::dict build;
   build["compiler"] = compiler_name();
   build["openmp"] = fastamort::openmp_version();  // yyyymm of the OpenMP standard, 0 without
+  // The kernel variants compiled in (the one that runs: simd_isa()), and the portability
+  // switches (portability.hpp).
+  py::list isa;
+  isa.append("baseline");
+#ifdef FASTAMORT_HAVE_AVX2_DISPATCH
+  isa.append("avx2+fma");
+#endif
+  build["isa"] = isa;
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
+  build["vector_extensions"] = true;
+#else
+  build["vector_extensions"] = false;
+#endif
+#ifdef FASTAMORT_PORTABLE
+  build["portable"] = true;
+#else
+  build["portable"] = false;
+#endif
   m.attr("BUILD_INFO") = build;
 #ifdef FASTAMORT_VERSION
   m.attr("__version__") = FASTAMORT_VERSION;

@@ -2,6 +2,7 @@
 #include "nystrom_engine.hpp"
 
 #include "parallel.hpp"
+#include "portability.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -15,7 +16,7 @@
 #include "nystrom_products_impl.hpp"
 #undef FASTAMORT_NYS_NS
 #undef FASTAMORT_NYS_VEC_BYTES
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef FASTAMORT_HAVE_AVX2_DISPATCH
 #if defined(__clang__)  // clang ignores GCC's target pragma
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else

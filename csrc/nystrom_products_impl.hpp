@@ -8,12 +8,21 @@
 
 namespace fastamort::nystrom::FASTAMORT_NYS_NS {
 
-// Vectors of FASTAMORT_NYS_VEC_BYTES bytes (GCC vector extensions: plain SIMD code on any ISA).
+// Vectors of FASTAMORT_NYS_VEC_BYTES bytes (GCC vector extensions: plain SIMD code on any ISA);
+// without the extensions (portability.hpp) one-lane vectors, i.e. scalars, and the same code.
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
 template <class T>
 struct Vec {
   typedef T type __attribute__((vector_size(FASTAMORT_NYS_VEC_BYTES)));
   static constexpr int lanes = FASTAMORT_NYS_VEC_BYTES / static_cast<int>(sizeof(T));
 };
+#else
+template <class T>
+struct Vec {
+  typedef T type;
+  static constexpr int lanes = 1;
+};
+#endif
 
 template <int E, class V>
 inline V dist_term(V diff) {
@@ -36,8 +45,8 @@ void rows4_distance(const T* x, int d, const T* ct, int m, T scale, T* const* kr
     V s[4][2] = {};
     for (int k = 0; k < d; ++k) {
       V c0, c1;
-      __builtin_memcpy(&c0, ct + static_cast<long>(k) * m + j, sizeof(V));
-      __builtin_memcpy(&c1, ct + static_cast<long>(k) * m + j + L, sizeof(V));
+      FASTAMORT_MEMCPY(&c0, ct + static_cast<long>(k) * m + j, sizeof(V));
+      FASTAMORT_MEMCPY(&c1, ct + static_cast<long>(k) * m + j + L, sizeof(V));
       for (int r = 0; r < 4; ++r) {
         const T xr = x[r * d + k];
         s[r][0] += dist_term<E>(xr - c0);
@@ -46,8 +55,8 @@ void rows4_distance(const T* x, int d, const T* ct, int m, T scale, T* const* kr
     }
     for (int r = 0; r < 4; ++r) {
       const V a = s[r][0] * scale, b = s[r][1] * scale;
-      __builtin_memcpy(kr[r] + j, &a, sizeof(V));
-      __builtin_memcpy(kr[r] + j + L, &b, sizeof(V));
+      FASTAMORT_MEMCPY(kr[r] + j, &a, sizeof(V));
+      FASTAMORT_MEMCPY(kr[r] + j + L, &b, sizeof(V));
     }
   }
   for (; j < m; ++j) {

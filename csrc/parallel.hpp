@@ -5,6 +5,8 @@
 // region runs once, on the calling thread, with thread number 0.
 #pragma once
 
+#include "portability.hpp"  // FASTAMORT_HAVE_OMP4
+
 #ifdef _OPENMP
 #include <omp.h>
 #else

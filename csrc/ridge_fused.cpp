@@ -214,7 +214,7 @@ void fused_group_base(const FusedCall<T>& c, int count, const T* x, const T* y,
 
 #ifdef FASTAMORT_RIDGE_AVX2
 template <class T>
-__attribute__((target("avx2,fma"))) void fused_group_avx2(const FusedCall<T>& c, int count,
+FASTAMORT_TARGET_AVX2 void fused_group_avx2(const FusedCall<T>& c, int count,
                                                           const T* x, const T* y,
                                                           const double* shift, const T* x_new,
                                                           T* alpha, T* pred, int32_t* info,

@@ -12,17 +12,12 @@
 #include <limits>
 #include <vector>
 
+#include "portability.hpp"
 #include "ridge_engine.hpp"
-
-#if defined(_MSC_VER) && !defined(__clang__)
-#define FASTAMORT_INLINE __forceinline
-#else
-#define FASTAMORT_INLINE inline __attribute__((always_inline))
-#endif
 
 // The AVX2+FMA copies of the lane kernels (GCC and clang on x86-64; elsewhere the baseline
 // kernels only).
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef FASTAMORT_HAVE_AVX2_DISPATCH
 #define FASTAMORT_RIDGE_AVX2 1
 #endif
 

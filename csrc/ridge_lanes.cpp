@@ -22,13 +22,13 @@ void solve_lanes_base(int n, int p, long ld, const T* lc, T* y) {
 
 #ifdef FASTAMORT_RIDGE_AVX2
 template <class T>
-__attribute__((target("avx2,fma"))) void factor_solve_lanes_avx2(int n, int p, long ld, T* w,
+FASTAMORT_TARGET_AVX2 void factor_solve_lanes_avx2(int n, int p, long ld, T* w,
                                                                  T* dg, T* s, int* info) {
   factor_solve_lanes(n, p, ld, w, dg, s, info);
 }
 
 template <class T>
-__attribute__((target("avx2,fma"))) void solve_lanes_avx2(int n, int p, long ld, const T* lc,
+FASTAMORT_TARGET_AVX2 void solve_lanes_avx2(int n, int p, long ld, const T* lc,
                                                           T* y) {
   solve_lanes(n, p, ld, lc, y);
 }

@@ -63,6 +63,7 @@ int tile_for(int n) {
 
 bool use_threads(bool parallel) { return parallel && omp_get_max_threads() > 1; }
 
+#ifdef FASTAMORT_HAVE_OMP4
 template <class T>
 int tiled_potrf(int n, T* a, long lda, int nb) {
   const int nt = (n + nb - 1) / nb;
@@ -104,6 +105,13 @@ int tiled_potrf(int n, T* a, long lda, int nb) {
   }
   return info.load();
 }
+#else
+// Without OpenMP 4.0 task dependences (MSVC): one potrf call, as on one thread.
+template <class T>
+int tiled_potrf(int n, T* a, long lda, int) {
+  return checked_potrf(n, a, lda);
+}
+#endif
 
 int solve_block_for(int n, int p) {
   return p > 64 ? 128 : std::clamp((n / 16 + 31) / 32 * 32, 32, 128);

@@ -1,6 +1,8 @@
 // Run-time choice of the row kernels (see row_ops.hpp).
 #include "row_ops.hpp"
 
+#include "portability.hpp"
+
 #include <cstdlib>
 #include <cstring>
 
@@ -8,7 +10,7 @@ namespace fastamort {
 namespace {
 
 bool use_avx2() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef FASTAMORT_HAVE_AVX2_DISPATCH
   // FASTAMORT_ISA=baseline forces the portable path (used by the tests to cover it).
   const char* forced = std::getenv("FASTAMORT_ISA");
   if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;

@@ -9,6 +9,8 @@
 // and row_ops() picks one at run time.
 #pragma once
 
+#include <limits>
+
 namespace fastamort {
 
 enum KernelId : int { kGaussian = 0, kMatern12 = 1, kMatern32 = 2, kMatern52 = 3, kLaplacian = 4 };
@@ -26,7 +28,8 @@ inline bool kernel_is_euclidean(int kernel) { return kernel != kLaplacian; }
 // points (kernel_math.DIRECT_RATIO is the same number for the other backends).
 constexpr double kDirectRatio = 16.0;
 // gram_tile_exact's diag when Y is not X.
-constexpr long kNoDiagonal = -(1L << 40);
+// (A huge negative offset; std::numeric_limits because long has 32 bits on Windows.)
+constexpr long kNoDiagonal = std::numeric_limits<long>::min() / 2;
 
 template <class T>
 struct RowOps {

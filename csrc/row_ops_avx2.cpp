@@ -1,4 +1,5 @@
 // Row kernels for x86-64 CPUs with AVX2 and FMA, chosen at run time by row_ops().
+#include "portability.hpp"
 #include "row_ops.hpp"
 
 // Every standard header row_ops_impl.hpp uses comes before the target pragma: templates
@@ -10,7 +11,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef FASTAMORT_HAVE_AVX2_DISPATCH
 #if defined(__clang__)  // clang ignores GCC's target pragma
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else

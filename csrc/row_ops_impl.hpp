@@ -1,10 +1,12 @@
 // Included once per instruction set with FASTAMORT_ISA_NS defined (see row_ops.hpp).
 // Everything here has internal linkage or lives in the ISA namespace, so the two
 // compilations never share a symbol.
+#include "portability.hpp"
 #include "row_ops.hpp"
 #include "vec_math.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -13,8 +15,13 @@ namespace fastamort {
 namespace FASTAMORT_ISA_NS {
 namespace {
 
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
 inline float vsqrt(float x) { return __builtin_sqrtf(x); }
 inline double vsqrt(double x) { return __builtin_sqrt(x); }
+#else
+inline float vsqrt(float x) { return std::sqrt(x); }
+inline double vsqrt(double x) { return std::sqrt(x); }
+#endif
 
 template <class T>
 void cross_to_s(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale) {
@@ -160,11 +167,21 @@ constexpr int kVecBytes = FASTAMORT_VEC_BYTES;
 constexpr int kTileRows = 6;
 constexpr int kChunkCols = 128;
 
+// GCC/clang vector types; without them (portability.hpp) one-lane vectors, i.e. scalars:
+// the same micro-kernel, two columns per group.
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
 template <class T>
 struct Vec {
   typedef T type __attribute__((vector_size(kVecBytes)));
   static constexpr int lanes = kVecBytes / static_cast<int>(sizeof(T));
 };
+#else
+template <class T>
+struct Vec {
+  typedef T type;
+  static constexpr int lanes = 1;
+};
+#endif
 
 template <class T>
 inline typename Vec<T>::type vload(const T* p) {

@@ -12,13 +12,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "portability.hpp"
+
 // Forced inline: an out-of-line copy compiled for AVX2 would sit outside the ISA namespaces
 // (tests/test_isa.py checks that only the dispatched kernels use AVX).
-#if defined(_MSC_VER) && !defined(__clang__)
-#define FASTAMORT_VEC_INLINE __forceinline
-#else
-#define FASTAMORT_VEC_INLINE inline __attribute__((always_inline))
-#endif
+#define FASTAMORT_VEC_INLINE FASTAMORT_INLINE
 
 namespace fastamort {
 // Internal linkage on purpose: this header is compiled once per instruction set.

@@ -48,7 +48,31 @@ def info_text() -> str:
             f"cpp details: {_C.num_threads()} OpenMP threads, element-wise kernels for "
             f"{_C.simd_isa()}, BLAS/LAPACK from {_C.blas_source()}"
         )
+        lines.append(f"cpp build: {build_text(getattr(_C, 'BUILD_INFO', {}))}")
     return "\n".join(lines)
+
+
+#: _OPENMP (yyyymm of the specification) -> its version number.
+_OPENMP_NAMES = {
+    200203: "2.0", 200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0",
+    201511: "4.5", 201811: "5.0", 202011: "5.1", 202111: "5.2",
+}  # fmt: skip
+
+
+def build_text(info: dict) -> str:
+    """One line from ``fastamort._C.BUILD_INFO``: compiler, OpenMP, the kernel variants compiled."""
+    if not info:
+        return "not recorded by this build of the extension"
+    version = int(info.get("openmp", 0))
+    openmp = f"OpenMP {_OPENMP_NAMES.get(version, version)}" if version else "OpenMP off"
+    parts = [str(info.get("compiler", "unknown compiler")), openmp]
+    if "isa" in info:
+        parts.append("kernels: " + ", ".join(info["isa"]))
+    if info.get("portable"):
+        parts.append("portable code path (FASTAMORT_PORTABLE: no vector extensions)")
+    elif "vector_extensions" in info and not info["vector_extensions"]:
+        parts.append("no vector extensions (scalar micro-kernels)")
+    return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from fastamort.ops.cholesky import cholesky_op
 from fastamort.ops.gram import gram_backward_op, gram_op
 from fastamort.ops.gram_matmul import gram_matmul_op
 from fastamort.ops.kernel_math import KERNEL_IDS
-from fastamort.ops.kernel_ridge_batched import kernel_ridge_batched_op
+from fastamort.ops.kernel_ridge_batched import kernel_ridge_batched_op, kernel_ridge_solve_op
 from fastamort.ops.ridge_solve import cholesky_solve_op, ridge_solve_op
 from fastamort.ops.ridge_solve_mixed import ridge_solve_mixed, ridge_solve_mixed_op
 
@@ -174,22 +174,86 @@ def _krr_backends():
 @pytest.mark.parametrize("device,backend", _krr_backends())
 @pytest.mark.parametrize("with_new", [False, True], ids=["fit", "predict"])
 def test_opcheck_kernel_ridge_batched(device, backend, with_new):
-    x = _points(4, 7, 2).to(device)
-    y = _points(4, 7, 3, seed=1).to(device)
-    x_new = _points(4, 5, 2, seed=2).to(device) if with_new else None
-    lam = torch.full((4,), 0.1, dtype=torch.float64, device=device)
-    ell = torch.tensor(0.9, dtype=torch.float64, device=device)
+    x = _points(4, 7, 2, grad=True).to(device)
+    y = _points(4, 7, 3, grad=True, seed=1).to(device)
+    x_new = _points(4, 5, 2, grad=True, seed=2).to(device) if with_new else None
+    lam = torch.full((4,), 0.1, dtype=torch.float64, device=device, requires_grad=True)
+    ell = torch.tensor(0.9, dtype=torch.float64, device=device, requires_grad=True)
     args = (x, y, lam, ell, x_new, GAUSS, backend)
     with record_backends() as ran:
-        _opcheck(kernel_ridge_batched_op, args)
+        _opcheck(kernel_ridge_batched_op, args)  # autograd registration and AOT dispatch too
+        # the backward's solve (no autograd formula of its own: double backward goes through
+        # the torch composition)
+        plain = (x.detach(), y.detach(), lam.detach(), ell.detach(), GAUSS, backend)
+        _opcheck(kernel_ridge_solve_op, plain)
     assert ("kernel_ridge_batched", backend) in ran
-    alpha, pred = kernel_ridge_batched_op(*args)
-    eager = fastamort.kernel_ridge_batched(x, y, 0.1, lengthscale=0.9, x_new=x_new, backend=backend)
+    assert ("kernel_ridge_batched.backward", backend) in ran
+    alpha, pred, shift = kernel_ridge_batched_op(*args)
+    torch.testing.assert_close(shift, lam, rtol=0, atol=0)  # no jitter was needed
+    eager = fastamort.kernel_ridge_batched(
+        x.detach(), y.detach(), 0.1, lengthscale=0.9, x_new=x_new, backend=backend
+    )
     torch.testing.assert_close(alpha, eager.alpha, rtol=0, atol=0)
     if with_new:
         torch.testing.assert_close(pred, eager.prediction, rtol=0, atol=0)
     else:
         assert pred.shape == (4, 0, 3)
+
+
+@pytest.mark.parametrize("device,backend", _krr_backends())
+def test_registered_kernel_ridge_batched_gradcheck(device, backend):
+    x = _points(2, 3, 1, grad=True).to(device)
+    y = _points(2, 3, 1, grad=True, seed=1).to(device)
+    x_new = _points(2, 2, 1, grad=True, seed=2).to(device)
+    lam = torch.tensor([0.1, 0.4], dtype=torch.float64, device=device, requires_grad=True)
+    ell = torch.tensor(1.2, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fit(a, b, e, s, q):
+        return kernel_ridge_batched_op(a, b, e, s, q, GAUSS, backend)[:2]
+
+    with record_backends() as ran:
+        assert gradcheck(fit, (x, y, lam, ell, x_new))
+    assert ("kernel_ridge_batched.backward", backend) in ran
+
+
+def test_kernel_ridge_batched_backward_keeps_the_forward_jitter():
+    """A fit that needed jitter: the backward solves with the same shift (λ + jitter), so its
+    gradients are those of the function the forward computed."""
+    x = torch.zeros(1, 4, 2, dtype=torch.float64, requires_grad=True)  # K = 1 1ᵀ: singular
+    y = _points(1, 4, 1, grad=True, seed=1)
+    lam = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    ell = torch.tensor(1.0, dtype=torch.float64)
+    with pytest.warns(fastamort.NumericalWarning):
+        alpha, _, shift = kernel_ridge_batched_op(x, y, lam, ell, None, GAUSS, "cpp")
+    assert float(shift) > 0
+    (grad_y,) = torch.autograd.grad(alpha.sum(), y)
+    a = torch.ones(4, 4, dtype=torch.float64) + shift * torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(
+        grad_y[0, :, 0], torch.linalg.solve(a, torch.ones(4, 1, dtype=a.dtype))[:, 0]
+    )
+
+
+def test_compile_fullgraph_kernel_ridge_batched_backward():
+    """The fused op's forward and its autograd formula trace into one graph (aot_eager)."""
+    torch._dynamo.reset()
+    x = _points(3, 6, 2, grad=True)
+    y = _points(3, 6, 2, grad=True, seed=1)
+    x_new = _points(3, 4, 2, grad=True, seed=2)
+    ell = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+
+    def loss(a, b, q, e, s):
+        fit = fastamort.kernel_ridge_batched(a, b, s, lengthscale=e, x_new=q, backend="cpp")
+        return fit.prediction.pow(2).sum() + fit.alpha.sum()
+
+    inputs = (x, y, x_new, ell, lam)
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    with record_backends() as ran:
+        got = _value_and_grads(compiled, inputs)
+    assert ("kernel_ridge_batched.backward", "cpp") in ran
+    want = _value_and_grads(loss, inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

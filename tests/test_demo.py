@@ -110,7 +110,14 @@ def test_cli_unwritable_output_fails_before_any_work(tmp_path, capsys, monkeypat
 
 def test_cli_info_and_bench_still_parse(capsys):
     assert main(["info"]) == 0
-    assert "backends:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "backends:" in out
+    if cpp_unavailable_reason() is None:  # the extension's build is shown
+        from fastamort import _C
+
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("cpp build: ")]
+        assert _C.BUILD_INFO["compiler"] in line and "kernels: baseline" in line, line
+        assert ("OpenMP off" in line) == (_C.BUILD_INFO["openmp"] == 0), line
     with pytest.raises(SystemExit):
         main(["bench", "no-such-benchmark"])
     with pytest.raises(SystemExit):
