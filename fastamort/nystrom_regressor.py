@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._regressor_kernels import NATIVE, lengthscale_for, resolve_gamma
+from ._pairwise import NATIVE, lengthscale_for, resolve_gamma
 from ._sklearn_compat import (
     ConvergenceWarning,
     Interval,

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from ._backends import BACKENDS
-from ._regressor_kernels import (
+from ._dual_solve import solve_dual
+from ._pairwise import (
     KERNEL_CHOICES,
     NATIVE,
     check_gram_finite,
     kernel_times,
     pairwise_callable,
     pairwise_torch,
-    solve_dual,
 )
 from ._sklearn_compat import (
     HAVE_SKLEARN,

@@ -15,7 +15,8 @@ from conftest import DEVICES
 
 import fastamort
 from fastamort import KernelRidge, NotPSDError, NumericalWarning
-from fastamort._regressor_kernels import kernel_ridge_ref, lengthscale_for
+from fastamort._dual_solve import kernel_ridge_ref
+from fastamort._pairwise import lengthscale_for
 from fastamort.regressor import NotFittedError
 
 try:  # scikit-learn is optional: without it only its comparisons and checks are skipped
@@ -380,7 +381,7 @@ def test_singular_float64_falls_back_to_lstsq_like_sklearn():
 def test_mixed_precision_solve_matches_sklearn(monkeypatch):
     """The float32-factor + float64-refinement solve gives scikit-learn's float64 answer, or
     declines (indefinite or ill-conditioned systems) and the float64 Cholesky/lstsq runs."""
-    import fastamort._regressor_kernels as rk
+    import fastamort._dual_solve as rk
 
     outcomes = []
     real = rk.solve_mixed
@@ -407,7 +408,7 @@ def test_mixed_precision_solve_matches_sklearn(monkeypatch):
 
 def test_mixed_precision_declines_when_float32_cannot_converge():
     """κ = 1e9: κ·eps₃₂ ≫ 1, so the refinement cannot reach float64 accuracy and declines."""
-    from fastamort._regressor_kernels import solve_dual, solve_mixed
+    from fastamort._dual_solve import solve_dual, solve_mixed
 
     g = torch.Generator().manual_seed(20)
     q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
@@ -423,7 +424,7 @@ def test_mixed_precision_declines_when_float32_cannot_converge():
 
 @needs_sklearn
 def test_mixed_precision_at_default_size():
-    import fastamort._regressor_kernels as rk
+    import fastamort._dual_solve as rk
     import fastamort.ops.ridge_solve_mixed as rsm
 
     x, y, x_test, _ = problem(19, n=rsm.MIXED_MIN_N + 11, m=40, d=8)
