@@ -59,7 +59,7 @@ class LearnerConfig:
             raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
         fix("seed", seed)
         if self.max_grad_norm is not None:
-            fix("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm))
+            fix("max_grad_norm", check_positive(self.max_grad_norm, "max_grad_norm"))
         if not isinstance(self.solver, SolverConfig):
             raise TypeError(
                 "solver: expected a fastamort.solvers.SolverConfig, got "

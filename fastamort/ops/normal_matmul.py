@@ -91,7 +91,7 @@ def _operand(t: object, name: str, rows: int, like: torch.Tensor) -> torch.Tenso
         raise ValueError(f"{name}: device {t.device} differs from x's {like.device}")
     if t.ndim > 2 or t.shape[0] != rows:
         raise ValueError(f"{name}: expected shape ({rows}, p) or ({rows},), got {tuple(t.shape)}")
-    check_finite((name, t))
+    check_finite((t, name))
     return t
 
 
