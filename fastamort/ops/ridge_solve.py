@@ -41,8 +41,9 @@ def ridge_solve_ref(k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor)
 def check_lam(
     lam: object, like: torch.Tensor, name: str = "lam", *, values: bool = True
 ) -> torch.Tensor:
-    """λ ≥ 0 as a tensor of ``like``'s dtype and device (gradients kept). ``values=False``:
-    a tensor's values are not read (the registered op checks them, :func:`check_lam_values`)."""
+    """An op's λ ≥ 0 (a number, or a tensor of per-problem values) as a tensor of ``like``'s
+    dtype and device (gradients kept). ``values=False``: a tensor's values are not read (the
+    registered op checks them, :func:`check_lam_values`)."""
     if isinstance(lam, torch.Tensor):
         if not lam.is_floating_point():
             raise TypeError(f"{name}: expected a floating tensor, got {lam.dtype}")
