@@ -4,14 +4,12 @@ KernelRidge, torch in/out, the fast path, errors, and life without scikit-learn.
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, run_without_sklearn
 
 import fastamort
 from fastamort import KernelRidge, NotPSDError, NumericalWarning
@@ -635,8 +633,6 @@ def test_predict_errors_like_sklearn():
 # Without scikit-learn
 # --------------------------------------------------------------------------------------
 NO_SKLEARN = r"""
-import sys
-sys.modules["sklearn"] = None  # any import of sklearn now fails
 import numpy as np, torch, fastamort
 assert "sklearn" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
 from fastamort.regressor import HAVE_SKLEARN, NotFittedError
@@ -651,25 +647,17 @@ def k(a, b):
 print(repr(fastamort.KernelRidge(kernel=k).fit(x, y).predict(x[:2]).tolist()))
 print(repr(fastamort.KernelRidge(kernel="linear").fit(x, y).predict(x[:2]).tolist()))
 assert m.set_params(alpha=2.0).get_params()["alpha"] == 2.0
-for bad in (lambda: fastamort.KernelRidge().predict(x),
-            lambda: m.predict(x[:, :2]),
-            lambda: fastamort.KernelRidge(kernel="nope").fit(x, y)):
-    try:
-        bad()
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("no ValueError")
+expect_value_error(
+    lambda: fastamort.KernelRidge().predict(x),
+    lambda: m.predict(x[:, :2]),
+    lambda: fastamort.KernelRidge(kernel="nope").fit(x, y),
+)
 """
 
 
 @needs_sklearn
 def test_works_without_sklearn():
-    out = subprocess.run(
-        [sys.executable, "-c", NO_SKLEARN], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    lines = run_without_sklearn(NO_SKLEARN)
     rng = np.random.RandomState(0)
     x, y = rng.rand(30, 3), rng.randn(30, 2)
     sw = rng.rand(30) + 0.1
