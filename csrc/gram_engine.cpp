@@ -23,8 +23,11 @@ namespace {
 constexpr int kDirectMaxD = 4;
 // D at or below which gram() runs the GEMM trick in the fused register-blocked tile
 // (RowOps::gram_tile) instead of a BLAS GEMM into K and a k(s) pass over it; larger D needs
-// the GEMM's blocking over D. Measured on the 2-core dev VM, M = N = 4096, interleaved
-// runs: float32 D = 32 15 against 18 ms, float64 D = 32 33 against 38, D = 64 22 against 24.
+// the GEMM's blocking over D. Evidence, on a 2-core x86-64 AVX2 VM, M = N = 4096,
+// interleaved runs, fused / GEMM route: float32 D = 32: 15 / 18 ms; float64 D = 32: 33 / 38,
+// D = 64: 22 / 24. Re-measure: fastamort.benchmarks.gram.run(device="cpu", sizes=(4096,),
+// dims=(32, 64)) (`fastamort bench gram` runs D = 2, 32, 784), one build with this constant
+// below D and one at D.
 constexpr int kFusedMaxD = 64;
 // Fused tiles: rows per tile, and the bytes of the other points' columns of one tile (D ×
 // cols). 64-256 rows and 64-256 KiB measured within noise of each other; 64 rows slower.
@@ -36,9 +39,11 @@ constexpr long kBlockBytes = 256L << 10;
 // Columns per tile on the direct route for the ops that never store K.
 constexpr int kTileCols = 1024;
 // Blocks on the GEMM route: BLAS packs both operands on every call, so blocks must be large
-// enough to amortise that, and small enough to stay in L2 for the epilogue. 256×1024 was the
-// fastest of 256×256 … 512×4096 at D = 32, 64 and 784 in both dtypes on the 2-core dev VM
-// (e.g. float32 D = 32: 16 ms against 22 ms for 256×256).
+// enough to amortise that, and small enough to stay in L2 for the epilogue. Evidence, on a
+// 2-core x86-64 AVX2 VM: 256×1024 was the fastest of 256×256 … 512×4096 at D = 32, 64 and 784
+// in both dtypes (e.g. float32 D = 32: 16 ms against 22 ms for 256×256). Re-measure:
+// fastamort.benchmarks.gram.run(device="cpu", sizes=(4096,), dims=(32, 64, 784)), one build
+// per block shape.
 constexpr int kGemmRows = 256;
 constexpr int kGemmCols = 1024;
 

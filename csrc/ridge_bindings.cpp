@@ -27,10 +27,13 @@ namespace {
 // Order up to which a batch always runs in parallel over its problems (own kernels, or one
 // single-threaded potrf each); larger problems do so only when the batch has a problem for
 // every thread, else they run one after another, each factored by the tiled Cholesky on our
-// threads (ridge_engine.cpp). Measured on the 2-core dev VM (before the tiled path): at
-// n = 256 (B = 32) and 512 (B = 8) batch-parallel was 2.0-2.7× faster than threaded potrf one
-// problem at a time; the tiled factorisation gains 1.6× at n = 256 over one thread, less
-// than the 2× of the batch split. Every entry point holds blas::SingleThreaded throughout.
+// threads (ridge_engine.cpp). Every entry point holds blas::SingleThreaded throughout.
+// Evidence, on a 2-core x86-64 AVX2 VM: at n = 256 (B = 32) and 512 (B = 8) batch-parallel
+// was 2.0-2.7× faster than one problem at a time with a threaded potrf; the tiled
+// factorisation gains 1.6× over one thread at n = 256, less than the 2× of the batch split.
+// Re-measure: fastamort.benchmarks.ridge.bench_batched(B, n, dtype, torch.device("cpu"),
+// ["cpp"]) at (B, n) = (32, 256) and (8, 512), one build with this constant below n and one
+// at n.
 constexpr long kBatchParallelMaxN = 512;
 
 int checked_int(long v, const char* name) {

@@ -49,15 +49,21 @@ bool own_route(int n, int p, int count) {
 }
 
 // The fused route of kernel_ridge (fused_kernel_ridge): on the own route, and also for groups
-// too small for it when n <= 16. Measured on the 2-core dev VM (ms, fused / Gram engine per
-// problem then own kernels or LAPACK; d = 4, p = 1 unless said):
+// too small for it when n <= kFusedSmallGroupMaxN. One group run alone (inner_parallel,
+// B <= 8) of problems with n > kFusedAloneMaxN and d > kFusedAloneMaxD keeps the Gram engine,
+// whose threaded GEMM route wins there.
+// Evidence, on a 2-core x86-64 AVX2 VM (ms, fused / Gram engine per problem then own kernels
+// or LAPACK; d = 4, p = 1 unless said):
 //   B = 4096:  n = 8: 0.29 / 3.3 (float32), 0.40 / 4.0 (float64); n = 32: 2.0 / 8.4, 3.9 / 8.8;
 //              n = 128: 46 / 71, 101 / 124;  B = 512, d = 64, n = 128: 17 / 24, 29 / 34;
 //   B = 1 and 3 (LAPACK route), float64, m = 10: n = 8: 0.003 / 0.010; n = 16: 0.008 / 0.012;
-//              n = 32: 0.022 / 0.017 (B = 1), 0.024 / 0.031 (B = 3);  n = 64: 0.09 / 0.04.
-// One group run alone (inner_parallel, B <= 8) of large problems in many dimensions keeps the
-// Gram engine, whose threaded GEMM route wins there (B = 8, n = 128, d = 256: 2.1 / 1.6 float64;
-// d = 784: 4.0 / 2.5 float32); at n <= 64 or d <= 64 the fused route still wins.
+//              n = 32: 0.022 / 0.017 (B = 1), 0.024 / 0.031 (B = 3);  n = 64: 0.09 / 0.04;
+//   B = 8, n = 128: d = 256: 2.1 / 1.6 (float64); d = 784: 4.0 / 2.5 (float32); at n <= 64 or
+//              d <= 64 the fused route still wins.
+// Re-measure: `fastamort bench ridge --device cpu` times kernel_ridge_batched at B = 4096,
+// n = 8-64, d = 4 (its fused_krr rows); other cases by
+// fastamort.benchmarks.ridge.bench_fused(B, n, dtype, torch.device("cpu"), ["cpp"], d=d).
+// Compare two builds, with the thresholds of ridge_internal.hpp on either side of the case.
 bool fused_route(int n, int d, int p, int count, bool inner_parallel) {
   if (!own_kernel(n) || p > kOwnMaxP) return false;
   if (inner_parallel && n > kFusedAloneMaxN && d > kFusedAloneMaxD) return false;

@@ -25,16 +25,22 @@ namespace fastamort::ridge {
 
 // ---- route thresholds (exported as fastamort._C.ROUTE_THRESHOLDS) -------------------------
 
-// Order up to which the own kernels are used. Measured on the 2-core dev VM (one thread,
-// batches of ≥ 100 problems, ridge_solve with p = 1 and 17, µs per problem, own / LAPACK):
+// Order up to which the own kernels are used: the largest n at which they beat LAPACK in
+// float64 (in float32 they still win at 192). Evidence, on a 2-core x86-64 AVX2 VM (one thread, batches
+// of ≥ 100 problems, ridge_solve with p = 1 and 17, µs per problem, own / LAPACK):
 //   float64  n = 64: 11 / 19, 18 / 26;  n = 128: 69 / 79, 97 / 100;  n = 192: 203 / 193
 //   float32  n = 64:  7 / 14, 10 / 19;  n = 128: 32 / 54, 51 / 72;   n = 192:  92 / 130
-// cholesky_solve alone breaks even near n = 128 too. float64 decides: 128.
+// cholesky_solve alone breaks even near n = 128 too. Re-measure under
+// torch.set_num_threads(1): fastamort.benchmarks.ridge.bench_batched(B, n, dtype,
+// torch.device("cpu"), ["cpp"]) at n = 64, 128, 192 (`fastamort bench ridge` runs n <= 64),
+// one build with this constant below n and one at n.
 constexpr int kOwnMaxN = 128;
 // Right-hand sides up to which the own route is taken. They ride along as extra columns of
-// the factorisation, while LAPACK solves them with BLAS-3 trsm; measured (one thread, own /
-// LAPACK time): p = 64: 0.4 (n = 8) to 1.15 (n = 64, 128); p = 256: 0.85 (n = 8) to 2.7
-// (n = 128). The cap also bounds the scratch, which grows with n·(n + p).
+// the factorisation, while LAPACK solves them with BLAS-3 trsm. Evidence, same machine (one
+// thread, own / LAPACK time): p = 64: 0.4 (n = 8) to 1.15 (n = 64, 128); p = 256: 0.85
+// (n = 8) to 2.7 (n = 128). The cap also bounds the scratch, which grows with n·(n + p).
+// Re-measure: ridge_solve on (B, n, n) and (B, n, p) batches at these p, one build with this
+// constant below p and one at p.
 constexpr int kOwnMaxP = 64;
 // Problems per group on the own route: 8 lanes fill one AVX2 register of floats and two of
 // doubles (two independent FMA chains).
@@ -46,15 +52,20 @@ constexpr int kFusedSmallGroupMaxN = 16;
 constexpr int kFusedAloneMaxN = 64;
 constexpr int kFusedAloneMaxD = 64;
 // Order from which one problem is factored with our threads rather than one potrf call.
-// Measured on the 2-core dev VM (µs, one potrf call / tiled on 2 threads): n = 128: 115 / 83
-// (float64, tiles of 32), n = 192: 215 / 157, n = 256: 585 / 365 (tiles of 64).
+// Evidence, on a 2-core x86-64 AVX2 VM (µs, one potrf call / tiled on 2 threads): n = 128:
+// 115 / 83 (float64, tiles of 32), n = 192: 215 / 157, n = 256: 585 / 365 (tiles of 64).
+// Re-measure: fastamort.benchmarks.ridge.bench_single(n, 1, dtype, torch.device("cpu"),
+// ["cpp"]) at n = 128-256 (`fastamort bench ridge` runs n >= 256), one build with this
+// constant below n and one at n.
 constexpr int kTiledMinN = 192;
 // Order from which one solve is split over our threads, and the block order of the split.
 // The blocked solve beats one potrs call from n = 128 up (potrs on a row-major right-hand
-// side is a right-side trsm of one row for p = 1, a slow path of OpenBLAS). Measured (2
-// threads, ms, potrs / blocked): n = 256, p = 1: 0.08 / 0.02 (float64); n = 4096, p = 17:
-// 42 / 15.5; p = 256: 207 / 107. Blocks of about n/16 (at least 32, at most 128; 128 for
-// many right-hand sides, where the gemm calls want the width) were best or within noise.
+// side is a right-side trsm of one row for p = 1, a slow path of OpenBLAS). Evidence, same
+// machine (2 threads, ms, potrs / blocked): n = 256, p = 1: 0.08 / 0.02 (float64);
+// n = 4096, p = 17: 42 / 15.5; p = 256: 207 / 107. Blocks of about n/16 (at least 32, at most
+// 128; 128 for many right-hand sides, where the gemm calls want the width) were best or
+// within noise. Re-measure: `fastamort bench ridge --device cpu` (single solves, n = 256-4096,
+// p = 1 and 17), one build with this constant below n and one at n.
 constexpr int kParallelSolveMinN = 128;
 // Right-hand sides from which each thread solves its own block of columns with whole-matrix
 // trsm calls (no serial diagonal steps, no barriers) instead of the row-split blocked solve.

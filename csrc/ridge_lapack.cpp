@@ -194,10 +194,12 @@ void solve_in_place(int n, int p, const T* l, T* x, bool parallel) {
 
 // l = a's lower triangle + shift·I with zeros above (rows in parallel when allowed).
 // Rows per round-robin chunk of the passes that write a fresh n×n output row by row. The
-// threads then take turns through the same pages, which also balances the triangle's work.
-// Contiguous halves per thread made both threads take first-touch page faults at the same
-// time, which on the 2-core dev VM (a Firecracker guest) cost 6-7× more than faulting them
-// one at a time: narrowing n = 4000 in cholesky_narrowed took 72 ms, now 11 ms.
+// threads take turns through the same pages, so their first-touch page faults come one at a
+// time, and the triangle's work is balanced. Contiguous halves per thread fault on all threads
+// at once, which costs several times more on a virtual machine. Evidence, on a 2-core x86-64
+// VM (a Firecracker guest): the narrowing pass of cholesky_narrowed at n = 4000 took 72 ms
+// with contiguous halves, 11 ms with chunks of 8 rows. Re-measure: time that pass alone
+// (2 threads, float64 n = 4000) with schedule(static) against schedule(static, rows).
 [[maybe_unused]] constexpr int kFirstTouchRows = 8;  // named in OpenMP schedules only
 
 template <class T>

@@ -58,7 +58,7 @@ def check_tensor(t: object, name: str, *, min_ndim: int = 0) -> torch.Tensor:
     return t.resolve_neg() if t.is_neg() else t
 
 
-def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     """``value`` as a finite float > 0 (≥ 0 with ``allow_zero``): TypeError for a non-number
     (or bool), else ValueError."""
     if not is_real_scalar(value):
@@ -69,17 +69,17 @@ def check_positive(name: str, value: object, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
-def check_finite(*named: tuple[str, torch.Tensor]) -> None:
-    """Every tensor is free of NaN and infinity.
+def check_finite(*named: tuple[torch.Tensor, str]) -> None:
+    """Every tensor of ``named`` (tensor, name) is free of NaN and infinity.
 
     Fast path: a sum is finite only if every entry is (NaN and ±inf propagate), and one
     reduction is ~20× cheaper than ``isfinite(t).all()``. Only when a sum is not finite
     (a bad entry, or an overflow of huge finite values) is each tensor checked entry-wise.
     """
-    sums = [t.sum() for _, t in named if t.numel() > 0 and has_data(t)]
+    sums = [t.sum() for t, _ in named if t.numel() > 0 and has_data(t)]
     if not sums or bool(torch.isfinite(torch.stack(sums)).all()):
         return
-    for name, t in named:
+    for t, name in named:
         if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
 
@@ -138,11 +138,11 @@ torch.library.register_vmap(_check_finite_op, _check_finite_vmap)
 
 
 def as_columns(
-    t: torch.Tensor, name: str, n: int, ref: tuple[str, torch.Tensor]
+    t: torch.Tensor, name: str, n: int, ref: tuple[torch.Tensor, str]
 ) -> tuple[torch.Tensor, bool]:
     """``t`` as (…, n, p) columns, and whether it was a vector (…, n): it is one exactly when
-    it has one dimension fewer than the tensor ``ref`` (name, tensor) it goes with."""
-    ref_name, ref_t = ref
+    it has one dimension fewer than the tensor ``ref`` (tensor, name) it goes with."""
+    ref_t, ref_name = ref
     vector = t.ndim == ref_t.ndim - 1
     cols = t.unsqueeze(-1) if vector else t
     if cols.ndim < 2 or cols.shape[-2] != n:
@@ -153,10 +153,10 @@ def as_columns(
     return cols, vector
 
 
-def check_same_kind(tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
-    """All tensors share the first one's dtype and device."""
-    first_name, first = tensors[0]
-    for name, t in tensors[1:]:
+def check_same_kind(tensors: Sequence[tuple[torch.Tensor, str]]) -> None:
+    """All tensors of ``tensors`` (tensor, name) share the first one's dtype and device."""
+    first, first_name = tensors[0]
+    for t, name in tensors[1:]:
         if t.dtype != first.dtype:
             raise TypeError(f"{name}: dtype {t.dtype} differs from {first_name}'s {first.dtype}")
         if t.device != first.device:
@@ -208,22 +208,23 @@ def check_lengthscale_value(value: float, dtype: torch.dtype) -> None:
         )
 
 
-def check_points(*named: tuple[str, torch.Tensor], squared: bool = True) -> None:
-    """Finite points small enough that their distances cannot overflow: squared Euclidean
-    (``squared``) distances by the GEMM trick are at most 4·D·max|x|², L1 ones 2·D·max|x|."""
-    named = tuple((n, t) for n, t in named if t.numel() > 0 and has_data(t))
+def check_points(*named: tuple[torch.Tensor, str], squared: bool = True) -> None:
+    """Finite points (tensor, name) small enough that their distances cannot overflow: squared
+    Euclidean (``squared``) distances by the GEMM trick are at most 4·D·max|x|², L1 ones
+    2·D·max|x|."""
+    named = tuple((t, n) for t, n in named if t.numel() > 0 and has_data(t))
     if not named:
         return
-    peaks = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().amax() for _, t in named])
-    finfo = torch.finfo(named[0][1].dtype)
-    d = max(named[0][1].shape[-1], 1)
+    peaks = torch.stack([torch.stack(torch.aminmax(t.detach())).abs().amax() for t, _ in named])
+    finfo = torch.finfo(named[0][0].dtype)
+    d = max(named[0][0].shape[-1], 1)
     limit = math.sqrt(finfo.max / (4 * d)) if squared else finfo.max / (2 * d)
     if bool((peaks <= limit).all()):  # False for NaN
         return
     check_finite(*named)
-    name, peak = max(zip((n for n, _ in named), peaks.tolist(), strict=True), key=lambda p: p[1])
+    name, peak = max(zip((n for _, n in named), peaks.tolist(), strict=True), key=lambda p: p[1])
     raise ValueError(
-        f"{name}: values up to {peak:.3g} are too large for {named[0][1].dtype}: the "
+        f"{name}: values up to {peak:.3g} are too large for {named[0][0].dtype}: the "
         f"{'squared ' if squared else ''}distances would overflow (limit {limit:.3g} for "
         f"D = {d}); rescale the points and the lengthscale together"
     )

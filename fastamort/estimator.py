@@ -84,9 +84,10 @@ class AmortisedEstimate:
         return WarmStart(self.sleep[1].detach(), w.detach(), aligned)
 
 
-def check_lam(lam: object) -> float | torch.Tensor:
-    """λ >= 0: a real number (as a float) or a one-element real tensor (as a 0-d tensor,
-    gradients kept)."""
+def check_lam_scalar(lam: object) -> float | torch.Tensor:
+    """One λ >= 0 for the estimator: a real number (as a float) or a one-element real tensor
+    (as a 0-d tensor, gradients kept). The ops' per-problem λ is checked by
+    :func:`fastamort.ops.ridge_solve.check_lam`."""
     if isinstance(lam, torch.Tensor):
         if lam.numel() != 1:
             raise ValueError(
@@ -380,7 +381,7 @@ def amortised_estimate(
         z, xs = check_sleep(sleep, model)
     rule = check_rule(lam)
     if rule is None:
-        lam = check_lam(lam)
+        lam = check_lam_scalar(lam)
     x_wake = check_wake(x_wake, xs)
     if kernel is None:
         kernel = Gaussian().to(xs.device)

@@ -25,7 +25,7 @@ import torch
 
 from .estimator import (
     KRR_DTYPE,
-    check_lam,
+    check_lam_scalar,
     check_sleep,
     regression_parts,
     regression_targets,
@@ -90,7 +90,7 @@ def kernel_loss(
             f"held_out: observations of shape {tuple(xh.shape[1:])} do not match sleep's "
             f"{tuple(x.shape[1:])}"
         )
-    lam = check_lam(lam)
+    lam = check_lam_scalar(lam)
     if not bool(kernel.initialised):
         kernel.init_from(x)  # median heuristic on the fitting set, as the estimator does
     else:

@@ -40,7 +40,7 @@ def median_distance(x: torch.Tensor, *, p: float = 2.0, max_points: int = 1000) 
     or distances that overflow.
     """
     x = x.detach()
-    check_finite(("x", x))
+    check_finite((x, "x"))
     if x.shape[0] > max_points:
         g = torch.Generator(device="cpu").manual_seed(0)
         x = x[torch.randperm(x.shape[0], generator=g)[:max_points].to(x.device)]
@@ -120,7 +120,7 @@ class Kernel(nn.Module):
             raise ValueError(
                 f"x: the median heuristic needs at least 2 points, got shape {tuple(x.shape)}"
             )
-        check_finite(("x", flat))
+        check_finite((flat, "x"))
         self.calibrate_batch_norm(flat)
         phi = self.features(x)
         if not bool(torch.isfinite(phi).all()):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import check_int, check_positive
-from .estimator import check_lam
+from .estimator import check_lam_scalar
 from .hyperparameters import LEARNED_LAMBDA_RANGE, check_rule
 from .solvers import SolverConfig
 
@@ -47,7 +47,7 @@ class LearnerConfig:
         fix("n_sleep", check_int(self.n_sleep, "n_sleep", 2))
         fix("n_held_out", check_int(self.n_held_out, "n_held_out", 1 if self.learn_kernel else 0))
         if check_rule(self.lam) is None:
-            lam = float(check_lam(self.lam))
+            lam = float(check_lam_scalar(self.lam))
             lo, hi = LEARNED_LAMBDA_RANGE
             if not lo <= lam <= hi:
                 raise ValueError(
@@ -59,7 +59,7 @@ class LearnerConfig:
             raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
         fix("seed", seed)
         if self.max_grad_norm is not None:
-            fix("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm))
+            fix("max_grad_norm", check_positive(self.max_grad_norm, "max_grad_norm"))
         if not isinstance(self.solver, SolverConfig):
             raise TypeError(
                 "solver: expected a fastamort.solvers.SolverConfig, got "

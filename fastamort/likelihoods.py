@@ -35,7 +35,7 @@ class GaussianLikelihood(nn.Module):
     def __init__(self, dim: int | None = None, init_std: float = 1.0):
         super().__init__()
         shape = () if dim is None else (dim,)
-        init_std = check_positive("init_std", init_std)
+        init_std = check_positive(init_std, "init_std")
         self.log_std = nn.Parameter(torch.full(shape, math.log(init_std)))
 
     def variance(self) -> torch.Tensor:

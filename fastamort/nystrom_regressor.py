@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._regressor_kernels import NATIVE, lengthscale_for, resolve_gamma
+from ._pairwise import NATIVE, lengthscale_for, resolve_gamma
 from ._sklearn_compat import (
     ConvergenceWarning,
     Interval,
@@ -39,8 +39,6 @@ from .regressor import (
     RegressorMixin,
     _as_tensor,
     _check_x,
-    _from_numpy,
-    _r2,
     _torch_dtype,
 )
 from .solvers.cg import block_pcg
@@ -236,6 +234,9 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
     # ---- input handling shared with KernelRidge (reads only n_features_in_) ----------
     _validate_numpy = KernelRidge._validate_numpy
     _validate_tensor = KernelRidge._validate_tensor
+    _fit_inputs = KernelRidge._fit_inputs
+    _predict_input = KernelRidge._predict_input
+    _r2_score = KernelRidge._r2_score
     _sample_weight = KernelRidge._sample_weight
     _fitted = KernelRidge._fitted
 
@@ -341,12 +342,7 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def _fit(self, X, y, sample_weight):
         self._check_params()
         torch_in = isinstance(X, torch.Tensor)
-        X_np = None
-        if torch_in or not HAVE_SKLEARN:
-            x, yt = self._validate_tensor(X, y, reset=True)
-        else:
-            X_np, y_np = self._validate_numpy(X, y, reset=True)
-            x, yt = _from_numpy(np.asarray(X_np)), _as_tensor(y_np, "y")
+        x, yt, X_np = self._fit_inputs(X, y)
         device = X.device if torch_in else torch.device("cpu")
         if x.dtype not in (torch.float32, torch.float64):  # integers, float16, bfloat16
             x = x.to(torch.float64)
@@ -497,10 +493,7 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         torch_in = isinstance(X, torch.Tensor)
-        if torch_in or not HAVE_SKLEARN:
-            x = self._validate_tensor(X, reset=False)
-        else:
-            x = _from_numpy(np.asarray(self._validate_numpy(X, reset=False)))
+        x = self._predict_input(X)
         device = X.device if torch_in else torch.device("cpu")
         coef = self._fitted("dual_coef_", torch.float64, device)
         centers = self._fitted("centers_", torch.float64, device)
@@ -532,8 +525,4 @@ class NystromKernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         -------
         float
         """
-        if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
-            return super().score(X, y, sample_weight=sample_weight)
-        pred = self.predict(X)
-        pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
-        return _r2(y, pred_t, sample_weight)
+        return self._r2_score(X, y, sample_weight)

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from ._backends import BACKENDS
-from ._regressor_kernels import (
+from ._dual_solve import solve_dual
+from ._pairwise import (
     KERNEL_CHOICES,
     NATIVE,
     check_gram_finite,
     kernel_times,
     pairwise_callable,
     pairwise_torch,
-    solve_dual,
 )
 from ._sklearn_compat import (
     HAVE_SKLEARN,
@@ -371,19 +371,22 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         if HAVE_SKLEARN:
             self._validate_params()
         else:
-            if not (callable(self.kernel) or self.kernel in KERNEL_CHOICES):
-                raise ValueError(
-                    f"kernel: unknown kernel {self.kernel!r}; expected a callable or one of "
-                    f"{', '.join(KERNEL_CHOICES)}"
-                )
-            if isinstance(self.alpha, numbers.Real) and self.alpha < 0:
-                raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
-            if self.gamma is not None and not self.gamma >= 0:
-                raise ValueError(f"gamma: must be >= 0 or None, got {self.gamma}")
-            if self.backend not in _BACKENDS:
-                raise ValueError(f"backend: expected one of {_BACKENDS}, got {self.backend!r}")
+            self._check_params_without_sklearn()
         if self.dtype is not None:
             _torch_dtype(self.dtype)
+
+    def _check_params_without_sklearn(self) -> None:
+        if not (callable(self.kernel) or self.kernel in KERNEL_CHOICES):
+            raise ValueError(
+                f"kernel: unknown kernel {self.kernel!r}; expected a callable or one of "
+                f"{', '.join(KERNEL_CHOICES)}"
+            )
+        if isinstance(self.alpha, numbers.Real) and self.alpha < 0:
+            raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
+        if self.gamma is not None and not self.gamma >= 0:
+            raise ValueError(f"gamma: must be >= 0 or None, got {self.gamma}")
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend: expected one of {_BACKENDS}, got {self.backend!r}")
 
     def _device_for(self, x: Any) -> torch.device:
         if self.device is not None:
@@ -443,6 +446,31 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         _check_finite(yt, "y")
         return x, yt
 
+    def _fit_inputs(self, X, y) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(x, y, X_np) for fit: X and y validated, as tensors; X_np the validated NumPy X
+        (scikit-learn then checks sample_weight against it), None for tensor input or
+        without scikit-learn."""
+        if isinstance(X, torch.Tensor) or not HAVE_SKLEARN:
+            x, yt = self._validate_tensor(X, y, reset=True)
+            return x, yt, None
+        X_np, y_np = self._validate_numpy(X, y, reset=True)
+        return _from_numpy(np.asarray(X_np)), _as_tensor(y_np, "y"), X_np
+
+    def _predict_input(self, X) -> torch.Tensor:
+        """X validated against the fitted estimator (n_features_in_), as a tensor."""
+        if isinstance(X, torch.Tensor) or not HAVE_SKLEARN:
+            return self._validate_tensor(X, reset=False)
+        return _from_numpy(np.asarray(self._validate_numpy(X, reset=False)))
+
+    def _r2_score(self, X, y, sample_weight) -> float:
+        """R² of ``self.predict(X)``: scikit-learn's ``RegressorMixin.score`` for NumPy X and
+        y when it is installed, else :func:`_r2` on tensors."""
+        if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
+            return RegressorMixin.score(self, X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
+        return _r2(y, pred_t, sample_weight)
+
     def _sample_weight(self, sample_weight, n: int, X_np) -> torch.Tensor | None:
         if sample_weight is None:
             return None
@@ -499,12 +527,7 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         """
         self._check_params()
         torch_in = isinstance(X, torch.Tensor)
-        X_np = None
-        if torch_in or not HAVE_SKLEARN:
-            x, yt = self._validate_tensor(X, y, reset=True)
-        else:
-            X_np, y_np = self._validate_numpy(X, y, reset=True)
-            x, yt = _from_numpy(np.asarray(X_np)), _as_tensor(y_np, "y")
+        x, yt, X_np = self._fit_inputs(X, y)
         dtype = self._fit_dtype(x if torch_in else None)
         device = self._device_for(X)
         x = x.to(device=device, dtype=dtype)
@@ -581,10 +604,7 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         torch_in = isinstance(X, torch.Tensor)
-        if torch_in or not HAVE_SKLEARN:
-            x = self._validate_tensor(X, reset=False)
-        else:
-            x = _from_numpy(np.asarray(self._validate_numpy(X, reset=False)))
+        x = self._predict_input(X)
         device = self._device_for(X)
         coef = self._fitted("dual_coef_", None, device)
         dtype = coef.dtype
@@ -634,8 +654,4 @@ class KernelRidge(MultiOutputMixin, RegressorMixin, BaseEstimator):
         float
             R² of ``self.predict(X)``, averaged uniformly over the targets.
         """
-        if HAVE_SKLEARN and not isinstance(X, torch.Tensor) and not isinstance(y, torch.Tensor):
-            return super().score(X, y, sample_weight=sample_weight)
-        pred = self.predict(X)
-        pred_t = pred if isinstance(pred, torch.Tensor) else torch.from_numpy(pred)
-        return _r2(y, pred_t, sample_weight)
+        return self._r2_score(X, y, sample_weight)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -118,3 +120,34 @@ def replay_gpu_autotuning(monkeypatch, tuner, configs) -> None:
     monkeypatch.setattr(tuner, "cache", {})
     # do_bench is a cached_property that asks the (absent) GPU driver: set the cached value
     monkeypatch.setitem(tuner.__dict__, "do_bench", one_run)
+
+
+#: Run before a :func:`run_without_sklearn` script: every import of scikit-learn fails, and
+#: ``expect_value_error(*calls)`` checks that each call raises ValueError.
+WITHOUT_SKLEARN_PRELUDE = r"""
+import sys
+sys.modules["sklearn"] = None  # any import of sklearn now fails
+
+
+def expect_value_error(*calls):
+    for call in calls:
+        try:
+            call()
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("no ValueError")
+"""
+
+
+def run_without_sklearn(script: str) -> list[str]:
+    """The stdout lines of ``script`` run in a fresh interpreter where scikit-learn cannot be
+    imported (after :data:`WITHOUT_SKLEARN_PRELUDE`); it must exit with status 0."""
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SKLEARN_PRELUDE + script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()

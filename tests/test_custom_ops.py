@@ -353,7 +353,7 @@ def _value_and_grads(fn, inputs):
     return (out.detach(), *torch.autograd.grad(out, inputs))
 
 
-@pytest.mark.slow  # CPU compile: 10-30 s each on the 2-core dev machine
+@pytest.mark.slow  # CPU compile: 10-30 s each on a 2-core x86-64 CPU
 @pytest.mark.parametrize("device,backend", CPU_BACKENDS)
 def test_compile_fullgraph_chain_matches_eager(device, backend):
     """aot_eager: the whole graph (forward and backward) is traced through the registered ops
@@ -418,7 +418,7 @@ def _objective_setup():
     return model, x_wake, objective
 
 
-@pytest.mark.slow  # CPU compile of the estimator: about 45 s on the 2-core dev machine
+@pytest.mark.slow  # CPU compile of the estimator: about 45 s on a 2-core x86-64 CPU
 def test_compile_fullgraph_amortised_objective_matches_eager():
     torch._dynamo.reset()
     model, x_wake, objective = _objective_setup()

@@ -4,18 +4,17 @@ KernelRidge, torch in/out, the fast path, errors, and life without scikit-learn.
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, run_without_sklearn
 
 import fastamort
 from fastamort import KernelRidge, NotPSDError, NumericalWarning
-from fastamort._regressor_kernels import kernel_ridge_ref, lengthscale_for
+from fastamort._dual_solve import kernel_ridge_ref
+from fastamort._pairwise import lengthscale_for
 from fastamort.regressor import NotFittedError
 
 try:  # scikit-learn is optional: without it only its comparisons and checks are skipped
@@ -380,7 +379,7 @@ def test_singular_float64_falls_back_to_lstsq_like_sklearn():
 def test_mixed_precision_solve_matches_sklearn(monkeypatch):
     """The float32-factor + float64-refinement solve gives scikit-learn's float64 answer, or
     declines (indefinite or ill-conditioned systems) and the float64 Cholesky/lstsq runs."""
-    import fastamort._regressor_kernels as rk
+    import fastamort._dual_solve as rk
 
     outcomes = []
     real = rk.solve_mixed
@@ -407,7 +406,7 @@ def test_mixed_precision_solve_matches_sklearn(monkeypatch):
 
 def test_mixed_precision_declines_when_float32_cannot_converge():
     """κ = 1e9: κ·eps₃₂ ≫ 1, so the refinement cannot reach float64 accuracy and declines."""
-    from fastamort._regressor_kernels import solve_dual, solve_mixed
+    from fastamort._dual_solve import solve_dual, solve_mixed
 
     g = torch.Generator().manual_seed(20)
     q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
@@ -423,7 +422,7 @@ def test_mixed_precision_declines_when_float32_cannot_converge():
 
 @needs_sklearn
 def test_mixed_precision_at_default_size():
-    import fastamort._regressor_kernels as rk
+    import fastamort._dual_solve as rk
     import fastamort.ops.ridge_solve_mixed as rsm
 
     x, y, x_test, _ = problem(19, n=rsm.MIXED_MIN_N + 11, m=40, d=8)
@@ -634,8 +633,6 @@ def test_predict_errors_like_sklearn():
 # Without scikit-learn
 # --------------------------------------------------------------------------------------
 NO_SKLEARN = r"""
-import sys
-sys.modules["sklearn"] = None  # any import of sklearn now fails
 import numpy as np, torch, fastamort
 assert "sklearn" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
 from fastamort.regressor import HAVE_SKLEARN, NotFittedError
@@ -650,25 +647,17 @@ def k(a, b):
 print(repr(fastamort.KernelRidge(kernel=k).fit(x, y).predict(x[:2]).tolist()))
 print(repr(fastamort.KernelRidge(kernel="linear").fit(x, y).predict(x[:2]).tolist()))
 assert m.set_params(alpha=2.0).get_params()["alpha"] == 2.0
-for bad in (lambda: fastamort.KernelRidge().predict(x),
-            lambda: m.predict(x[:, :2]),
-            lambda: fastamort.KernelRidge(kernel="nope").fit(x, y)):
-    try:
-        bad()
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("no ValueError")
+expect_value_error(
+    lambda: fastamort.KernelRidge().predict(x),
+    lambda: m.predict(x[:, :2]),
+    lambda: fastamort.KernelRidge(kernel="nope").fit(x, y),
+)
 """
 
 
 @needs_sklearn
 def test_works_without_sklearn():
-    out = subprocess.run(
-        [sys.executable, "-c", NO_SKLEARN], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    lines = run_without_sklearn(NO_SKLEARN)
     rng = np.random.RandomState(0)
     x, y = rng.rand(30, 3), rng.randn(30, 2)
     sw = rng.rand(30) + 0.1

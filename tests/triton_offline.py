@@ -157,7 +157,7 @@ def _ell(dtype: torch.dtype) -> torch.Tensor:
 
 
 def _heavy(kernel: int) -> bool:
-    return kernel in (HEAVIEST_EUCLIDEAN, tg._LAPLACIAN_ID)
+    return kernel in (HEAVIEST_EUCLIDEAN, KERNEL_IDS["laplacian"])
 
 
 def plan_gram_forward(rec: _Recorder, dtype: torch.dtype) -> None:
@@ -184,7 +184,7 @@ def plan_gram_backward(rec: _Recorder, dtype: torch.dtype) -> None:
     # The slowest kernel to compile: outside full mode, first configs only (no Matérn-5/2 but one)
     m, n = 40, 24
     for kernel in rec.kernel_ids():
-        laplacian = kernel == tg._LAPLACIAN_ID
+        laplacian = kernel == KERNEL_IDS["laplacian"]
         quick_skip = not rec.full and kernel == HEAVIEST_EUCLIDEAN
         for i, d in enumerate((16, 9, 3) if laplacian else (64, 33, 3)):  # every BLOCK_D
             x, y = _t(1, m, d, dtype=dtype), _t(1, n, d, dtype=dtype)

@@ -46,7 +46,7 @@ def _mlp(in_dim: int, out_dim: int, hidden: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _check_dim(name: str, value: object) -> int:
+def _check_dim(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value
@@ -105,8 +105,8 @@ class GaussianEncoder(Encoder):
 
     def __init__(self, obs_dim: int, latent_dim: int, hidden: Sequence[int] = (64, 64)):
         super().__init__()
-        self.obs_dim = _check_dim("obs_dim", obs_dim)
-        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        self.obs_dim = _check_dim(obs_dim, "obs_dim")
+        self.latent_dim = _check_dim(latent_dim, "latent_dim")
         self.net = _mlp(self.obs_dim, 2 * self.latent_dim, tuple(hidden))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,8 +155,8 @@ class CategoricalEncoder(Encoder):
 
     def __init__(self, obs_dim: int, n_categories: int, hidden: Sequence[int] = (64, 64)):
         super().__init__()
-        self.obs_dim = _check_dim("obs_dim", obs_dim)
-        self.n_categories = _check_dim("n_categories", n_categories)
+        self.obs_dim = _check_dim(obs_dim, "obs_dim")
+        self.n_categories = _check_dim(n_categories, "n_categories")
         self.net = _mlp(self.obs_dim, self.n_categories, tuple(hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ class BaselineLearner:
         self.model, self.encoder, self.method = model, encoder, method
         self.k, self.n_samples, self.insomnia = k, n_samples, insomnia
         if max_grad_norm is not None:
-            max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
+            max_grad_norm = check_positive(max_grad_norm, "max_grad_norm")
         seed = check_int(seed, "seed", 0)
         self.train_model, self.seed, self.max_grad_norm = train_model, seed, max_grad_norm
         self.model_optimizer = torch.optim.Adam(model.parameters(), lr=lr) if train_model else None

@@ -8,7 +8,7 @@ n_test = n // 4 test points, an 80/20 split), the time of ``fit(X, y)`` + ``pred
   torch tensors already on the GPU for ``--device cuda``), compute dtype = the row's dtype;
 * ``sklearn``: :class:`sklearn.kernel_ridge.KernelRidge` on NumPy arrays of the row's dtype
   (on the host CPU, also in a CUDA run);
-* ``torch``: :func:`fastamort._regressor_kernels.kernel_ridge_ref`, what one writes in plain
+* ``torch``: :func:`fastamort._dual_solve.kernel_ridge_ref`, what one writes in plain
   torch (``cdist`` Gram, Cholesky, ``K_test @ c``) on the same device and dtype.
 
 n ∈ {1000, 2000, 4000, 8000} (``--quick``: {500, 1000}), float64 and float32; a CUDA run adds
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastamort._regressor_kernels import kernel_ridge_ref
+from fastamort._dual_solve import kernel_ridge_ref
 
 from ._harness import _read_status_kib, bench_main, environment, print_table, sync
 

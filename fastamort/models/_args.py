@@ -7,6 +7,6 @@ from .._checks import check_int, check_positive
 __all__ = ["check_count", "check_positive"]
 
 
-def check_count(name: str, value: object, minimum: int = 1) -> int:
+def check_count(value: object, name: str, minimum: int = 1) -> int:
     """``value`` as an int ≥ ``minimum``: TypeError for a non-integer (or bool), else ValueError."""
     return check_int(value, name, minimum)

@@ -21,8 +21,8 @@ class CircleModel(GaussianObservationModel):
 
     def __init__(self, obs_dim: int, *, init_std: float = 1.0, weight_scale: float = 1.0):
         super().__init__()
-        obs_dim = check_count("obs_dim", obs_dim)
-        weight_scale = check_positive("weight_scale", weight_scale, allow_zero=True)
+        obs_dim = check_count(obs_dim, "obs_dim")
+        weight_scale = check_positive(weight_scale, "weight_scale", allow_zero=True)
         self.obs_dim = obs_dim
         self.weight = nn.Parameter(weight_scale * torch.randn(obs_dim, 2))
         self.bias = nn.Parameter(torch.zeros(obs_dim))

@@ -75,21 +75,21 @@ class LatentOscillator(GaussianObservationModel):
         z0: tuple[float, float] = (0.8, 0.0),
     ):
         super().__init__()
-        self.n_steps = check_count("n_steps", n_steps)
-        self.n_pixels = check_count("n_pixels", n_pixels, 2)
-        if not 0 < check_positive("omega", omega) < math.pi:
+        self.n_steps = check_count(n_steps, "n_steps")
+        self.n_pixels = check_count(n_pixels, "n_pixels", 2)
+        if not 0 < check_positive(omega, "omega") < math.pi:
             raise ValueError(f"omega: must lie in (0, π), got {omega}")
         if not isinstance(centre, (int, float)) or not math.isfinite(centre):
             raise ValueError(f"centre: must be a finite number, got {centre!r}")
         if len(z0) != 2:
             raise ValueError(f"z0: expected 2 numbers, got {len(z0)}")
         self.log_omega = nn.Parameter(torch.tensor(math.log(omega)))
-        self.log_gain = nn.Parameter(torch.tensor(math.log(check_positive("gain", gain))))
+        self.log_gain = nn.Parameter(torch.tensor(math.log(check_positive(gain, "gain"))))
         self.centre = nn.Parameter(torch.tensor(float(centre)))
-        state_std = check_positive("state_std", state_std)
+        state_std = check_positive(state_std, "state_std")
         self.log_state_std = nn.Parameter(torch.tensor(math.log(state_std)))
-        self.log_width = nn.Parameter(torch.tensor(math.log(check_positive("width", width))))
-        self.likelihood = GaussianLikelihood(None, init_std=check_positive("obs_std", obs_std))
+        self.log_width = nn.Parameter(torch.tensor(math.log(check_positive(width, "width"))))
+        self.likelihood = GaussianLikelihood(None, init_std=check_positive(obs_std, "obs_std"))
         self.register_buffer("z0", torch.tensor([float(v) for v in z0]))
         self.register_buffer("grid", torch.linspace(-1.5, 1.5, self.n_pixels))
         self.latent_dim = 2 * self.n_steps
@@ -214,19 +214,19 @@ class HodgkinHuxley(GaussianObservationModel):
             raise ValueError(f"current: expected shape (T,), got {tuple(current.shape)}")
         if not bool(torch.isfinite(current).all()):
             raise ValueError("current: contains NaN or infinite values")
-        self.subsample = check_count("subsample", subsample)
+        self.subsample = check_count(subsample, "subsample")
         if current.shape[0] < self.subsample:
             raise ValueError(f"subsample: {subsample} exceeds the trace length {current.shape[0]}")
-        self.dt = check_positive("dt", dt)
-        self.state_std = check_positive("state_std", state_std)
-        self.obs_std = check_positive("obs_std", obs_std)
-        self.c_m = check_positive("c_m", c_m)
+        self.dt = check_positive(dt, "dt")
+        self.state_std = check_positive(state_std, "state_std")
+        self.obs_std = check_positive(obs_std, "obs_std")
+        self.c_m = check_positive(c_m, "c_m")
         for name, v in (("v0", v0), ("e_na", e_na), ("e_k", e_k), ("e_l", e_l), ("v_t", v_t)):
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name}: must be a finite number, got {v!r}")
         self.v0, self.e_na, self.e_k, self.e_l, self.v_t = map(float, (v0, e_na, e_k, e_l, v_t))
         self.log_g = nn.Parameter(
-            torch.tensor([math.log(check_positive(n, g)) for n, g in
+            torch.tensor([math.log(check_positive(g, n)) for n, g in
                           (("g_na", g_na), ("g_k", g_k), ("g_l", g_l))])
         )  # fmt: skip
         self.register_buffer("current", current.detach().clone().float())

@@ -31,8 +31,8 @@ class FactorAnalysis(GaussianObservationModel):
         self, obs_dim: int, latent_dim: int, *, init_std: float = 1.0, weight_scale: float = 1.0
     ):
         super().__init__()
-        obs_dim, latent_dim = check_count("obs_dim", obs_dim), check_count("latent_dim", latent_dim)
-        weight_scale = check_positive("weight_scale", weight_scale, allow_zero=True)
+        obs_dim, latent_dim = check_count(obs_dim, "obs_dim"), check_count(latent_dim, "latent_dim")
+        weight_scale = check_positive(weight_scale, "weight_scale", allow_zero=True)
         self.obs_dim, self.latent_dim = obs_dim, latent_dim
         self.weight = nn.Parameter(weight_scale * torch.randn(obs_dim, latent_dim))
         self.bias = nn.Parameter(torch.zeros(obs_dim))

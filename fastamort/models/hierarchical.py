@@ -59,15 +59,15 @@ class HierarchicalMixture(ExpFamModel):
         min_scale: float = 1e-3,
     ):
         super().__init__()
-        self.obs_dim = check_count("obs_dim", obs_dim)
-        self.n_clusters = check_count("n_clusters", n_clusters)
-        self.latent_dim = check_count("latent_dim", latent_dim)
-        hidden = check_count("hidden", hidden)
-        init_std = check_positive("init_std", init_std)
-        self.min_std = check_positive("min_std", min_std, allow_zero=True)
-        mean_scale = check_positive("mean_scale", mean_scale, allow_zero=True)
-        init_scale = check_positive("init_scale", init_scale)
-        self.min_scale = check_positive("min_scale", min_scale, allow_zero=True)
+        self.obs_dim = check_count(obs_dim, "obs_dim")
+        self.n_clusters = check_count(n_clusters, "n_clusters")
+        self.latent_dim = check_count(latent_dim, "latent_dim")
+        hidden = check_count(hidden, "hidden")
+        init_std = check_positive(init_std, "init_std")
+        self.min_std = check_positive(min_std, "min_std", allow_zero=True)
+        mean_scale = check_positive(mean_scale, "mean_scale", allow_zero=True)
+        init_scale = check_positive(init_scale, "init_scale")
+        self.min_scale = check_positive(min_scale, "min_scale", allow_zero=True)
         if init_std <= self.min_std:
             raise ValueError(f"init_std: must exceed min_std={min_std}, got {init_std}")
         if init_scale <= self.min_scale:
@@ -165,7 +165,7 @@ class HierarchicalMixture(ExpFamModel):
         of each cluster as the proposal (``n_samples`` draws per cluster, shared by all data):
         adequate in a 2-d latent; the estimate of log p(x|c) is biased low by O(1/n_samples).
         """
-        n_samples = check_count("n_samples", n_samples)
+        n_samples = check_count(n_samples, "n_samples")
         x = flat(x).to(self.means.dtype)
         k, d = self.n_clusters, self.latent_dim
         eps = torch.randn(k, n_samples, d, dtype=self.means.dtype, device=self.means.device)

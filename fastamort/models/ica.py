@@ -64,10 +64,10 @@ class LaplaceICA(GaussianObservationModel):
         min_std: float = 0.0,
     ):
         super().__init__()
-        self.obs_dim = check_count("obs_dim", obs_dim)
-        self.n_sources = check_count("n_sources", n_sources)
-        init_std = check_positive("init_std", init_std)
-        weight_scale = check_positive("weight_scale", weight_scale)
+        self.obs_dim = check_count(obs_dim, "obs_dim")
+        self.n_sources = check_count(n_sources, "n_sources")
+        init_std = check_positive(init_std, "init_std")
+        weight_scale = check_positive(weight_scale, "weight_scale")
         if isinstance(min_std, bool) or not isinstance(min_std, (int, float)):
             raise TypeError(f"min_std: expected a number, got {type(min_std).__name__}")
         if not (math.isfinite(min_std) and 0 <= min_std < init_std):

@@ -68,11 +68,11 @@ class MLPGenerator(ExpFamModel):
         init_std: float = 0.3,
     ):
         super().__init__()
-        self.obs_dim = check_count("obs_dim", obs_dim)
-        self.latent_dim = check_count("latent_dim", latent_dim)
+        self.obs_dim = check_count(obs_dim, "obs_dim")
+        self.latent_dim = check_count(latent_dim, "latent_dim")
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(f"hidden: expected a sequence of layer widths, got {hidden!r}")
-        hidden = tuple(check_count("hidden", h) for h in hidden)
+        hidden = tuple(check_count(h, "hidden") for h in hidden)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
         if noise not in NOISE:
@@ -118,7 +118,7 @@ class MLPGenerator(ExpFamModel):
     def sample_latent(self, n: int) -> torch.Tensor:
         """z ~ N(0, I_k), (n, k), in the parameters' dtype and device."""
         p = self.net[-1].weight
-        return torch.randn(check_count("n", n, 0), self.latent_dim, dtype=p.dtype, device=p.device)
+        return torch.randn(check_count(n, "n", 0), self.latent_dim, dtype=p.dtype, device=p.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

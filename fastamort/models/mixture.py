@@ -23,9 +23,9 @@ class GaussianMixture(GaussianObservationModel):
         self, obs_dim: int, n_components: int, *, init_std: float = 1.0, mean_scale: float = 2.0
     ):
         super().__init__()
-        obs_dim = check_count("obs_dim", obs_dim)
-        n_components = check_count("n_components", n_components)
-        mean_scale = check_positive("mean_scale", mean_scale, allow_zero=True)
+        obs_dim = check_count(obs_dim, "obs_dim")
+        n_components = check_count(n_components, "n_components")
+        mean_scale = check_positive(mean_scale, "mean_scale", allow_zero=True)
         self.obs_dim, self.n_components = obs_dim, n_components
         self.logits = nn.Parameter(torch.zeros(n_components))
         self.means = nn.Parameter(mean_scale * torch.randn(n_components, obs_dim))

@@ -68,11 +68,11 @@ class NeuralProcess(nn.Module):
         min_std: float = 0.1,
     ):
         super().__init__()
-        self.x_dim, self.y_dim = check_count("x_dim", x_dim), check_count("y_dim", y_dim)
+        self.x_dim, self.y_dim = check_count(x_dim, "x_dim"), check_count(y_dim, "y_dim")
         self.r_dim, self.z_dim, self.h_dim = (
-            check_count("r_dim", r_dim),
-            check_count("z_dim", z_dim),
-            check_count("h_dim", h_dim),
+            check_count(r_dim, "r_dim"),
+            check_count(z_dim, "z_dim"),
+            check_count(h_dim, "h_dim"),
         )
         if isinstance(min_std, bool) or not isinstance(min_std, (int, float)):
             raise TypeError(f"min_std: expected a number, got {type(min_std).__name__}")

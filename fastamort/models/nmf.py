@@ -53,8 +53,8 @@ class BernoulliNMF(ExpFamModel):
         self, obs_dim: int, n_factors: int, *, init_weight: float = 0.3, init_bias: float = 0.0
     ):
         super().__init__()
-        self.obs_dim = check_count("obs_dim", obs_dim)
-        self.n_factors = check_count("n_factors", n_factors)
+        self.obs_dim = check_count(obs_dim, "obs_dim")
+        self.n_factors = check_count(n_factors, "n_factors")
         if not (isinstance(init_weight, (int, float)) and math.isfinite(init_weight)) or (
             init_weight <= 0
         ):

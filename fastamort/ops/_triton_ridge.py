@@ -39,7 +39,6 @@ from torch import Tensor
 
 from ._jitter import mark_tiny_pivots
 from ._triton_gram import (
-    _LAPLACIAN_ID,
     INTERPRETER,
     _k_of_s,
     _norm_stride,
@@ -51,6 +50,7 @@ from ._triton_gram import (
     gram_forward,
     gram_matmul_forward,
 )
+from .kernel_math import KERNEL_IDS
 
 # --------------------------------------------------------------------------------------------
 # Thresholds
@@ -827,7 +827,7 @@ def kernel_ridge_batched(
     pred = torch.empty((batch, m, p), dtype=x.dtype, device=x.device) if has_new else None
     info = torch.empty(batch, dtype=torch.int64, device=x.device)
     pred_arg = pred if has_new else alpha
-    if kernel == _LAPLACIAN_ID:
+    if kernel == KERNEL_IDS["laplacian"]:
         block_k = _pow2_block(d, 4, 8)  # last axis of [BLOCK_N, BLOCK_N, BLOCK_K] |x − y| tiles
     else:
         block_k = _pow2_block(d, 16, 32)  # K axis of tl.dot (>= 16)

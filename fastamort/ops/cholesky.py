@@ -100,7 +100,7 @@ class CholeskyFunction(torch.autograd.Function):
 def cholesky_op(a: torch.Tensor, jitter: float, backend: str) -> torch.Tensor:
     """L (B, n, n) with L Lᵀ = a + jitter·I (jitter chosen by the policy; ``jitter`` < 0:
     ``"auto"``, else the first jitter tried)."""
-    check_finite(("a", a))
+    check_finite((a, "a"))
     return _factor(a, backend, "auto" if jitter < 0 else jitter).contiguous()
 
 
@@ -158,7 +158,7 @@ def cholesky(
     a = check_square(a, "a")
     eager = not traced()
     if eager:
-        check_finite(("a", a))
+        check_finite((a, "a"))
     checked = check_jitter(jitter)
     name = resolve_backend("cholesky", backend, a.device)
     batch, n = a.shape[:-2], a.shape[-1]

@@ -310,7 +310,7 @@ def check_point_values(
     if has_data(ell):
         check_lengthscale_value(float(ell), x.dtype)
     check_points(
-        ("x", x), *([] if y is None else [("y", y)]), squared=is_euclidean(KERNEL_NAMES[kid])
+        (x, "x"), *([] if y is None else [(y, "y")]), squared=is_euclidean(KERNEL_NAMES[kid])
     )
 
 
@@ -462,7 +462,7 @@ def prepare_points(
     x = check_tensor(x, xn, min_ndim=2)
     if y is not None:
         y = check_tensor(y, yn, min_ndim=2)
-        check_same_kind([(xn, x), (yn, y)])
+        check_same_kind([(x, xn), (y, yn)])
         if y.shape[-1] != x.shape[-1]:
             raise ValueError(
                 f"{yn}: feature dimension {y.shape[-1]} differs from {xn}'s {x.shape[-1]} "
@@ -470,7 +470,7 @@ def prepare_points(
             )
     ell = check_lengthscale(lengthscale, x, values=values)
     if values:
-        check_points((xn, x), *([] if y is None else [(yn, y)]), squared=is_euclidean(kernel))
+        check_points((x, xn), *([] if y is None else [(y, yn)]), squared=is_euclidean(kernel))
     return x, y, ell, kid
 
 

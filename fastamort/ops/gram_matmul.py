@@ -90,7 +90,7 @@ def gram_matmul_op(
 ) -> torch.Tensor:
     """K(x, y) @ v (B, M, P) for x (B, M, D), y (B, N, D) or None, v (B, N, P)."""
     check_point_values(x, y, ell, kid)
-    check_finite(("v", v))
+    check_finite((v, "v"))
     other = x if y is None else y
     if (
         backend == "torch"
@@ -162,11 +162,11 @@ def gram_matmul(
     eager = not traced()
     x, y, ell, kid = prepare_points(x, y, kernel, lengthscale, values=eager)
     v = check_tensor(v, "v", min_ndim=1)
-    check_same_kind([("x", x), ("v", v)])
+    check_same_kind([(x, "x"), (v, "v")])
     if eager:
-        check_finite(("v", v))
+        check_finite((v, "v"))
     other = x if y is None else y
-    v2, vector = as_columns(v, "v", other.shape[-2], ("x", x))
+    v2, vector = as_columns(v, "v", other.shape[-2], (x, "x"))
     name = resolve_backend("gram_matmul", backend, x.device)
     batch = batch_shape(x.shape[:-2], other.shape[:-2], v2.shape[:-2], names=("x", "y", "v"))
     m, n, p = x.shape[-2], other.shape[-2], v2.shape[-1]

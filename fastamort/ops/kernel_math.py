@@ -1,4 +1,5 @@
-"""Stationary kernels as functions of a scaled distance ``s``, shared by every backend.
+"""Stationary kernels (covariance functions) as functions of a scaled distance ``s``, shared
+by every backend.
 
 With ``r`` the Euclidean distance and ``ℓ`` the lengthscale:
 
@@ -12,9 +13,10 @@ name            s                      k(s)
 ``laplacian``   ‖x − y‖₁/ℓ             exp(−s)   (scikit-learn's, gamma = 1/ℓ)
 ==============  =====================  ======================================
 
-The integer ids are the ones the C++ and Triton kernels use. Every backend clamps ``s`` at
-:data:`S_MAX` before ``k(s)``: each kernel is exactly 0 beyond it in float32 and float64, and an
-``s`` that overflowed to ∞ (a tiny lengthscale) then gives 0 instead of (1 + ∞)·0 = NaN.
+The integer ids are the ones the C++ engines and the Triton kernels use. Every backend clamps
+``s`` at :data:`S_MAX` before ``k(s)``: each kernel is exactly 0 beyond it in float32 and
+float64, and an ``s`` that overflowed to ∞ (a tiny lengthscale) then gives 0 instead of
+(1 + ∞)·0 = NaN.
 
 Squared distances: every backend forms q = ‖x̃‖² + ‖ỹ‖² − 2 x̃·ỹ on points x̃, ỹ centred at a
 robust centre (a per-coordinate median), then recomputes every entry with
@@ -25,8 +27,6 @@ clusters.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -43,7 +43,6 @@ S_MAX = 1e7
 #: Entries whose centred squared norms exceed DIRECT_RATIO times their squared distance by the
 #: GEMM trick are recomputed by direct differences (the C++ engine's kDirectRatio).
 DIRECT_RATIO = 16.0
-LAPLACIAN = KERNEL_IDS["laplacian"]
 
 
 def kernel_id(kernel: str) -> int:
@@ -85,25 +84,6 @@ def kernel_from_s(s: torch.Tensor, kernel: str) -> torch.Tensor:
     raise AssertionError("unreachable")
 
 
-def kernel_grad_from_s(s: torch.Tensor, kernel: str) -> torch.Tensor:
-    """dk/ds elementwise (0 where k is not differentiable, at s = 0 for ``matern12``)."""
-    s = s.clamp(max=S_MAX)
-    if kernel == "gaussian":
-        return -0.5 * torch.exp(-0.5 * s)
-    if kernel == "matern12":
-        r = _safe_sqrt(s)
-        return torch.where(s > 0, -0.5 * torch.exp(-r) / torch.where(s > 0, r, 1.0), 0.0 * s)
-    if kernel == "matern32":
-        return -1.5 * torch.exp(-_safe_sqrt(3.0 * s))
-    if kernel == "matern52":
-        a = _safe_sqrt(5.0 * s)
-        return -(5.0 / 6.0) * (1.0 + a) * torch.exp(-a)
-    if kernel == "laplacian":
-        return -torch.exp(-s)
-    kernel_id(kernel)
-    raise AssertionError("unreachable")
-
-
 def lengthscale_factor_from_k(k: torch.Tensor, kernel: str) -> torch.Tensor:
     """ℓ·∂k/∂ℓ elementwise as a function of the kernel value ``k`` itself (no distances).
 
@@ -140,7 +120,3 @@ def lengthscale_factor_from_k(k: torch.Tensor, kernel: str) -> torch.Tensor:
 def kernel_at_zero() -> float:
     """k(0) for every kernel here: the exact diagonal of K(X, X)."""
     return 1.0
-
-
-SQRT3 = math.sqrt(3.0)
-SQRT5 = math.sqrt(5.0)

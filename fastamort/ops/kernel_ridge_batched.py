@@ -115,9 +115,9 @@ def kernel_ridge_batched_op(
     shift = λ + the jitter the factorisation needed (float64; the backward solves with it)."""
     check_point_values(x, None, ell, kid)
     if x_new is not None:
-        check_points(("x_new", x_new), squared=is_euclidean(KERNEL_NAMES[kid]))
+        check_points((x_new, "x_new"), squared=is_euclidean(KERNEL_NAMES[kid]))
     check_lam_values(lam)
-    check_finite(("y", y))
+    check_finite((y, "y"))
     alpha, pred, jitter = _fused(x, y, lam, ell, x_new, kid, backend)
     if pred is None:
         pred = alpha.new_empty(alpha.shape[0], 0, alpha.shape[2])
@@ -257,15 +257,15 @@ def kernel_ridge_batched(
     x, _, ell, kid = prepare_points(x, None, kernel, lengthscale, values=eager)
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y: expected a torch.Tensor, got {type(y).__name__}")
-    check_same_kind([("x", x), ("y", y)])
+    check_same_kind([(x, "x"), (y, "y")])
     n = x.shape[-2]
-    y2, vector = as_columns(y, "y", n, ("x", x))
+    y2, vector = as_columns(y, "y", n, (x, "x"))
     shapes, names = [x.shape[:-2], y2.shape[:-2]], ["x", "y"]
     if x_new is not None:
         x_new = prepare_points(
             x_new, None, kernel, lengthscale, names=("x_new", "y"), values=eager
         )[0]
-        check_same_kind([("x", x), ("x_new", x_new)])
+        check_same_kind([(x, "x"), (x_new, "x_new")])
         if x_new.shape[-1] != x.shape[-1]:
             raise ValueError(
                 f"x_new: feature dimension {x_new.shape[-1]} differs from x's {x.shape[-1]}"
@@ -283,7 +283,7 @@ def kernel_ridge_batched(
         name = resolve_backend("kernel_ridge_batched", backend, x.device)
     except Exception:
         if eager:
-            check_finite(("y", y))  # non-finite y is reported first, as always
+            check_finite((y, "y"))  # non-finite y is reported first, as always
         raise
     p = y2.shape[-1]
     wants_grad = torch.is_grad_enabled() and any(
@@ -297,7 +297,7 @@ def kernel_ridge_batched(
     # without a separate pass); x and x_new were checked above.
     cpp_checks = name == "cpp" and direct and not composed
     if eager and not cpp_checks:
-        check_finite(("y", y))
+        check_finite((y, "y"))
     if composed:
         kmat = gram(x, kernel=kernel, lengthscale=ell, backend=name)
         alpha = ridge_solve(kmat, y2, lam_t, backend=name)

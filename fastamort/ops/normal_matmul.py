@@ -60,28 +60,35 @@ def normal_matmul_ref(
     step = max(1, BLOCK_ENTRIES // max(m, 1))
     v64 = None if v is None else v.to(torch.float64)
     for i in range(0, x.shape[0], step):
-        k = gram_ref(x[i : i + step], centres, kernel, lengthscale).to(torch.float64)
-        t = torch.zeros(k.shape[0], p, dtype=torch.float64, device=x.device)
-        if v64 is not None:
-            t += k @ v64
-        if y is not None:
-            t += y[i : i + step].to(torch.float64)
-        if weights is not None:
-            t *= weights[i : i + step].to(torch.float64)[:, None]
+        rows = slice(i, i + step)
+        k = gram_ref(x[rows], centres, kernel, lengthscale).to(torch.float64)
+        kv = None if v64 is None else k @ v64
+        t = _weighted_sum(
+            kv, None if y is None else y[rows], None if weights is None else weights[rows]
+        )
         out += k.mT @ t
     return out
 
 
-def _triton(x, centres, v, y, w, kernel: str, ell: float) -> torch.Tensor:
-    x64, c64 = x.to(torch.float64), centres.to(torch.float64)
-    t = None
-    if v is not None:
-        t = gram_matmul(x64, c64, v.to(torch.float64), kernel=kernel, lengthscale=ell,
-                        backend="triton")  # fmt: skip
+def _weighted_sum(
+    kv: torch.Tensor | None, y: torch.Tensor | None, w: torch.Tensor | None
+) -> torch.Tensor:
+    """diag(w)·(K·v + y) (n, p) in float64, from K·v (float64) and y, w; None: left out."""
+    t = kv
     if y is not None:
         t = y.to(torch.float64) if t is None else t + y.to(torch.float64)
     if w is not None:
         t = t * w.to(torch.float64)[:, None]
+    return t
+
+
+def _triton(x, centres, v, y, w, kernel: str, ell: float) -> torch.Tensor:
+    x64, c64 = x.to(torch.float64), centres.to(torch.float64)
+    kv = None
+    if v is not None:
+        kv = gram_matmul(x64, c64, v.to(torch.float64), kernel=kernel, lengthscale=ell,
+                         backend="triton")  # fmt: skip
+    t = _weighted_sum(kv, y, w)
     return gram_matmul(c64, x64, t, kernel=kernel, lengthscale=ell, backend="triton")
 
 
@@ -91,7 +98,7 @@ def _operand(t: object, name: str, rows: int, like: torch.Tensor) -> torch.Tenso
         raise ValueError(f"{name}: device {t.device} differs from x's {like.device}")
     if t.ndim > 2 or t.shape[0] != rows:
         raise ValueError(f"{name}: expected shape ({rows}, p) or ({rows},), got {tuple(t.shape)}")
-    check_finite((name, t))
+    check_finite((t, name))
     return t
 
 

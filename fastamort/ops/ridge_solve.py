@@ -41,8 +41,9 @@ def ridge_solve_ref(k: torch.Tensor, b: torch.Tensor, lam: float | torch.Tensor)
 def check_lam(
     lam: object, like: torch.Tensor, name: str = "lam", *, values: bool = True
 ) -> torch.Tensor:
-    """λ ≥ 0 as a tensor of ``like``'s dtype and device (gradients kept). ``values=False``:
-    a tensor's values are not read (the registered op checks them, :func:`check_lam_values`)."""
+    """An op's λ ≥ 0 (a number, or a tensor of per-problem values) as a tensor of ``like``'s
+    dtype and device (gradients kept). ``values=False``: a tensor's values are not read (the
+    registered op checks them, :func:`check_lam_values`)."""
     if isinstance(lam, torch.Tensor):
         if not lam.is_floating_point():
             raise TypeError(f"{name}: expected a floating tensor, got {lam.dtype}")
@@ -57,7 +58,7 @@ def check_lam(
             raise ValueError(f"{name}: contains NaN or infinite values")
         if value < 0:
             raise ValueError(f"{name}: must be >= 0, got a minimum of {value}")
-        _check_in_range(name, value, like.dtype)
+        _check_in_range(value, name, like.dtype)
         return torch.tensor(value, dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"{name}: expected a float or a tensor, got {type(lam).__name__}")
@@ -74,13 +75,13 @@ def check_lam_values(
         return
     if not bool(torch.isfinite(lam_t).all()):
         if original is not None and bool(torch.isfinite(original.detach()).all()):
-            _check_in_range(name, float(original.detach().abs().max()), lam_t.dtype)
+            _check_in_range(float(original.detach().abs().max()), name, lam_t.dtype)
         raise ValueError(f"{name}: contains NaN or infinite values")
     if bool((lam_t < 0).any()):
         raise ValueError(f"{name}: must be >= 0, got a minimum of {float(lam_t.min())}")
 
 
-def _check_in_range(name: str, value: float, dtype: torch.dtype) -> None:
+def _check_in_range(value: float, name: str, dtype: torch.dtype) -> None:
     """A finite λ that ``dtype`` cannot hold is refused by name (it would become ∞)."""
     largest = torch.finfo(dtype).max
     if abs(value) > largest:
@@ -165,7 +166,7 @@ def ridge_solve_op(
     k: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(X (B, n, p), L (B, n, n)) with X = (K + λI)⁻¹ B and L Lᵀ = K + (λ + jitter)I."""
-    check_finite(("k", k), ("b", b))
+    check_finite((k, "k"), (b, "b"))
     check_lam_values(lam)
     x, lower = _solve_forward(k, b, lam, backend, keep_lower=True)
     return x.contiguous(), lower.contiguous()  # the strides the fake implementation states
@@ -232,9 +233,9 @@ def ridge_solve(
     """
     k = check_square(k, "k")
     b = check_tensor(b, "b", min_ndim=1)
-    check_same_kind([("k", k), ("b", b)])
+    check_same_kind([(k, "k"), (b, "b")])
     n = k.shape[-1]
-    b2, vector = as_columns(b, "b", n, ("k", k))
+    b2, vector = as_columns(b, "b", n, (k, "k"))
     eager = not traced()
     lam_t = check_lam(lam, k, values=eager)
     try:
@@ -245,7 +246,7 @@ def ridge_solve(
             batch = batch_shape(k.shape[:-2], b2.shape[:-2], lam_t.shape, names=("k", "b", "lam"))
     except Exception:
         if eager:
-            check_finite(("k", k), ("b", b))  # non-finite input is reported first, as always
+            check_finite((k, "k"), (b, "b"))  # non-finite input is reported first, as always
         raise
     p = b2.shape[-1]
     if not eager:
@@ -260,7 +261,7 @@ def ridge_solve(
     # and b (the same ValueError, without a separate pass over them); else it is checked here.
     fast = name == "cpp" and not needs_grad
     if not fast:
-        check_finite(("k", k), ("b", b))
+        check_finite((k, "k"), (b, "b"))
     k3, b3 = flatten_batch(k, batch), flatten_batch(b2, batch)
     lam3 = lam_t.expand(batch).reshape(-1)
     if needs_grad:
