@@ -33,11 +33,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .gram import robust_centre
-from .kernel_math import DIRECT_RATIO, KERNEL_NAMES, lengthscale_factor_from_k
+from .kernel_math import DIRECT_RATIO, KERNEL_IDS, KERNEL_NAMES, lengthscale_factor_from_k
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
-_LAPLACIAN_ID = 4
+_LAPLACIAN_ID = KERNEL_IDS["laplacian"]
 _LAPLACIAN = tl.constexpr(_LAPLACIAN_ID)
 _DIRECT_RATIO = tl.constexpr(DIRECT_RATIO)
 
