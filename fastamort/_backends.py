@@ -214,6 +214,9 @@ class RidgeBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x (B, n, p), L, info) for (k + shift·I) x = b."""
 
+    def symmetric_rank2k(self, a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+        """alpha·(a bᵀ + b aᵀ) (B, n, n) for a, b (B, n, p): the backward's gradient w.r.t. K."""
+
 
 class FusedRidgeBackend(RidgeBackend, Protocol):
     """A :class:`RidgeBackend` with the fused kernel ridge job (``cpp`` and ``triton``)."""

@@ -824,3 +824,57 @@ def test_cholesky_narrowed_reports_failure_and_checks_its_input():
         C.cholesky_narrowed(np.eye(3, dtype=np.float32), 1.0)
     with pytest.raises(ValueError, match="dimensions"):
         C.cholesky_narrowed(np.eye(3)[None], 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The ridge backward's symmetric gradient w.r.t. K
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,p", [(1, 1), (256, 3), (257, 1), (521, 0), (521, 17), (1031, 64)])
+def test_symmetric_rank2k_matches_the_full_product(dtype, n, p):
+    """c = α(a bᵀ + b aᵀ) from the blocks at or below the diagonal: equal to the full GEMM,
+    exactly symmetric, for orders around the 256 block and a batch of two."""
+    rng = np.random.default_rng(n + p)
+    a = rng.standard_normal((2, n, p)).astype(dtype)
+    b = rng.standard_normal((2, n, p)).astype(dtype)
+    c = C.symmetric_rank2k(a, b, -0.5)
+    ref = -0.5 * (a.astype(np.float64) @ b.transpose(0, 2, 1) + b @ a.transpose(0, 2, 1))
+    assert c.dtype == dtype and c.shape == (2, n, n)
+    assert np.array_equal(c, c.transpose(0, 2, 1))
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert np.abs(c - ref).max() <= RTOL[dtype] * scale * max(p, 1)
+
+
+def test_symmetric_rank2k_checks_its_input():
+    with pytest.raises(ValueError, match="b: expected the shape of a"):
+        C.symmetric_rank2k(np.zeros((1, 3, 2)), np.zeros((1, 3, 3)), 1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        C.symmetric_rank2k(np.zeros((1, 3, 2)), np.zeros((1, 3, 2), dtype=np.float32), 1.0)
+
+
+def test_large_ridge_backward_uses_the_symmetric_product(monkeypatch):
+    """The cpp ridge backward at n ≥ SYMMETRIC_RANK2K_MIN_N takes K̄ from the C++ symmetric
+    product, and its gradients equal the torch backend's."""
+    import torch
+
+    import fastamort
+    from fastamort.ops import _cpp
+
+    calls = []
+    real = C.symmetric_rank2k
+    monkeypatch.setattr(C, "symmetric_rank2k", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cpp, "cpp_module", lambda: C)
+    n = _cpp.SYMMETRIC_RANK2K_MIN_N + 3
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, dtype=torch.float64, generator=gen)
+    k0 = fastamort.gram(x, lengthscale=2.0, backend="torch")
+    b = torch.randn(n, 4, dtype=torch.float64, generator=gen)
+    grads = {}
+    for backend in ("cpp", "torch"):
+        k = k0.clone().requires_grad_(True)
+        lam = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        fastamort.ridge_solve(k, b, lam, backend=backend).square().sum().backward()
+        grads[backend] = (k.grad, lam.grad)
+    assert calls, "the C++ symmetric product did not run"
+    for got, ref in zip(grads["cpp"], grads["torch"], strict=True):
+        assert float((got - ref).abs().max() / ref.abs().max()) < 1e-10

@@ -95,9 +95,9 @@ def test_backward_forms_only_the_gradients_asked_for(device, backend, wants, mon
     calls = []
     real = rs.k_and_lam_grads
 
-    def spy(grad_b, x, need_k, need_lam):
+    def spy(grad_b, x, need_k, need_lam, *backend):
         calls.append((need_k, need_lam))
-        return real(grad_b, x, need_k, need_lam)
+        return real(grad_b, x, need_k, need_lam, *backend)
 
     monkeypatch.setattr(rs, "k_and_lam_grads", spy)
     k = spd((), 9, torch.float64, device)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .._backends import cpp_module
+from ._torch import symmetric_rank2k as _torch_symmetric_rank2k
 
 __all__ = [
     "cholesky_narrowed",
@@ -78,6 +79,19 @@ def factor(a, shift) -> tuple[torch.Tensor, torch.Tensor]:
 def solve(lower, b) -> torch.Tensor:
     """x (B, n, p) with L Lᵀ x = b."""
     return torch.from_numpy(cpp_module().cholesky_solve(_np(lower), _np(b)))
+
+
+#: Order from which the C++ symmetric product (lower blocks only, threaded over block pairs)
+#: replaces the torch GEMM: below it the product is one block, a single-threaded GEMM.
+SYMMETRIC_RANK2K_MIN_N = 512
+
+
+def symmetric_rank2k(a, b, alpha: float) -> torch.Tensor:
+    """alpha·(a bᵀ + b aᵀ) (B, n, n) for a, b (B, n, p): for n ≥ ``SYMMETRIC_RANK2K_MIN_N``
+    the lower blocks only (half the flops), mirrored; below, the torch reference's GEMM."""
+    if a.shape[-2] < SYMMETRIC_RANK2K_MIN_N:
+        return _torch_symmetric_rank2k(a, b, alpha)
+    return torch.from_numpy(cpp_module().symmetric_rank2k(_np(a), _np(b), float(alpha)))
 
 
 def ridge(k, b, shift, keep_lower: bool = True, check_finite: bool = False):

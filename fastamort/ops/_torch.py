@@ -30,6 +30,12 @@ def solve(lower: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(b, lower)
 
 
+def symmetric_rank2k(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha·(a bᵀ + b aᵀ) (B, n, n) for a, b (B, n, p), as one GEMM [a b]·[b a]ᵀ."""
+    out = torch.cat([a, b], -1) @ torch.cat([b, a], -1).mT
+    return out.mul_(alpha)
+
+
 def ridge(k: torch.Tensor, b: torch.Tensor, shift: torch.Tensor):
     """(x, L, info) for (k + shift·I) x = b; x is NaN for the failed members."""
     lower, info = factor(k, shift)

@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._jitter import mark_tiny_pivots
+from ._torch import symmetric_rank2k  # noqa: F401  (RidgeBackend: cuBLAS's GEMM on CUDA)
 from ._triton_gram import (
     INTERPRETER,
     _k_of_s,

@@ -122,14 +122,16 @@ def _solve_forward(k, b, lam, backend: str, *, keep_lower: bool, check_finite: b
 
 
 def k_and_lam_grads(
-    grad_b: torch.Tensor, x: torch.Tensor, need_k: bool, need_lam: bool
+    grad_b: torch.Tensor, x: torch.Tensor, need_k: bool, need_lam: bool, backend: str = "torch"
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of X = (K + λI)⁻¹ B w.r.t. K (..., n, n) and λ (...,), from Ḃ = (K + λI)⁻¹ Ẋ."""
+    """Gradients of X = (K + λI)⁻¹ B w.r.t. K (..., n, n) and λ (...,), from Ḃ = (K + λI)⁻¹ Ẋ;
+    K̄ = −½(ḂXᵀ + XḂᵀ) by the backend's symmetric product."""
     grad_k = grad_lam = None
     if need_k:
-        # −½(ḂXᵀ + XḂᵀ) as one GEMM, [Ḃ X]·[X Ḃ]ᵀ: no transposed pass over an n×n array
-        grad_k = torch.cat([grad_b, x], -1) @ torch.cat([x, grad_b], -1).mT
-        grad_k.mul_(-0.5)
+        shape = grad_b.shape
+        flat = grad_b.reshape(-1, *shape[-2:]).contiguous(), x.reshape(-1, *shape[-2:]).contiguous()
+        grad_k = backend_impl("ridge", backend).symmetric_rank2k(*flat, -0.5)
+        grad_k = grad_k.reshape(*shape[:-2], shape[-2], shape[-2])
     if need_lam:
         grad_lam = -(grad_b * x).sum(dim=(-2, -1))
     return grad_k, grad_lam
@@ -152,7 +154,7 @@ class RidgeSolveFunction(torch.autograd.Function):
         grad_b = backend_impl("ridge", ctx.backend).solve(lower, grad_x.contiguous())
         note_backend("ridge_solve.backward", ctx.backend)
         need_k, _, need_lam, *_ = ctx.needs_input_grad
-        grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
+        grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam, ctx.backend)
         return grad_k, grad_b, grad_lam, None
 
 
@@ -198,7 +200,7 @@ def _backward(ctx, grad_x, _grad_lower):
     grad_b = cholesky_solve_op(lower, grad_x.contiguous(), ctx.backend)
     note_backend("ridge_solve.backward", ctx.backend)
     need_k, _, need_lam, *_ = ctx.needs_input_grad
-    grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam)
+    grad_k, grad_lam = k_and_lam_grads(grad_b, x, need_k, need_lam, ctx.backend)
     return grad_k, grad_b, grad_lam, None
 
 
