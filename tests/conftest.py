@@ -40,6 +40,13 @@ def backend_param(device: str, backend: str):
 BACKEND_PARAMS = [backend_param(d, b) for d, b in DEVICE_BACKENDS]
 
 
+def gradcheck_on(backend: str, fn, inputs, **kwargs) -> bool:
+    """torch's float64 gradcheck of ``fn`` at ``inputs``; for the Triton backend in fast mode
+    (the Jacobian's projection on random directions instead of every entry: each launch through
+    the interpreter costs about 0.1 s, and the full check took a minute per case)."""
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=backend == "triton", **kwargs)
+
+
 def exact_scaled_distance(
     x: torch.Tensor, y: torch.Tensor, kernel: str, ell: float
 ) -> torch.Tensor:
