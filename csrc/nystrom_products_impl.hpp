@@ -8,21 +8,10 @@
 
 namespace fastamort::nystrom::FASTAMORT_NYS_NS {
 
-// Vectors of FASTAMORT_NYS_VEC_BYTES bytes (GCC vector extensions: plain SIMD code on any ISA);
-// without the extensions (portability.hpp) one-lane vectors, i.e. scalars, and the same code.
-#ifdef FASTAMORT_HAVE_VECTOR_EXT
+// Vectors of FASTAMORT_NYS_VEC_BYTES bytes (portability.hpp: plain SIMD code on any ISA, or
+// scalars without vector extensions).
 template <class T>
-struct Vec {
-  typedef T type __attribute__((vector_size(FASTAMORT_NYS_VEC_BYTES)));
-  static constexpr int lanes = FASTAMORT_NYS_VEC_BYTES / static_cast<int>(sizeof(T));
-};
-#else
-template <class T>
-struct Vec {
-  typedef T type;
-  static constexpr int lanes = 1;
-};
-#endif
+using Vec = SimdVec<T, FASTAMORT_NYS_VEC_BYTES>;
 
 template <int E, class V>
 inline V dist_term(V diff) {

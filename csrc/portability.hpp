@@ -50,3 +50,20 @@
 #if defined(_OPENMP) && _OPENMP >= 201307 && !defined(FASTAMORT_PORTABLE)
 #define FASTAMORT_HAVE_OMP4 1
 #endif
+
+namespace fastamort {
+
+// Vectors of `Bytes` bytes of T for the micro-kernels: GCC/clang vector types, or without them
+// one-lane "vectors" (plain T), so that the same code runs.
+template <class T, int Bytes>
+struct SimdVec {
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
+  typedef T type __attribute__((vector_size(Bytes)));
+  static constexpr int lanes = Bytes / static_cast<int>(sizeof(T));
+#else
+  typedef T type;
+  static constexpr int lanes = 1;
+#endif
+};
+
+}  // namespace fastamort

@@ -169,19 +169,8 @@ constexpr int kChunkCols = 128;
 
 // GCC/clang vector types; without them (portability.hpp) one-lane vectors, i.e. scalars:
 // the same micro-kernel, two columns per group.
-#ifdef FASTAMORT_HAVE_VECTOR_EXT
 template <class T>
-struct Vec {
-  typedef T type __attribute__((vector_size(kVecBytes)));
-  static constexpr int lanes = kVecBytes / static_cast<int>(sizeof(T));
-};
-#else
-template <class T>
-struct Vec {
-  typedef T type;
-  static constexpr int lanes = 1;
-};
-#endif
+using Vec = SimdVec<T, kVecBytes>;
 
 template <class T>
 inline typename Vec<T>::type vload(const T* p) {
