@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "blas.hpp"
+#include "lower_blocks.hpp"
 #include "row_ops.hpp"
 #include "small_blas.hpp"
 
@@ -274,23 +275,6 @@ void mirror_lower(T* k, int n, bool parallel) {
   }
 }
 
-// Copies block (i0.., j0..) of K (rows × cols, at or below the diagonal) onto its mirror
-// image above it, in sub-tiles that stay in L1; on a diagonal block only its lower part.
-template <class T>
-void mirror_block(T* k, long n, int i0, int rows, int j0, int cols) {
-  constexpr int B = 32;
-  for (int rb = 0; rb < rows; rb += B) {
-    for (int cb = 0; cb < cols; cb += B) {
-      const int r_end = std::min(rows, rb + B), c_end = std::min(cols, cb + B);
-      for (int c = cb; c < c_end; ++c) {
-        T* dst = k + (j0 + c) * n + i0;
-        for (int r = rb; r < r_end; ++r)
-          if (i0 + r > j0 + c) dst[r] = k[(i0 + r) * n + j0 + c];
-      }
-    }
-  }
-}
-
 template <class T>
 void forward_symmetric(const Prepared<T>& pr, const Problem<T>& p, T* k) {
   const int m = p.m, d = p.d, lda = pr.lda();
@@ -315,9 +299,7 @@ void forward_symmetric(const Prepared<T>& pr, const Problem<T>& p, T* k) {
     const int n_pairs = nb * (nb + 1) / 2;
 #pragma omp parallel for schedule(dynamic) if (pr.blas())
     for (int pair = 0; pair < n_pairs; ++pair) {
-      int bi = 0;
-      while ((bi + 1) * (bi + 2) / 2 <= pair) ++bi;
-      const int bj = pair - bi * (bi + 1) / 2;
+      const auto [bi, bj] = lower_block(pair);
       const int i0 = bi * rb, rows = std::min(rb, m - i0);
       const int j0 = bj * rb, cols = std::min(rb, m - j0);
       T* kb = k + static_cast<long>(i0) * m + j0;

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "blas.hpp"
+#include "lower_blocks.hpp"
 #include "parallel.hpp"
 
 namespace fastamort::ridge {
@@ -16,20 +17,6 @@ namespace {
 
 // Rows (and columns) of one block: 256 × 256 × 4 or 8 bytes stays in L2 for the mirror.
 constexpr int kBlock = 256;
-
-template <class T>
-void mirror_block(T* c, long n, int i0, int rows, int j0, int cols) {
-  constexpr int B = 32;
-  for (int rb = 0; rb < rows; rb += B)
-    for (int cb = 0; cb < cols; cb += B) {
-      const int r_end = std::min(rows, rb + B), c_end = std::min(cols, cb + B);
-      for (int col = cb; col < c_end; ++col) {
-        T* dst = c + (j0 + col) * n + i0;
-        for (int r = rb; r < r_end; ++r)
-          if (i0 + r > j0 + col) dst[r] = c[(i0 + r) * n + j0 + col];
-      }
-    }
-}
 
 }  // namespace
 
@@ -44,9 +31,7 @@ void symmetric_rank2k(int n, int p, const T* a, const T* b, T alpha, T* c, bool 
   const int n_pairs = nb * (nb + 1) / 2;
 #pragma omp parallel for schedule(dynamic) if (parallel && n_pairs > 1)
   for (int pair = 0; pair < n_pairs; ++pair) {
-    int bi = 0;
-    while ((bi + 1) * (bi + 2) / 2 <= pair) ++bi;
-    const int bj = pair - bi * (bi + 1) / 2;
+    const auto [bi, bj] = lower_block(pair);
     const int i0 = bi * kBlock, rows = std::min(kBlock, n - i0);
     const int j0 = bj * kBlock, cols = std::min(kBlock, n - j0);
     T* cb = c + static_cast<long>(i0) * n + j0;
