@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_pool.hpp"
 #include "row_ops.hpp"
 
 namespace fastamort {
@@ -33,6 +34,21 @@ template <class F>
 auto dispatch_float(const py::array& a, const char* name, F&& f) -> decltype(f(float{})) {
   if (float_kind(a, name) == 0) return f(float{});
   return f(double{});
+}
+
+// A new C-contiguous, uninitialised array of `shape`; a large one (buffer_pool.hpp) takes its
+// storage from the engines' buffer pool and gives it back when NumPy frees the array, so a
+// repeated call maps no new pages.
+template <class T>
+py::array_t<T> pooled_array(std::initializer_list<long> shape) {
+  const std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  std::size_t count = 1;
+  for (const py::ssize_t d : dims) count *= static_cast<std::size_t>(d);
+  const std::size_t bytes = count * sizeof(T);
+  if (bytes < pool::kPooledMinBytes) return py::array_t<T>(dims);
+  void* data = pool::allocate(bytes);
+  py::capsule owner(data, [](void* p) { pool::release(p); });
+  return py::array_t<T>(dims, static_cast<T*>(data), owner);
 }
 
 // ValueError unless kernel is a kernel id (row_ops.hpp's KernelId).

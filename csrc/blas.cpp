@@ -46,6 +46,7 @@ struct Table {
   std::string threads_symbol;
   std::string source = "scipy.linalg.cython_blas/cython_lapack capsules";
   bool ok = false;
+  bool mkl_gemm = false;  // gemm taken from torch's MKL
 };
 
 Table g_table;
@@ -147,6 +148,7 @@ void take_torch_mkl() {
     g_table.potrf[i] = reinterpret_cast<potrf_f*>(found[i][2]);
     g_table.potrs[i] = reinterpret_cast<potrs_f*>(found[i][3]);
   }
+  g_table.mkl_gemm = true;
   g_table.source = "torch's Intel MKL (gemm, trsm, potrf, potrs; libtorch_cpu) and " +
                    g_table.source + " (syrk)";
 #endif
@@ -178,6 +180,8 @@ void load() {
 }
 
 bool loaded() { return g_table.ok; }
+
+bool gemm_is_mkl() { return g_table.mkl_gemm; }
 
 bool thread_control() { return g_table.set_threads != nullptr; }
 

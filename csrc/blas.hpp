@@ -18,6 +18,8 @@ namespace fastamort::blas {
 // Throws std::runtime_error naming the missing symbol.
 void load();
 bool loaded();
+// Whether GEMM is Intel MKL's (taken from torch), not SciPy's OpenBLAS.
+bool gemm_is_mkl();
 std::string describe();  // one line for `fastamort info`
 
 // Whether the BLAS's thread count can be set (OpenBLAS's *_set_num_threads was found).

@@ -68,7 +68,7 @@ template <class T>
 py::array gram_forward_t(const py::array& x, const py::object& y, int kernel, double ell) {
   const Dims dims = gram_dims(x, y, sizeof(T) == 8);
   const Points<T> pts(x, y, dims, kernel, ell);
-  py::array_t<T> out({dims.b, dims.m, dims.n});
+  py::array_t<T> out = pooled_array<T>({dims.b, dims.m, dims.n});
   T* k = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -88,7 +88,7 @@ py::array gram_matmul_forward_t(const py::array& x, const py::object& y, const p
   auto vs = checked_shape(v, "v", 3, sizeof(T) == 8);
   if (vs[0] != dims.b || vs[1] != dims.n) throw py::value_error("v: expected shape (B, N, P)");
   const long p = vs[2];
-  py::array_t<T> out({dims.b, dims.m, p});
+  py::array_t<T> out = pooled_array<T>({dims.b, dims.m, p});
   T* o = out.mutable_data();
   const T* vp = const_data<T>(v);
   {
@@ -127,14 +127,14 @@ py::tuple gram_backward_t(const py::array& x, const py::object& y, const py::arr
   py::object dx_obj = py::none();
   T* dxp = nullptr;
   if (need_dx) {
-    py::array_t<T> dx({dims.b, dims.m, dims.d});
+    py::array_t<T> dx = pooled_array<T>({dims.b, dims.m, dims.d});
     dxp = dx.mutable_data();
     dx_obj = dx;
   }
   py::object dy_obj = py::none();
   T* dyp = nullptr;
   if (!sym && need_dy) {
-    py::array_t<T> dy({dims.b, dims.n, dims.d});
+    py::array_t<T> dy = pooled_array<T>({dims.b, dims.n, dims.d});
     dyp = dy.mutable_data();
     dy_obj = dy;
   }
@@ -245,6 +245,9 @@ void bind_gram(py::module_& m) {
       },
       py::arg("m"), py::arg("n"), py::arg("d"), py::arg("kernel"),
       "How gram_forward makes one M×N×D problem's tiles: 'direct', 'fused' or 'gemm'.");
+  m.def("gram_fused_max_d", &gram::fused_max_d,
+        "The largest D that gram_forward's large problems run on the fused route (32 when the "
+        "GEMM is MKL's, else 64).");
   m.def("blas_thread_control", &blas::thread_control,
         "Whether the BLAS thread count can be pinned to 1 around the Gram kernels.");
   py::dict kernel_ids;

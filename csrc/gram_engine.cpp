@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "blas.hpp"
+#include "buffer_pool.hpp"
 #include "lower_blocks.hpp"
 #include "row_ops.hpp"
 #include "small_blas.hpp"
@@ -30,6 +31,12 @@ constexpr int kDirectMaxD = 4;
 // dims=(32, 64)) (`fastamort bench gram` runs D = 2, 32, 784), one build with this constant
 // below D and one at D.
 constexpr int kFusedMaxD = 64;
+// The same bound when the GEMM is MKL's (blas::gemm_is_mkl()): its AVX-512 GEMM beats the
+// fused AVX2 tile from D = 64. Evidence, on a 2-core AVX-512 Xeon VM, M = 2000 / 4096,
+// float32, symmetric, fused / GEMM route: D = 64: 5.3-8.4 / 4.1-5.3 ms and 28-34 / 23 ms;
+// D = 32: 3.7-4.3 / 3.3-3.6 and 19.8 / 21; D = 16: 2.7-3.7 / 3.3 and 16.5 / 20.5.
+// Re-measure as above, with FASTAMORT_BLAS unset (MKL) on such a machine.
+constexpr int kFusedMaxDMkl = 32;
 // Fused tiles: rows per tile, and the bytes of the other points' columns of one tile (D ×
 // cols). 64-256 rows and 64-256 KiB measured within noise of each other; 64 rows slower.
 constexpr int kFusedRows = 256;
@@ -90,9 +97,11 @@ Blocking blocking(bool direct, int m, int n, int max_cols, bool fused = false, i
 
 }  // namespace
 
+int fused_max_d() { return blas::gemm_is_mkl() ? kFusedMaxDMkl : kFusedMaxD; }
+
 Route route(int d, int kernel, bool inner_parallel) {
   if (!kernel_is_euclidean(kernel) || d <= kDirectMaxD || !inner_parallel) return Route::kDirect;
-  return d <= kFusedMaxD ? Route::kFused : Route::kGemm;
+  return d <= fused_max_d() ? Route::kFused : Route::kGemm;
 }
 
 namespace {
@@ -229,9 +238,9 @@ class Prepared {
     return centre;
   }
 
-  std::vector<T> augment(const T* pts, int n, const std::vector<double>& centre,
-                         std::vector<T>& norms) const {
-    std::vector<T> out(static_cast<size_t>(n) * lda_);
+  pool::Vector<T> augment(const T* pts, int n, const std::vector<double>& centre,
+                          pool::Vector<T>& norms) const {
+    pool::Vector<T> out(static_cast<size_t>(n) * lda_);  // every entry written below
     norms.resize(n);
 #pragma omp parallel for schedule(static) if (blas_)
     for (long i = 0; i < n; ++i) {
@@ -254,7 +263,7 @@ class Prepared {
   const RowOps<T>& ops_;
   const T* x_raw_ = nullptr;
   const T* y_raw_ = nullptr;
-  std::vector<T> xa_, ya_, yt_, nx_, ny_;
+  pool::Vector<T> xa_, ya_, yt_, nx_, ny_;  // the pool: no zero fill, pages reused
   const T* ya_ptr_ = nullptr;
   const T* ny_ptr_ = nullptr;
 };
@@ -369,7 +378,7 @@ void matmul_forward(const Problem<T>& p, const T* v, int n_cols, T* out, bool in
   const int nblocks = (p.m + rb - 1) / rb;
 #pragma omp parallel if (pr.blas())
   {
-    std::vector<T> buf(static_cast<size_t>(rb) * tc);
+    pool::Vector<T> buf(static_cast<size_t>(rb) * tc);  // each tile written before it is read
 #pragma omp for schedule(dynamic)
     for (int blk = 0; blk < nblocks; ++blk) {
       const int i0 = blk * rb, rows = std::min(rb, p.m - i0);
@@ -492,7 +501,7 @@ double backward_selected(const Problem<T>& p, const T* g, const T* v, int n_cols
 #pragma omp parallel num_threads(n_threads) if (pr.blas())
     {
       const int tid = omp_get_thread_num();
-      std::vector<T> buf(static_cast<size_t>(rb) * tc);
+      pool::Vector<T> buf(static_cast<size_t>(rb) * tc);  // each tile written before it is read
       std::vector<T> gbuf(v != nullptr ? static_cast<size_t>(rb) * tc : 0);
       const bool track = gemm_contract && (want_x || want_y);
       std::vector<unsigned char> flags(track ? static_cast<size_t>(rb) * tc : 0);

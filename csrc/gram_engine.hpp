@@ -37,6 +37,8 @@ struct Problem {
 // inner_parallel: the problem is large enough to be split over threads (see the bindings).
 enum class Route { kDirect, kFused, kGemm };
 Route route(int d, int kernel, bool inner_parallel);
+// The largest D of the fused route (it depends on which BLAS the GEMM route would call).
+int fused_max_d();
 
 // K (M×N, row-major). With p.y == nullptr, N == M and K is exactly symmetric.
 template <class T>

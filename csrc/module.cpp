@@ -4,6 +4,7 @@
 #include <string>
 
 #include "blas.hpp"
+#include "buffer_pool.hpp"
 #include "parallel.hpp"
 #include "portability.hpp"
 
@@ -50,6 +51,23 @@ PYBIND11_MODULE(_C, m) {
       "set_num_threads", [](int n) { omp_set_num_threads(n < 1 ? 1 : n); }, py::arg("n"),
       "Sets the OpenMP threads of the kernels (fastamort keeps it equal to torch's).");
   m.def("blas_source", []() { return fastamort::blas::describe(); });
+  m.def(
+      "buffer_cache_info",
+      []() {
+        const auto s = fastamort::pool::stats();
+        py::dict d;
+        d["cached_bytes"] = s.cached_bytes;
+        d["live_bytes"] = s.live_bytes;
+        d["limit_bytes"] = s.limit_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      },
+      "The engines' buffer pool: bytes cached for reuse and in use, the cache's cap "
+      "(FASTAMORT_BUFFER_CACHE_MB), and requests served from the cache (hits) or freshly "
+      "mapped (misses).");
+  m.def("empty_buffer_cache", &fastamort::pool::empty_cache,
+        "Returns every cached engine buffer to the system (buffers in use are kept).");
   m.def("blas_num_threads", &fastamort::blas::num_threads,
         "The BLAS's current thread count (-1 without thread control).");
   py::dict build;

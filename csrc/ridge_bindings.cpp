@@ -93,7 +93,7 @@ py::tuple cholesky_forward_t(const py::array& a, const py::array& shift) {
   const auto s = square_batch(a, "a", sizeof(T) == 8);
   const long batch = s[0], n = s[1];
   const double* sh = checked_shift(shift, batch);
-  py::array_t<T> l({batch, n, n});
+  py::array_t<T> l = pooled_array<T>({batch, n, n});
   py::array_t<int32_t> info(static_cast<py::ssize_t>(batch));
   const T* ap = const_data<T>(a);
   T* lp = l.mutable_data();
@@ -114,7 +114,7 @@ py::array cholesky_solve_t(const py::array& l, const py::array& b) {
   const auto s = square_batch(l, "L", sizeof(T) == 8);
   const long batch = s[0], n = s[1];
   const long p = rhs_batch(b, "b", batch, n, sizeof(T) == 8)[2];
-  py::array_t<T> x({batch, n, p});
+  py::array_t<T> x = pooled_array<T>({batch, n, p});
   const T* lp = const_data<T>(l);
   const T* bp = const_data<T>(b);
   T* xp = x.mutable_data();
@@ -138,7 +138,7 @@ py::array symmetric_rank2k_t(const py::array& a, const py::array& b, double alph
     throw py::value_error("b: expected the shape of a (B, N, P)");
   checked_int(n, "a");
   checked_int(p, "a");
-  py::array_t<T> c({batch, n, n});
+  py::array_t<T> c = pooled_array<T>({batch, n, n});
   const T* ap = const_data<T>(a);
   const T* bp = const_data<T>(b);
   T* cp = c.mutable_data();
@@ -181,11 +181,11 @@ py::tuple ridge_solve_forward_t(const py::array& k, const py::array& b, const py
   const long batch = s[0], n = s[1];
   const long p = rhs_batch(b, "b", batch, n, sizeof(T) == 8)[2];
   const double* sh = checked_shift(shift, batch);
-  py::array_t<T> x({batch, n, p});
+  py::array_t<T> x = pooled_array<T>({batch, n, p});
   py::object l_obj = py::none();
   T* lp = nullptr;
   if (keep_l) {
-    py::array_t<T> l({batch, n, n});
+    py::array_t<T> l = pooled_array<T>({batch, n, n});
     lp = l.mutable_data();
     l_obj = l;
   }
@@ -238,11 +238,11 @@ py::tuple kernel_ridge_batched_t(const py::array& x, const py::array& y, const p
     checked_int(m, "x_new");
     xnp = const_data<T>(xn);
   }
-  py::array_t<T> alpha({batch, n, p});
+  py::array_t<T> alpha = pooled_array<T>({batch, n, p});
   py::object pred_obj = py::none();
   T* predp = nullptr;
   if (xnp != nullptr) {
-    py::array_t<T> pred({batch, m, p});
+    py::array_t<T> pred = pooled_array<T>({batch, m, p});
     predp = pred.mutable_data();
     pred_obj = pred;
   }
@@ -287,8 +287,8 @@ py::tuple tiled_ridge_solve_t(const py::array& k, const py::array& b, double shi
   if (ks[0] != ks[1] || bs[0] != ks[0]) throw py::value_error("expected k (N, N) and b (N, P)");
   if (tile < 1) throw py::value_error("tile: must be positive");
   const int n = checked_int(ks[0], "k"), p = checked_int(bs[1], "b");
-  py::array_t<T> x({static_cast<long>(n), static_cast<long>(p)});
-  py::array_t<T> l({static_cast<long>(n), static_cast<long>(n)});
+  py::array_t<T> x = pooled_array<T>({static_cast<long>(n), static_cast<long>(p)});
+  py::array_t<T> l = pooled_array<T>({static_cast<long>(n), static_cast<long>(n)});
   const T* kp = const_data<T>(k);
   const T* bp = const_data<T>(b);
   T* xp = x.mutable_data();
@@ -310,7 +310,7 @@ py::array trsm_right_lower_t(const std::string& trans, const py::array& l, const
   const auto bs = checked_shape(b, "b", 2, kind);
   if (ls[0] != ls[1] || bs[1] != ls[0]) throw py::value_error("expected L (N, N) and b (M, N)");
   if (trans != "N" && trans != "T") throw py::value_error("trans: 'N' or 'T'");
-  py::array_t<T> x({bs[0], bs[1]});
+  py::array_t<T> x = pooled_array<T>({bs[0], bs[1]});
   std::copy(const_data<T>(b), const_data<T>(b) + bs[0] * bs[1], x.mutable_data());
   blas::SingleThreaded single_threaded_blas;
   blas::trsm_right_lower<T>(trans[0], checked_int(bs[0], "b"), checked_int(bs[1], "b"),
@@ -343,7 +343,7 @@ void bind_ridge(py::module_& m) {
           throw py::value_error("a: expected a square matrix (N, N), got (" +
                                 std::to_string(s[0]) + ", " + std::to_string(s[1]) + ")");
         const int n = checked_int(s[0], "a");
-        py::array_t<float> l({s[0], s[0]});
+        py::array_t<float> l = pooled_array<float>({s[0], s[0]});
         const double* ap = const_data<double>(a);
         float* lp = l.mutable_data();
         double frobenius_sq = 0.0;

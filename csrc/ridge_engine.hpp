@@ -22,15 +22,20 @@
 #include <cstdint>
 #include <vector>
 
+#include "buffer_pool.hpp"
+
 namespace fastamort::ridge {
 
 // How many consecutive problems of order n one call should take (at most).
 int group_size(int n);
 
-// Per-thread scratch, grown on demand and reused across the calls of a batch.
+// Per-thread scratch, grown on demand and reused across the calls of a batch: w and t the
+// lanes' zero-filled buffers, k the large one (a factor copy, Gram matrices, points) on the
+// buffer pool, uninitialised when grown (every user writes what it reads).
 template <class T>
 struct Workspace {
-  std::vector<T> w, t, k;
+  std::vector<T> w, t;
+  pool::Vector<T> k;
 };
 
 // l = chol(a + shift·I). inner_parallel: the call may use OpenMP threads (see above).

@@ -86,8 +86,8 @@ void fill_nan(T* x, long count) {
   std::fill(x, x + count, std::numeric_limits<T>::quiet_NaN());
 }
 
-template <class T>
-T* grown(std::vector<T>& v, long size) {
+template <class Vec>
+typename Vec::value_type* grown(Vec& v, long size) {
   if (static_cast<long>(v.size()) < size) v.resize(size);
   return v.data();
 }

@@ -49,6 +49,11 @@ def info_text() -> str:
             f"{_C.simd_isa()}, BLAS/LAPACK from {_C.blas_source()}"
         )
         lines.append(f"cpp build: {build_text(getattr(_C, 'BUILD_INFO', {}))}")
+        cache = _C.buffer_cache_info()
+        lines.append(
+            f"cpp buffer cache: up to {cache['limit_bytes'] >> 20} MiB of freed buffers kept "
+            f"for reuse (FASTAMORT_BUFFER_CACHE_MB), {cache['cached_bytes'] >> 20} MiB now"
+        )
     return "\n".join(lines)
 
 

@@ -67,11 +67,22 @@ def exact_gram(x: torch.Tensor, y: torch.Tensor | None, kernel: str, ell: float)
 # groups, 128-column chunks and per-block column limit, D at the top of the fused route and
 # just past it (BLAS GEMM; gram_matmul and the backward passes take the GEMM route whenever
 # gram takes either).
+def gram_fused_max_d() -> int:
+    """The C++ engine's largest fused-route D (it depends on the BLAS found), or 64."""
+    try:
+        from fastamort import _C
+    except ImportError:
+        return 64
+    return _C.gram_fused_max_d()
+
+
+FUSED_MAX_D = gram_fused_max_d()
 CPP_ROUTE_SHAPES = [
     (263, 1031, 5, "fused"),
     (97, 1031, 17, "fused"),
-    (131, 1029, 64, "fused"),
-    (129, 257, 65, "gemm"),
+    (131, 1029, FUSED_MAX_D, "fused"),
+    (129, 257, FUSED_MAX_D + 1, "gemm"),
+    (131, 1029, 64, "fused" if FUSED_MAX_D >= 64 else "gemm"),
 ]
 # Y = X: the fused route computes the whole matrix, the GEMM route mirrors its blocks.
 CPP_ROUTE_SYMMETRIC = [(263, 17, "fused"), (1031, 5, "fused"), (300, 65, "gemm")]

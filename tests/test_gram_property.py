@@ -28,7 +28,7 @@ from collections import defaultdict
 
 import pytest
 import torch
-from conftest import BACKEND_PARAMS, FLOOR
+from conftest import BACKEND_PARAMS, FLOOR, FUSED_MAX_D
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,7 +157,7 @@ def _check_route(backend: str, x, y, kernel: str) -> None:
     if m * n * d <= CPP_TILED_WORK or d <= 4:
         expected = "direct"
     else:
-        expected = "fused" if d <= 64 else "gemm"
+        expected = "fused" if d <= FUSED_MAX_D else "gemm"
     assert _C.gram_route(m, n, d, KERNEL_IDS[kernel]) == expected, (m, n, d)
 
 

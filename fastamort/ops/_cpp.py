@@ -16,7 +16,9 @@ from .._backends import cpp_module
 from ._torch import symmetric_rank2k as _torch_symmetric_rank2k
 
 __all__ = [
+    "buffer_cache_info",
     "cholesky_narrowed",
+    "empty_buffer_cache",
     "factor",
     "gram_backward",
     "gram_ell_grad",
@@ -36,6 +38,21 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
 
 def _tensor(a: np.ndarray | None) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(a)
+
+
+def buffer_cache_info() -> dict[str, int]:
+    """The extension's buffer pool: ``cached_bytes`` (freed buffers kept for reuse),
+    ``live_bytes`` (pooled buffers in use), ``limit_bytes`` (the cache's cap,
+    ``FASTAMORT_BUFFER_CACHE_MB`` MiB, default 256, 0 = no cache), ``hits`` and ``misses``
+    (requests served from the cache, or freshly mapped). Buffers of 1 MiB and more (Gram
+    matrices, factors, workspaces) are pooled, so that a repeated learner step maps no new
+    memory pages."""
+    return dict(cpp_module().buffer_cache_info())
+
+
+def empty_buffer_cache() -> None:
+    """Returns the extension's cached buffers to the system (those in use are kept)."""
+    cpp_module().empty_buffer_cache()
 
 
 # --------------------------------------------------------------------------------------
