@@ -6,6 +6,14 @@ import os
 import subprocess
 import sys
 
+# OpenMP threads that sleep when they wait, set before torch (and its libgomp) loads, here and
+# in the pytest-xdist workers started from this process. By default libgomp's waiting threads
+# spin: with `pytest -n 2` on two cores, each worker's barriers then spin while the other
+# worker holds the cores, and barrier-heavy code (LAPACK's eigh, the tiled Cholesky) ran 30 to
+# 100 times slower than alone (measured: tests/test_estimator.py and test_hyperparameters.py
+# with -n 2 took over 15 minutes, 32 s with this). Set OMP_WAIT_POLICY to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 
@@ -14,6 +22,21 @@ from fastamort.ops.kernel_math import kernel_from_s
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
 HAS_CUDA = torch.cuda.is_available()
+
+
+# Long tests first. README's `pytest -n 2 --maxschedchunk 1` hands tests out one at a time in
+# this order, so the sm_90 compile groups, the wheel and compiler builds and the statistical
+# tests (up to a minute each) start early and overlap with the many short ones, instead of
+# one worker running them alone at the end while the other idles.
+LONG_MODULES = ("test_triton_offline.py",)
+
+
+def runs_long(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None or item.path.name in LONG_MODULES
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: 0 if runs_long(item) else 1)  # stable: order kept otherwise
 
 
 def backends_for(device: str) -> list[str]:

@@ -26,7 +26,7 @@ README = ROOT / "README.md"
 TEXT = README.read_text()
 FENCED = re.findall(r"^```(\w*)\n(.*?)^```", TEXT, flags=re.S | re.M)
 BLOCKS = [code for lang, code in FENCED if lang == "python"]
-TEST_COMMAND = "TRITON_INTERPRET=1 python -m pytest -n 2 -q"
+TEST_COMMAND = "TRITON_INTERPRET=1 python -m pytest -n 2 --maxschedchunk 1 -q"
 SETUP_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && fastamort demo'
 CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
