@@ -3,11 +3,9 @@
 #include "buffer_pool.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <cstdlib>
 #include <list>
 #include <mutex>
-#include <string>
 #include <unordered_map>
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -140,7 +138,8 @@ Pool& the_pool() {
 }  // namespace
 
 void* allocate(std::size_t bytes) {
-  if (bytes < kPooledMinBytes) return ::operator new(std::max<std::size_t>(bytes, 1), std::align_val_t(kAlign));
+  if (bytes < kPooledMinBytes)
+    return ::operator new(std::max<std::size_t>(bytes, 1), std::align_val_t(kAlign));
   return the_pool().allocate(bytes);
 }
 

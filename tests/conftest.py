@@ -84,22 +84,24 @@ def exact_gram(x: torch.Tensor, y: torch.Tensor | None, kernel: str, ell: float)
     return kernel_from_s(exact_scaled_distance(x, x if y is None else y, kernel, ell), kernel)
 
 
+def gram_fused_max_d() -> int:
+    """The C++ engine's largest fused-route D (it depends on the BLAS found), or 64."""
+    if cpp_unavailable_reason() is not None:
+        return 64
+    from fastamort import _C
+
+    return _C.gram_fused_max_d()
+
+
+FUSED_MAX_D = gram_fused_max_d()
+
+
 # Problems large enough for the C++ engine's tiled routes (M·N·D above 2^20), each with the
 # route gram_forward must take (fastamort._C.gram_route): D just past the direct switch, rows
 # not a multiple of the fused tile's 6 and blocks of them, columns ragged against its 8/16-wide
 # groups, 128-column chunks and per-block column limit, D at the top of the fused route and
 # just past it (BLAS GEMM; gram_matmul and the backward passes take the GEMM route whenever
 # gram takes either).
-def gram_fused_max_d() -> int:
-    """The C++ engine's largest fused-route D (it depends on the BLAS found), or 64."""
-    try:
-        from fastamort import _C
-    except ImportError:
-        return 64
-    return _C.gram_fused_max_d()
-
-
-FUSED_MAX_D = gram_fused_max_d()
 CPP_ROUTE_SHAPES = [
     (263, 1031, 5, "fused"),
     (97, 1031, 17, "fused"),

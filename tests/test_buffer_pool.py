@@ -144,7 +144,6 @@ def test_concurrent_calls_each_get_their_own_buffers():
 _CHILD = """
 import json, torch, fastamort
 from fastamort.ops import _cpp
-x = torch.randn(600, 8, dtype=torch.float64)
 for n in (800, 900, 1000, 600, 700):
     fastamort.gram(torch.randn(n, 8, dtype=torch.float64), lengthscale=2.0, backend="cpp")
 print(json.dumps(_cpp.buffer_cache_info()))
