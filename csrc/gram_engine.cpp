@@ -128,7 +128,7 @@ class Prepared {
     // recomputed from the raw points (fill_s_row), so the centre decides only how many. The
     // direct route works on the raw points: centring would round them.
     const std::vector<double> centre =
-        direct_ ? std::vector<double>(p.d, 0.0) : robust_centre(p);
+        direct_ ? std::vector<double>(p.d, 0.0) : robust_centre(p, blas_);
     xa_ = augment(p.x, p.m, centre, nx_);
     if (sym_) {
       ya_ptr_ = xa_.data();
@@ -221,19 +221,29 @@ class Prepared {
  private:
   // Per-coordinate median of an evenly strided sample of at most 63 points of X ∪ Y (the
   // same sample as fastamort.ops.gram.robust_centre): cheap, and robust to outliers.
-  static std::vector<double> robust_centre(const Problem<T>& p) {
+  static std::vector<double> robust_centre(const Problem<T>& p, bool parallel) {
     constexpr long kSample = 63;
     const long n_all = p.y == nullptr ? p.m : static_cast<long>(p.m) + p.n;
     const long count = std::min(n_all, kSample);
-    std::vector<double> centre(p.d, 0.0), column(count);
+    std::vector<double> centre(p.d, 0.0);
     if (count == 0) return centre;
-    for (int k = 0; k < p.d; ++k) {
-      for (long s = 0; s < count; ++s) {
-        const long idx = s * n_all / count;
-        column[s] = idx < p.m ? p.x[idx * p.d + k] : p.y[(idx - p.m) * p.d + k];
+    // The sampled rows, copied whole (contiguous reads), then one selection per coordinate,
+    // in parallel: column-wise gathers and a serial loop took 0.7 ms at D = 784.
+    std::vector<T> rows(static_cast<size_t>(count) * p.d);
+    for (long s = 0; s < count; ++s) {
+      const long idx = s * n_all / count;
+      const T* src = idx < p.m ? p.x + idx * p.d : p.y + (idx - p.m) * p.d;
+      std::copy(src, src + p.d, rows.begin() + s * p.d);
+    }
+#pragma omp parallel if (parallel && static_cast<long>(p.d) * count >= 8192)
+    {
+      std::vector<T> column(count);
+#pragma omp for schedule(static)
+      for (int k = 0; k < p.d; ++k) {
+        for (long s = 0; s < count; ++s) column[s] = rows[s * p.d + k];
+        std::nth_element(column.begin(), column.begin() + count / 2, column.end());
+        centre[k] = static_cast<double>(column[count / 2]);
       }
-      std::nth_element(column.begin(), column.begin() + count / 2, column.end());
-      centre[k] = column[count / 2];
     }
     return centre;
   }
@@ -244,13 +254,19 @@ class Prepared {
     norms.resize(n);
 #pragma omp parallel for schedule(static) if (blas_)
     for (long i = 0; i < n; ++i) {
+      // A vectorised reduction (omp simd): the serial chain of double additions took
+      // 1.8 ms for 2000 × 784 points, against 0.3 ms for a copy.
+      const T* src = pts + i * p_.d;
+      T* dst = out.data() + i * lda_;
+      const double* ctr = centre.data();
       double nrm = 0.0;
+#pragma omp simd reduction(+ : nrm)
       for (int k = 0; k < p_.d; ++k) {
-        const T c = static_cast<T>(pts[i * p_.d + k] - centre[k]);
-        out[i * lda_ + k] = c;
+        const T c = static_cast<T>(src[k] - ctr[k]);
+        dst[k] = c;
         nrm += static_cast<double>(c) * c;
       }
-      out[i * lda_ + p_.d] = T(1);
+      dst[p_.d] = T(1);
       norms[i] = static_cast<T>(nrm);
     }
     return out;

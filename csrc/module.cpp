@@ -14,6 +14,7 @@ namespace fastamort {
 void bind_gram(py::module_& m);
 void bind_ridge(py::module_& m);
 void bind_nystrom(py::module_& m);
+void bind_normal(py::module_& m);
 }
 
 namespace {
@@ -46,6 +47,7 @@ PYBIND11_MODULE(_C, m) {
   fastamort::bind_gram(m);
   fastamort::bind_ridge(m);
   fastamort::bind_nystrom(m);
+  fastamort::bind_normal(m);
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the kernels.");
   m.def(
       "set_num_threads", [](int n) { omp_set_num_threads(n < 1 ? 1 : n); }, py::arg("n"),

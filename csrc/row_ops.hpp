@@ -9,6 +9,7 @@
 // and row_ops() picks one at run time.
 #pragma once
 
+#include <cstdint>
 #include <limits>
 
 namespace fastamort {
@@ -65,6 +66,10 @@ struct RowOps {
                           const T* x, long ldx, const T* y, long ldyr, long diag);
   // Σ_j g[j]·ℓ·∂k_j/∂ℓ with ∂k/∂ℓ written as a function of k = k[j] itself (no distances).
   double (*ell_grad_from_k)(const T* k, const T* g, int n, int kernel);
+  // out[i] = standard normal number i of chunk `chunk` of the stream of seed, i < n <= the
+  // chunk length (normal_impl.hpp; not a row kernel, but it needs the same per-ISA
+  // vectorisation).
+  void (*normal_fill)(T* out, long n, uint64_t seed, uint64_t chunk);
   const char* isa;
 };
 

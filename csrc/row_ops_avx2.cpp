@@ -6,6 +6,7 @@
 // defined after it would be compiled for AVX2, and the linker may pick such an instance for
 // the whole library (tests/test_isa.py checks the built library).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>

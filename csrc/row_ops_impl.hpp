@@ -4,6 +4,7 @@
 #include "portability.hpp"
 #include "row_ops.hpp"
 #include "vec_math.hpp"
+#include "normal_impl.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -14,14 +15,6 @@
 namespace fastamort {
 namespace FASTAMORT_ISA_NS {
 namespace {
-
-#ifdef FASTAMORT_HAVE_VECTOR_EXT
-inline float vsqrt(float x) { return __builtin_sqrtf(x); }
-inline double vsqrt(double x) { return __builtin_sqrt(x); }
-#else
-inline float vsqrt(float x) { return std::sqrt(x); }
-inline double vsqrt(double x) { return std::sqrt(x); }
-#endif
 
 template <class T>
 void cross_to_s(T* __restrict row, const T* __restrict ny, T nxi, int n, T scale) {
@@ -480,7 +473,7 @@ RowOps<T> make_row_ops() {
   return RowOps<T>{&cross_to_s<T>,         &sqdist_direct<T>, &l1_direct<T>,
                    &kernel_from_s<T>,      &gram_tile<T>,     &kernel_grad_from_s<T>,
                    &cross_to_s_checked<T>, &fix_s_row<T>,     &gram_tile_exact<T>,
-                   &ell_grad_from_k<T>,    FASTAMORT_ISA_NAME};
+                   &ell_grad_from_k<T>,    &normal_fill<T>,   FASTAMORT_ISA_NAME};
 }
 
 template RowOps<float> make_row_ops<float>();

@@ -9,6 +9,7 @@
 // 2^k built from its exponent bits. Results below the smallest normal number flush to 0.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -21,6 +22,14 @@
 namespace fastamort {
 // Internal linkage on purpose: this header is compiled once per instruction set.
 namespace {
+
+#ifdef FASTAMORT_HAVE_VECTOR_EXT
+inline float vsqrt(float x) { return __builtin_sqrtf(x); }
+inline double vsqrt(double x) { return __builtin_sqrt(x); }
+#else
+inline float vsqrt(float x) { return std::sqrt(x); }
+inline double vsqrt(double x) { return std::sqrt(x); }
+#endif
 
 template <class T>
 struct ExpTraits;
@@ -153,7 +162,8 @@ FASTAMORT_VEC_INLINE T log_pos(T x) {
   std::memcpy(&m, &m_bits, sizeof(T));
   const T f = m - T(1);
   const T s = f / (T(2) + f);
-  const T ed = static_cast<T>(e);
+  // via int32 (e is an exponent): GCC has no vector int64 → double conversion before AVX-512
+  const T ed = static_cast<T>(static_cast<int32_t>(e));
   const T logm = T(2) * s + T(2) * s * log_poly<T>(s * s);  // 2·atanh(s)
   return ed * Tr::kLn2Hi + (logm + ed * Tr::kLn2Lo);
 }

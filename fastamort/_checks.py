@@ -69,18 +69,21 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
-def check_finite(*named: tuple[torch.Tensor, str]) -> None:
-    """Every tensor of ``named`` (tensor, name) is free of NaN and infinity.
+def sums_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """True when the sum of each tensor is finite, which proves every entry is (NaN and ±inf
+    propagate): one reduction, ~10-20× cheaper than ``isfinite(t).all()``. False may also mean
+    an overflow of huge finite values; callers then check entry-wise."""
+    return not tensors or bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
 
-    Fast path: a sum is finite only if every entry is (NaN and ±inf propagate), and one
-    reduction is ~20× cheaper than ``isfinite(t).all()``. Only when a sum is not finite
-    (a bad entry, or an overflow of huge finite values) is each tensor checked entry-wise.
-    """
-    sums = [t.sum() for t, _ in named if t.numel() > 0 and has_data(t)]
-    if not sums or bool(torch.isfinite(torch.stack(sums)).all()):
+
+def check_finite(*named: tuple[torch.Tensor, str]) -> None:
+    """Every tensor of ``named`` (tensor, name) is free of NaN and infinity (the fast path:
+    :func:`sums_finite`)."""
+    live = [(t, name) for t, name in named if t.numel() > 0 and has_data(t)]
+    if sums_finite([t for t, _ in live]):
         return
-    for t, name in named:
-        if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
+    for t, name in live:
+        if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
 
 
@@ -103,8 +106,11 @@ def finite_or_raise(anchor: torch.Tensor, *checks: tuple[torch.Tensor, str]) -> 
     if traced():
         tensors, messages = zip(*checks, strict=True)
         return _check_finite_op(anchor, list(tensors), "\n".join(messages))
-    for t, message in checks:
-        if t.numel() > 0 and has_data(t) and not bool(torch.isfinite(t).all()):
+    live = [(t, message) for t, message in checks if t.numel() > 0 and has_data(t)]
+    if sums_finite([t for t, _ in live]):
+        return anchor
+    for t, message in live:
+        if not bool(torch.isfinite(t).all()):
             raise ValueError(message)
     return anchor
 

@@ -218,7 +218,12 @@ def regression_parts(model, z, x, estimator: str) -> tuple[torch.Tensor, torch.T
     """
     if estimator == "generic":
         return model.log_joint(z, x).reshape(-1), None
-    return (model.log_normaliser(z) - model.log_prior(z)).reshape(-1), model.natural_params(z)
+    targets = getattr(model, "expfam_targets", None)  # optional: ExpFamModel has it
+    if callable(targets):
+        first, eta = targets(z)
+    else:
+        first, eta = model.log_normaliser(z) - model.log_prior(z), model.natural_params(z)
+    return first.reshape(-1), eta
 
 
 def stacked_targets(first: torch.Tensor, eta: torch.Tensor | None) -> torch.Tensor:

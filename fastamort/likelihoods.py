@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._checks import check_positive
+from .ops.standard_normal import standard_normal_like
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,9 @@ class GaussianLikelihood(nn.Module):
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
     def sample(self, mean: torch.Tensor) -> torch.Tensor:
-        return mean + torch.exp(self.log_std) * torch.randn_like(mean)
+        """μ + σ·ε, ε from :func:`fastamort.ops.standard_normal_like` (the engine's parallel
+        generator on CPU)."""
+        return mean + torch.exp(self.log_std) * standard_normal_like(mean)
 
 
 class BernoulliLikelihood(nn.Module):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ._backends import BACKENDS
+from ._checks import sums_finite
 from ._dual_solve import solve_dual
 from ._pairwise import (
     KERNEL_CHOICES,
@@ -99,7 +100,12 @@ def _check_x(x: torch.Tensor, name: str = "X") -> None:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+    if (
+        t.is_floating_point()
+        and t.numel()
+        and not sums_finite([t])
+        and not bool(torch.isfinite(t).all())
+    ):
         raise ValueError(f"Input {name} contains NaN or infinity.")
 
 

@@ -23,6 +23,7 @@ from fastamort.baselines import (
     vae_loss,
 )
 from fastamort.models import FactorAnalysis, GaussianMixture, HierarchicalMixture
+from fastamort.ops.standard_normal import torch_stream
 
 
 def _fa(seed, obs_dim=3, latent_dim=1, n=4):
@@ -251,7 +252,8 @@ def test_baseline_learner_improves_the_likelihood_and_can_freeze_the_model():
 def test_categorical_encoder_trains_on_a_mixture():
     torch.manual_seed(12)
     truth = GaussianMixture(2, 3, mean_scale=4.0).double()
-    data = truth.sample(300)[1]
+    with torch_stream():  # the data set the tolerance below was measured on
+        data = truth.sample(300)[1]
     enc = encoder_for(truth)
     learner = BaselineLearner(truth, enc, "iwae", k=5, lr=0.05, train_model=False)
     learner.fit(data, epochs=30, batch_size=100, progress=False)

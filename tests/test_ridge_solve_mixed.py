@@ -131,7 +131,13 @@ def test_estimator_and_kernel_loss_agree_with_the_float64_route(monkeypatch):
         results.append((est.objective.detach(), grad, loss.detach(), kgrad))
     assert routes == [False, True]  # only the second pass went through the float32 route
     for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+        # float32 outputs (the model's gradient): both routes' float64 weights round to
+        # float32 before the model's float32 sums, and one weight on the other side of a
+        # rounding boundary moves a cancelling sum of O(1) terms by an ulp of 1 (6e-8)
+        f32 = want.dtype == torch.float32
+        torch.testing.assert_close(
+            got, want, rtol=1e-5 if f32 else 1e-8, atol=2.5e-7 if f32 else 1e-10
+        )
 
 
 def test_mixed_precision_cpp_route_runs_and_matches_the_torch_route(monkeypatch):

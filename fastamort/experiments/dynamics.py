@@ -56,6 +56,7 @@ import torch
 
 import fastamort
 from fastamort.models.dynamics import HodgkinHuxley, LatentOscillator
+from fastamort.ops.standard_normal import torch_stream
 
 from . import _common, _features
 
@@ -144,8 +145,9 @@ def particle_filter(
 def run_oscillator(cfg: Config, seed: int, progress: bool) -> tuple[dict[str, Any], dict]:
     torch.manual_seed(_common.sub_seed(seed, "osc-data"))
     truth, init, learned = oscillator_models(cfg)
-    x_train = truth.sample(cfg.osc_train)[1]
-    z_test, x_test = truth.sample(cfg.osc_test)
+    with torch_stream():  # the data sets: a function of the seed alone
+        x_train = truth.sample(cfg.osc_train)[1]
+        z_test, x_test = truth.sample(cfg.osc_test)
     torch.manual_seed(_common.sub_seed(seed, "osc-train"))
     kernel = _features.feature_kernel(
         cfg.features, x_train[0].numel(), cfg.feature_width, seed=seed, like=x_train
@@ -218,7 +220,8 @@ def hh_model(cfg: Config, g: tuple[float, float, float]) -> HodgkinHuxley:
 def run_hh(cfg: Config, seed: int, progress: bool) -> tuple[dict[str, Any], dict]:
     torch.manual_seed(_common.sub_seed(seed, "hh-data"))
     truth = hh_model(cfg, cfg.hh_true)
-    z_train, x_train = truth.sample(cfg.hh_train)
+    with torch_stream():  # the data set: a function of the seed alone
+        z_train, x_train = truth.sample(cfg.hh_train)
     model = hh_model(cfg, cfg.hh_init)
     torch.manual_seed(_common.sub_seed(seed, "hh-train"))
     kernel = _features.feature_kernel(

@@ -74,6 +74,7 @@ from fastamort.baselines import (
 )
 from fastamort.kernels import Gaussian, median_distance
 from fastamort.models import FactorAnalysis, GaussianMixture
+from fastamort.ops.standard_normal import torch_stream
 
 from . import _common
 
@@ -140,7 +141,7 @@ def make_problem(
     else:
         raise ValueError(f"problem: expected one of {PROBLEMS}, got {problem!r}")
     truth = make().double().to(device)
-    with torch.no_grad():
+    with torch.no_grad(), torch_stream():  # the data set: a function of the seed alone
         x = truth.sample(cfg.n_data)[1]
     return make().double().to(device), x
 

@@ -55,6 +55,11 @@ def check_model(model: object) -> None:
         )
 
 
+def overrides(model: object, base: type, *names: str) -> bool:
+    """True when ``model``'s class redefines any of the methods ``names`` of ``base``."""
+    return any(getattr(type(model), n) is not getattr(base, n) for n in names)
+
+
 class GenerativeModel(nn.Module):
     """Optional base class documenting the protocol (subclasses implement both methods)."""
 
@@ -89,6 +94,11 @@ class ExpFamModel(GenerativeModel):
     def log_prior(self, z: Latent) -> torch.Tensor:
         """log p_θ(z), shape (n,)."""
         raise NotImplementedError
+
+    def expfam_targets(self, z: Latent) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Ψ(z) − log p(z) (n,), η(z) (n, P)): the exponential-family estimator's regression
+        targets. Override to share work between them (the decoder's output, for example)."""
+        return self.log_normaliser(z) - self.log_prior(z), self.natural_params(z)
 
     def log_base_measure(self, x: torch.Tensor) -> torch.Tensor:
         """log h(x), shape (n,); zero unless overridden."""
@@ -139,3 +149,12 @@ class GaussianObservationModel(ExpFamModel):
 
     def log_normaliser(self, z: Latent) -> torch.Tensor:
         return self.likelihood.log_normaliser(self.mean(z))
+
+    def expfam_targets(self, z: Latent) -> tuple[torch.Tensor, torch.Tensor]:
+        if overrides(self, GaussianObservationModel, "natural_params", "log_normaliser"):
+            return super().expfam_targets(z)
+        mean = self.mean(z)  # once, for both targets
+        return (
+            self.likelihood.log_normaliser(mean) - self.log_prior(z),
+            self.likelihood.natural_params(mean),
+        )

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..likelihoods import BernoulliLikelihood, GaussianLikelihood, flat
 from ._args import check_count
-from .base import ExpFamModel
+from .base import ExpFamModel, overrides
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 NOISE = ("shared", "per_pixel")
@@ -138,6 +138,16 @@ class MLPGenerator(ExpFamModel):
     def log_normaliser(self, z: torch.Tensor) -> torch.Tensor:
         """Ψ_θ(z), (n,)."""
         return self.likelihood.log_normaliser(self._param(z))
+
+    def expfam_targets(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Ψ_θ(z) − log p(z) (n,), η_θ(z)) from one pass of the network."""
+        if overrides(self, MLPGenerator, "natural_params", "log_normaliser"):
+            return super().expfam_targets(z)
+        param = self._param(z)
+        return (
+            self.likelihood.log_normaliser(param) - self.log_prior(z),
+            self.likelihood.natural_params(param),
+        )
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I_k), (n,)."""
