@@ -13,7 +13,7 @@ from scipy import stats
 import fastamort
 from fastamort._backends import BackendUnavailableError, cpp_unavailable_reason
 from fastamort.ops import standard_normal, standard_normal_like, standard_normal_ref
-from fastamort.ops.standard_normal import CHUNK
+from fastamort.ops.standard_normal import CHUNK, torch_stream
 
 needs_cpp = pytest.mark.skipif(cpp_unavailable_reason() is not None, reason="no extension")
 DTYPES = [torch.float32, torch.float64]
@@ -121,7 +121,7 @@ def test_backend_choice_and_recording():
         ("standard_normal", "torch"),
         ("standard_normal", "torch"),
     ]
-    with pytest.raises(BackendUnavailableError, match="dtype torch.float16"):
+    with pytest.raises(BackendUnavailableError, match=r"dtype torch\.float16"):
         standard_normal(3, dtype=torch.float16, backend="cpp")
 
 
@@ -170,3 +170,34 @@ def test_gaussian_models_sample_with_the_engine():
     with fastamort.record_backends() as ran:
         model.sample(10)
     assert ("standard_normal", "cpp") in ran
+
+
+@needs_cpp
+def test_torch_stream_block_uses_torch_generator():
+    with fastamort.record_backends() as ran, torch_stream():
+        torch.manual_seed(3)
+        inside = standard_normal((2, 4))
+        with torch_stream():  # nests
+            standard_normal(1)
+        standard_normal(1, backend="cpp")  # an explicit backend still wins
+    standard_normal(1)
+    assert [b for _, b in ran] == ["torch", "torch", "cpp"]
+    torch.manual_seed(3)
+    assert torch.equal(inside, torch.randn(2, 4))
+
+
+def test_expfam_targets_respects_overridden_natural_params():
+    """GaussianObservationModel.expfam_targets shares the mean between the two targets, unless
+    a subclass redefines natural_params or log_normaliser: then those are used."""
+
+    class Shifted(fastamort.models.FactorAnalysis):
+        def natural_params(self, z):
+            return super().natural_params(z) + 1.0
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 2)
+    for cls in (fastamort.models.FactorAnalysis, Shifted):
+        model = cls(3, 2)
+        first, eta = model.expfam_targets(z)
+        torch.testing.assert_close(first, model.log_normaliser(z) - model.log_prior(z))
+        torch.testing.assert_close(eta, model.natural_params(z))
