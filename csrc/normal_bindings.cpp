@@ -17,8 +17,6 @@ namespace py = pybind11;
 namespace fastamort {
 namespace {
 
-// Numbers per chunk: normal_impl.hpp's kNormalChunk (a chunk is the unit of the stream).
-constexpr long kChunk = 1L << 14;
 // Below this many numbers one thread does it all (a parallel region costs more).
 constexpr long kParallelMin = 1L << 16;
 
@@ -29,11 +27,11 @@ py::array standard_normal_t(long n, uint64_t seed) {
   {
     py::gil_scoped_release release;
     const RowOps<T>& ops = row_ops<T>();
-    const long chunks = (n + kChunk - 1) / kChunk;
+    const long chunks = (n + kNormalChunk - 1) / kNormalChunk;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (long c = 0; c < chunks; ++c) {
-      const long i0 = c * kChunk;
-      ops.normal_fill(o + i0, std::min(kChunk, n - i0), seed, static_cast<uint64_t>(c));
+      const long i0 = c * kNormalChunk;
+      ops.normal_fill(o + i0, std::min(kNormalChunk, n - i0), seed, static_cast<uint64_t>(c));
     }
   }
   return out;

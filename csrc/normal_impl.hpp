@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "row_ops.hpp"  // kNormalChunk
 #include "vec_math.hpp"
 
 namespace fastamort {
@@ -26,7 +27,6 @@ namespace FASTAMORT_ISA_NS {
 namespace {
 
 constexpr int kNormalLanes = 8;
-constexpr long kNormalChunk = 1L << 14;
 // Generator steps per vector batch (kNormalLanes words each).
 constexpr int kNormalSteps = 128;
 

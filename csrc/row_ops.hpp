@@ -32,6 +32,10 @@ constexpr double kDirectRatio = 16.0;
 // (A huge negative offset; std::numeric_limits because long has 32 bits on Windows.)
 constexpr long kNoDiagonal = std::numeric_limits<long>::min() / 2;
 
+// Numbers per chunk of normal_fill's stream (the unit a chunk index counts; the stream
+// itself, so fastamort.ops.standard_normal.CHUNK must be the same).
+constexpr long kNormalChunk = 1L << 14;
+
 template <class T>
 struct RowOps {
   // row[j] = max(nxi + ny[j] − 2·row[j], 0)·scale  (row holds the cross term xᵢ·yⱼ on entry)

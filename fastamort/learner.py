@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as _checkpoint
-from ._checks import check_int, sums_finite
+from ._checks import check_int, first_nonfinite
 from .distributed import (
     DistributedContext,
     pooled_estimate,
@@ -605,12 +605,10 @@ def _check_finite_value(value: torch.Tensor, what: str, step: int) -> None:
 
 
 def _check_finite_grads(named: Iterable[tuple[str, torch.Tensor]], step: int) -> None:
-    grads = [(name, p.grad) for name, p in named if p.grad is not None]
-    if sums_finite([g for _, g in grads if g.numel() > 0]):  # one sync for all of them
-        return
-    for name, g in grads:
-        if not bool(torch.isfinite(g).all()):
-            raise NonFiniteError(
-                f"step {step}: the gradient of parameter '{name}' is not finite; "
-                "no parameter was changed"
-            )
+    # one sync for all of them
+    name = first_nonfinite((p.grad, name) for name, p in named if p.grad is not None)
+    if name is not None:
+        raise NonFiniteError(
+            f"step {step}: the gradient of parameter '{name}' is not finite; "
+            "no parameter was changed"
+        )

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._backends import BACKENDS
-from ._checks import sums_finite
+from ._checks import first_nonfinite
 from ._dual_solve import solve_dual
 from ._pairwise import (
     KERNEL_CHOICES,
@@ -100,12 +100,7 @@ def _check_x(x: torch.Tensor, name: str = "X") -> None:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
-    if (
-        t.is_floating_point()
-        and t.numel()
-        and not sums_finite([t])
-        and not bool(torch.isfinite(t).all())
-    ):
+    if t.is_floating_point() and first_nonfinite([(t, name)]) is not None:
         raise ValueError(f"Input {name} contains NaN or infinity.")
 
 

@@ -60,6 +60,14 @@ def overrides(model: object, base: type, *names: str) -> bool:
     return any(getattr(type(model), n) is not getattr(base, n) for n in names)
 
 
+def likelihood_targets(
+    likelihood: nn.Module, param: torch.Tensor, log_prior: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ExpFamModel.expfam_targets` from the likelihood's parameter (the decoder's
+    output, computed once): (Ψ(param) − log p(z), η(param))."""
+    return likelihood.log_normaliser(param) - log_prior, likelihood.natural_params(param)
+
+
 class GenerativeModel(nn.Module):
     """Optional base class documenting the protocol (subclasses implement both methods)."""
 
@@ -153,8 +161,4 @@ class GaussianObservationModel(ExpFamModel):
     def expfam_targets(self, z: Latent) -> tuple[torch.Tensor, torch.Tensor]:
         if overrides(self, GaussianObservationModel, "natural_params", "log_normaliser"):
             return super().expfam_targets(z)
-        mean = self.mean(z)  # once, for both targets
-        return (
-            self.likelihood.log_normaliser(mean) - self.log_prior(z),
-            self.likelihood.natural_params(mean),
-        )
+        return likelihood_targets(self.likelihood, self.mean(z), self.log_prior(z))

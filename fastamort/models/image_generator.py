@@ -28,7 +28,7 @@ from torch import nn
 
 from ..likelihoods import BernoulliLikelihood, GaussianLikelihood, flat
 from ._args import check_count
-from .base import ExpFamModel, overrides
+from .base import ExpFamModel, likelihood_targets, overrides
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 NOISE = ("shared", "per_pixel")
@@ -143,11 +143,7 @@ class MLPGenerator(ExpFamModel):
         """(Ψ_θ(z) − log p(z) (n,), η_θ(z)) from one pass of the network."""
         if overrides(self, MLPGenerator, "natural_params", "log_normaliser"):
             return super().expfam_targets(z)
-        param = self._param(z)
-        return (
-            self.likelihood.log_normaliser(param) - self.log_prior(z),
-            self.likelihood.natural_params(param),
-        )
+        return likelihood_targets(self.likelihood, self._param(z), self.log_prior(z))
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I_k), (n,)."""
