@@ -22,9 +22,11 @@ For large M, ``solver=`` replaces that exact solve by Nyström, random Fourier f
 warm-started preconditioned CG (:mod:`fastamort.solvers`); the objective and its gradient are
 formed from the weights in the same way, whatever solver produced them.
 
-``lam=None`` picks λ, and ℓ when the kernel has none, by the Gaussian-process marginal
-likelihood of the regression targets over a grid (:mod:`fastamort.hyperparameters`);
-``kernel=None`` uses a Gaussian kernel with the median heuristic. ``intercept=True`` adds an
+``lam=None`` picks λ, and ℓ when the kernel has none, on a grid: for an exponential-family
+model the point whose gradient is closest to a prior-proposal importance-sampling gradient at
+the wake batch (:mod:`fastamort.importance_rule`), otherwise by the Gaussian-process marginal
+likelihood of the regression targets (:mod:`fastamort.hyperparameters`); ``kernel=None`` uses
+a Gaussian kernel with the median heuristic. ``intercept=True`` adds an
 unpenalised constant to the regression (:func:`add_intercept`).
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +49,12 @@ from .hyperparameters import (  # noqa: F401 (re-exported: fastamort.estimator.c
     choose_hyperparameters,
     choose_lambda,
     pick_lambda,
+)
+from .importance_rule import (
+    IMPORTANCE_MAX_POINTS,
+    ImportanceFailed,
+    choose_by_importance,
+    importance_weights,
 )
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
@@ -312,6 +321,115 @@ def add_intercept(
         return weights + (total - weights.sum(0)) / weights.shape[0]
 
 
+def resolve_rule(rule: str, model: object, *, explicit: bool) -> str:
+    """The rule that runs: ``"importance"`` needs an exponential-family model with parameters
+    to differentiate; by default (``explicit`` False) other models get ``"evidence"``."""
+    if rule != "importance" or importance_capable(model):
+        return rule
+    if explicit:
+        raise ValueError(
+            "lam: the 'importance' rule needs an exponential-family model (sufficient_stats, "
+            "natural_params, log_normaliser, log_prior) with parameters that require grad; "
+            f"{type(model).__name__} is not one: use lam='evidence' or 'loo'"
+        )
+    return "evidence"
+
+
+def importance_capable(model: object) -> bool:
+    return is_expfam(model) and any(
+        p.requires_grad
+        for p in model.parameters()  # type: ignore[attr-defined]
+    )
+
+
+def _latent_rows(z: Any, idx: torch.Tensor) -> Any:
+    """Rows ``idx`` of a latent (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(z, torch.Tensor):
+        return z[idx]
+    if isinstance(z, dict):
+        return {k: _latent_rows(v, idx) for k, v in z.items()}
+    if isinstance(z, (tuple, list)):
+        return type(z)(_latent_rows(v, idx) for v in z)
+    raise TypeError(f"cannot take rows of a latent of type {type(z).__name__}")
+
+
+class ImportanceRuleWarning(UserWarning):
+    """The ``"importance"`` rule could not score any candidate; the evidence chose instead."""
+
+
+def apply_rule(
+    rule: str, model, z: Any, xs: torch.Tensor, fs: torch.Tensor, x_wake: torch.Tensor,
+    kernel: Kernel, parts: tuple[torch.Tensor, torch.Tensor | None], estimator: str, *,
+    explicit: bool, choose_ell: bool,
+) -> tuple[float, float | None, dict[str, Any]]:  # fmt: skip
+    """(λ, ℓ or None, info) by the rule named ``rule`` (``explicit``: named by the caller)."""
+    rule = resolve_rule(rule, model, explicit=explicit)
+    if rule == "importance":
+        try:
+            lam, ell, info = choose_importance(
+                model, z, xs, fs, x_wake, kernel, parts, estimator, choose_ell
+            )
+            return lam, ell, {"lam_rule": rule, **info}
+        except ImportanceFailed as exc:
+            warnings.warn(
+                f"lam: the 'importance' rule could not score any (ℓ, λ) ({exc}); the "
+                "'evidence' rule chose instead",
+                ImportanceRuleWarning,
+                stacklevel=4,
+            )
+            rule = "evidence"
+    with torch.no_grad():
+        stats = None if parts[1] is None else model.sufficient_stats(xs)
+        lam, ell = choose_hyperparameters(
+            fs.to(KRR_DTYPE), kernel, stacked_targets(*parts), stats,
+            rule=rule, lengthscale=choose_ell,
+        )  # fmt: skip
+    return lam, ell, {"lam_rule": rule}
+
+
+def choose_importance(
+    model, z: Any, xs: torch.Tensor, fs: torch.Tensor, x_wake: torch.Tensor, kernel: Kernel,
+    parts: tuple[torch.Tensor, torch.Tensor | None], estimator: str, choose_ell: bool,
+) -> tuple[float, float | None, dict[str, Any]]:  # fmt: skip
+    """(λ, ℓ or None, info) by the ``"importance"`` rule (:mod:`fastamort.importance_rule`)
+    on this sleep set (a fixed random subset of :data:`IMPORTANCE_MAX_POINTS` when larger)."""
+    m = xs.shape[0]
+    if m > IMPORTANCE_MAX_POINTS:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        idx = torch.randperm(m, generator=g)[:IMPORTANCE_MAX_POINTS].to(xs.device)
+        z, xs, fs = _latent_rows(z, idx), xs[idx], fs[idx]
+        parts = regression_parts(model, z, xs, estimator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref_parts = parts if estimator == "expfam" else regression_parts(model, z, xs, "expfam")
+
+    def gradient_of(weights: torch.Tensor, parts=parts, estimator=estimator) -> torch.Tensor:
+        objective = objective_from_weights(model, weights, parts, estimator, x_wake)
+        grads = (
+            torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
+            if objective.requires_grad
+            else [None] * len(params)
+        )
+        return torch.cat(
+            [
+                (torch.zeros_like(p) if g is None else g).reshape(-1).to(KRR_DTYPE)
+                for p, g in zip(params, grads, strict=True)
+            ]
+        )
+
+    with torch.no_grad():
+        w_is, ess = importance_weights(
+            ref_parts[1], model.log_normaliser(z), model.sufficient_stats(x_wake)
+        )
+        fw, v = wake_vectors(model, kernel, x_wake, estimator)
+    reference = gradient_of(w_is, ref_parts, "expfam")
+    if not bool(torch.isfinite(reference).all()):
+        raise ImportanceFailed("the importance-sampling gradient is not finite")
+    lam, ell, info = choose_by_importance(
+        fs.to(KRR_DTYPE), fw, v, kernel, gradient_of, reference, lengthscale=choose_ell
+    )
+    return lam, ell, {**info, "importance_ess": float(ess.median())}
+
+
 def amortised_estimate(
     model: torch.nn.Module,
     x_wake: torch.Tensor,
@@ -341,11 +459,15 @@ def amortised_estimate(
         kernel: a :class:`fastamort.kernels.Kernel`; default Gaussian. A kernel without a
             lengthscale (``Gaussian()``) gets the median heuristic on the sleep set, in
             place (:meth:`~fastamort.kernels.Kernel.init_from`).
-        lam: the ridge λ, or the name of a rule that chooses it from the sleep set
-            (:mod:`fastamort.hyperparameters`): ``"evidence"`` (the default, None) takes the
-            (ℓ, λ) of largest Gaussian-process marginal likelihood of the targets, ℓ only when
-            the kernel's lengthscale was not given; ``"loo"``: λ by leave-one-out error at the
-            median-heuristic lengthscale (the rule before).
+        lam: the ridge λ, or the name of a rule that chooses it, with ℓ when the kernel's
+            lengthscale was not given: ``"importance"`` (the default, None, for
+            exponential-family models with parameters to train) takes the grid point whose
+            θ-gradient is closest to the prior-proposal importance-sampling gradient at the
+            wake batch, on this sleep set (:mod:`fastamort.importance_rule`; one Cholesky
+            factorisation and one backward pass per candidate); ``"evidence"`` (the default
+            for other models) the (ℓ, λ) of largest Gaussian-process marginal likelihood of
+            the targets; ``"loo"``: λ by leave-one-out error at the median-heuristic
+            lengthscale (the first rule). ``info["lam_rule"]`` names the rule that ran.
         estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
         solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
             O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
@@ -405,22 +527,25 @@ def amortised_estimate(
     parts = regression_parts(model, z, xs, estimator)
     with torch.no_grad():
         fs = kernel.features(xs)
-        if rule is not None:
-            stats = None if parts[1] is None else model.sufficient_stats(xs)
-            lam_value, ell = choose_hyperparameters(
-                fs.to(KRR_DTYPE), kernel, stacked_targets(*parts), stats,
-                rule=rule, lengthscale=choose_ell,
-            )  # fmt: skip
-            if ell is not None:
+    rule_info: dict[str, Any] = {}
+    if rule is None:
+        lam_value = float(lam)  # type: ignore[arg-type]
+    else:
+        lam_value, ell, rule_info = apply_rule(
+            rule, model, z, xs, fs, x_wake, kernel, parts, estimator,
+            explicit=lam is not None, choose_ell=choose_ell,
+        )  # fmt: skip
+        if ell is not None:
+            with torch.no_grad():
                 kernel.log_lengthscale.fill_(math.log(ell))
-        else:
-            lam_value = float(lam)
+    with torch.no_grad():
         dtype = solve_dtype(config, fs, lam_value, kernel)
         fw, v = wake_vectors(model, kernel, x_wake, estimator, dtype)
         weights, info = krr_weights(
             config, kernel, fs.to(dtype), fw, v, lam_value, warm_start=warm_start
         )
         info["dtype"] = str(dtype).removeprefix("torch.")
+        info.update(rule_info)
         solution = weights
         if intercept:
             weights = add_intercept(weights, model, x_wake, estimator)

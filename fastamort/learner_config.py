@@ -46,6 +46,11 @@ class LearnerConfig:
 
         fix("n_sleep", check_int(self.n_sleep, "n_sleep", 2))
         fix("n_held_out", check_int(self.n_held_out, "n_held_out", 1 if self.learn_kernel else 0))
+        if self.lam == "importance":
+            raise ValueError(
+                "lam: the 'importance' rule needs each step's wake batch and is not available "
+                "to the learner; use 'loo' (the default) or 'evidence'"
+            )
         if check_rule(self.lam) is None:
             lam = float(check_lam_scalar(self.lam))
             lo, hi = LEARNED_LAMBDA_RANGE

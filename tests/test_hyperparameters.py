@@ -110,7 +110,10 @@ def test_intercept_removes_the_mixtures_shrinkage_against_the_exact_gradient():
     (leave-one-out λ, no intercept; measured 0.13 against 0.27) and no shrinkage
     (‖g‖/‖g*‖ 0.95–1.26 against 0.66–0.80)."""
     res = _rel_errors(
-        "gmm", 600, {"intercept": {"intercept": True}, "former": {"lam": "loo"}}, range(4)
+        "gmm",
+        600,
+        {"intercept": {"intercept": True, "lam": "evidence"}, "former": {"lam": "loo"}},
+        range(4),
     )
     assert res["intercept"][0] < 0.7 * res["former"][0], res
     assert abs(res["intercept"][1] - 1.0) < 0.15 < abs(res["former"][1] - 1.0), res
