@@ -509,6 +509,12 @@ def amortised_estimate(
     rule = check_rule(lam)
     if rule is None:
         lam = check_lam_scalar(lam)
+    elif traced():
+        raise ValueError(
+            f"lam: the rule {rule!r} chooses λ from the data and cannot run under "
+            "torch.compile or a torch.func transform; pass lam= a number (e.g. est.lam of an "
+            "eager amortised_estimate)"
+        )
     x_wake = check_wake(x_wake, xs)
     if kernel is None:
         kernel = Gaussian().to(xs.device)

@@ -219,3 +219,16 @@ def test_a_non_finite_reference_falls_back_to_the_evidence_with_a_warning(monkey
         est = fastamort.amortised_estimate(model, x, sleep=(z, xs))
     assert est.info["lam_rule"] == "evidence"
     assert torch.isfinite(_flat_grad(model, est.objective)).all()
+
+
+def test_a_rule_under_torch_compile_is_a_clear_error():
+    torch._dynamo.reset()
+    model, z, xs, x = _problem("fa", m=60)
+    kernel = Gaussian(1.0)
+    compiled = torch.compile(
+        lambda w: fastamort.amortised_objective(model, w, sleep=(z, xs), kernel=kernel),
+        fullgraph=True,
+        backend="eager",
+    )
+    with pytest.raises(Exception, match="lam: the rule 'importance' chooses λ from the data"):
+        compiled(x)
