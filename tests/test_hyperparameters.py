@@ -99,7 +99,8 @@ def _rel_errors(problem, m, variants, seeds):
 def test_default_rule_beats_leave_one_out_on_factor_analysis_against_the_exact_gradient():
     """The gradient-estimation factor analysis (D = 5, k = 2, N = 100), M = 1000, 6 sleep
     seeds: the default rule's mean relative error to the exact gradient is clearly below the
-    former rule's (measured 0.143 against 0.180; over 12 seeds 0.158 against 0.184)."""
+    first rule's (leave-one-out λ). Measured: importance (the default) 0.109, evidence 0.142,
+    leave-one-out 0.179."""
     res = _rel_errors("fa", 1000, {"default": {}, "former": {"lam": "loo"}}, range(6))
     assert res["default"][0] < 0.85 * res["former"][0], res
 
