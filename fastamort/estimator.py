@@ -468,6 +468,9 @@ def amortised_estimate(
             for other models) the (ℓ, λ) of largest Gaussian-process marginal likelihood of
             the targets; ``"loo"``: λ by leave-one-out error at the median-heuristic
             lengthscale (the first rule). ``info["lam_rule"]`` names the rule that ran.
+            The rules run on every call (the importance rule: 2–3 s at M = 2000, 10–13 s at
+            M = 4000 on 2 CPU threads); in a loop, reuse ``est.lam`` and ``est.kernel`` of one
+            call, or train with :class:`fastamort.AmortisedLearner`.
         estimator: "auto" (exponential family when the model provides it), "generic", "expfam".
         solver: how (K + λI)⁻¹ is applied (:mod:`fastamort.solvers`): "exact" (Cholesky,
             O(M³) time, O(M²) memory), "nystrom" (``n_inducing`` points, O(M m²)), "rff"
