@@ -49,6 +49,7 @@ from .hyperparameters import (  # noqa: F401 (re-exported: fastamort.estimator.c
     choose_hyperparameters,
     choose_lambda,
     pick_lambda,
+    subsample_indices,
 )
 from .importance_rule import (
     IMPORTANCE_MAX_POINTS,
@@ -393,10 +394,8 @@ def choose_importance(
 ) -> tuple[float, float | None, dict[str, Any]]:  # fmt: skip
     """(λ, ℓ or None, info) by the ``"importance"`` rule (:mod:`fastamort.importance_rule`)
     on this sleep set (a fixed random subset of :data:`IMPORTANCE_MAX_POINTS` when larger)."""
-    m = xs.shape[0]
-    if m > IMPORTANCE_MAX_POINTS:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        idx = torch.randperm(m, generator=g)[:IMPORTANCE_MAX_POINTS].to(xs.device)
+    idx = subsample_indices(xs.shape[0], IMPORTANCE_MAX_POINTS, xs.device)
+    if idx is not None:
         z, xs, fs = _latent_rows(z, idx), xs[idx], fs[idx]
         parts = regression_parts(model, z, xs, estimator)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -78,6 +78,15 @@ def clamp_log_lambda(log_lam: torch.Tensor) -> str | None:
 LAMBDA_MAX_POINTS = 2000
 
 
+def subsample_indices(m: int, cap: int, device: torch.device) -> torch.Tensor | None:
+    """A fixed random subset of ``cap`` of ``m`` rows (the same for every call), or None when
+    ``m <= cap``: the rules that choose on at most ``cap`` sleep points."""
+    if m <= cap:
+        return None
+    g = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randperm(m, generator=g)[:cap].to(device)
+
+
 @torch.no_grad()
 def choose_lambda(
     features: torch.Tensor,
@@ -92,10 +101,8 @@ def choose_lambda(
     a target t is (t − Ht)/(1 − H_ii), for every λ from one eigendecomposition. For the
     exponential-family targets [ψ, η] the scored residual is r_η·S(x_i) − r_ψ.
     """
-    m = features.shape[0]
-    if m > LAMBDA_MAX_POINTS:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        idx = torch.randperm(m, generator=g)[:LAMBDA_MAX_POINTS].to(features.device)
+    idx = subsample_indices(features.shape[0], LAMBDA_MAX_POINTS, features.device)
+    if idx is not None:
         features, targets = features[idx], targets[idx]
         stats = None if stats is None else stats[idx]
     k = kernel.gram_features(features.to(KRR_DTYPE))
@@ -173,13 +180,6 @@ def check_rule(lam: object) -> str | None:
     return None
 
 
-def _subsample(m: int, cap: int, device: torch.device) -> torch.Tensor | None:
-    if m <= cap:
-        return None
-    g = torch.Generator(device="cpu").manual_seed(0)
-    return torch.randperm(m, generator=g)[:cap].to(device)
-
-
 @torch.no_grad()
 def log_evidence(
     features: torch.Tensor,
@@ -253,7 +253,7 @@ def choose_hyperparameters(
         )
     if rule != "evidence":
         check_rule(rule)
-    idx = _subsample(features.shape[0], EVIDENCE_MAX_POINTS, features.device)
+    idx = subsample_indices(features.shape[0], EVIDENCE_MAX_POINTS, features.device)
     if idx is not None:
         features, targets = features[idx], targets[idx]
     base = float(kernel.lengthscale.detach())

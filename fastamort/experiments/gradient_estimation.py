@@ -277,8 +277,8 @@ def run_problem(problem: str, cfg: Config, seed: int, device: torch.device, bar)
                 method, model, x, cfg, _common.sub_seed(seed, problem, method, "encoder")
             )
             bar.update(1)
+        per_estimate = method in AMORTISED and cfg.lam_rule == "importance"
         for budget in budgets:
-            per_estimate = method in AMORTISED and cfg.lam_rule == "importance"
             fn = estimator_fn(
                 method, model, x, budget, encoder=encoder,
                 lam=cfg.lam_rule if per_estimate else lams.get(budget),
