@@ -16,8 +16,9 @@ Environment:
 Compilers: GCC and clang (-O3 -fopenmp), Apple clang (OpenMP from Homebrew's libomp, found
 through ``brew --prefix libomp`` or $FASTAMORT_LIBOMP_PREFIX, else OpenMP off with a warning),
 MSVC (/O2 /openmp:experimental: OpenMP 2.0 plus its `omp simd`; csrc/portability.hpp keeps
-MSVC off the GCC/clang extensions and the OpenMP 4.0 constructs). With GCC or clang, OpenMP is probed first: a compiler without it (clang
-without libomp) builds the extension without OpenMP and says so.
+MSVC off the GCC/clang extensions and the OpenMP 4.0 constructs). With GCC or clang, OpenMP
+is probed first: a compiler without it (clang without libomp) builds the extension without
+OpenMP and says so.
 
 The extension links no BLAS (and no libtorch, no CUDA): it takes SciPy's BLAS/LAPACK through
 the capsules of scipy.linalg.cython_blas at import time. Flags are portable: no -march, so the

@@ -52,6 +52,8 @@ def cpp_module() -> ModuleType:
     if mod is None:
         why = cpp_unavailable_reason()
         raise BackendUnavailableError(f"the C++ backend is not available: {why}")
+    if not _cache_env_checked:
+        check_buffer_cache_env()
     threads = torch.get_num_threads()
     if threads != _cpp_threads[0] and hasattr(mod, "set_num_threads"):
         # the extension has its own OpenMP runtime: keep it at torch.set_num_threads's value
@@ -61,6 +63,26 @@ def cpp_module() -> ModuleType:
 
 
 _cpp_threads = [0]
+_cache_env_checked = False
+
+#: The largest ``FASTAMORT_BUFFER_CACHE_MB`` (1 TiB; more would overflow the byte count).
+MAX_BUFFER_CACHE_MB = 1 << 20
+
+
+def check_buffer_cache_env() -> None:
+    """ValueError naming ``FASTAMORT_BUFFER_CACHE_MB`` unless it is unset, empty or a whole
+    number of MiB in [0, :data:`MAX_BUFFER_CACHE_MB`]. The extension reads it when its buffer
+    pool starts and would take anything else as the default (256) without a word; the C++
+    backend checks it before its first use."""
+    global _cache_env_checked
+    text = os.environ.get("FASTAMORT_BUFFER_CACHE_MB", "").strip()
+    ok = not text or (text.isascii() and text.isdigit() and int(text) <= MAX_BUFFER_CACHE_MB)
+    if not ok:
+        raise ValueError(
+            "FASTAMORT_BUFFER_CACHE_MB: expected a whole number of MiB from 0 (no cache) to "
+            f"{MAX_BUFFER_CACHE_MB}, or unset for the default 256; got {text!r}"
+        )
+    _cache_env_checked = True
 
 
 def triton_module(name: str) -> ModuleType:

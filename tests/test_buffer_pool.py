@@ -169,3 +169,18 @@ def test_a_zero_cap_turns_the_cache_off():
     assert info["limit_bytes"] == 0
     assert info["cached_bytes"] == 0
     assert info["hits"] == 0
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1", "12MB", "1.5", str((1 << 20) + 1)])
+def test_a_bad_cache_size_is_a_clear_error_not_the_default(monkeypatch, bad):
+    """The extension would take a value it cannot parse as the default 256 MiB without a
+    word; the C++ backend refuses it before its first use, naming the variable."""
+    from fastamort import _backends
+
+    monkeypatch.setattr(_backends, "_cache_env_checked", False)
+    monkeypatch.setenv("FASTAMORT_BUFFER_CACHE_MB", bad)
+    with pytest.raises(ValueError, match="FASTAMORT_BUFFER_CACHE_MB: expected a whole number"):
+        fastamort.gram(torch.randn(5, 2, dtype=torch.float64), lengthscale=1.0, backend="cpp")
+    monkeypatch.setenv("FASTAMORT_BUFFER_CACHE_MB", " 64 ")
+    fastamort.gram(torch.randn(5, 2, dtype=torch.float64), lengthscale=1.0, backend="cpp")
+    assert _backends._cache_env_checked

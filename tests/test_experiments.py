@@ -133,7 +133,44 @@ def test_gradient_estimation_quick_run(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["quick"] is True and config["config"]["repeats"] >= 2
     assert config["environment"]["torch"]
-    assert "| method |" in (tmp_path / "results.md").read_text()
+    text = (tmp_path / "results.md").read_text()
+    assert "| method |" in text
+    command = "fastamort experiment gradient-estimation --quick --seed 0 --device cpu"
+    assert f"Command: `{command}`" in text
     pytest.importorskip("matplotlib")
     for name in ("relative_error.png", "cosine.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_the_results_command_reruns_the_configuration():
+    """results.md's "Command:" line names every ``--set`` override (an earlier version left
+    them out) and ``--features``; parsed by the command line's own parser it gives back the
+    same Config."""
+    import dataclasses
+    import shlex
+
+    import torch
+
+    from fastamort.experiments import build_parser, gradient_estimation, ica, parse_overrides
+
+    cpu = torch.device("cpu")
+    cfg = dataclasses.replace(
+        ica.FULL, syn_n_sleep=4000, lam="evidence", img_lam="None", features="linear-bn"
+    )
+    words = shlex.split(_common.command_line("ica", cfg, ica.FULL, quick=False, seed=3, device=cpu))
+    assert words[:2] == ["fastamort", "experiment"]
+    args = build_parser().parse_args(words[2:])
+    assert (args.name, args.seed, args.device, args.quick) == ("ica", 3, "cpu", False)
+    assert args.features == "linear-bn"
+    assert sorted(args.overrides) == ["img_lam='None'", "lam=evidence", "syn_n_sleep=4000"]
+    back = dataclasses.replace(ica.FULL, features=args.features, **parse_overrides(args.overrides))
+    assert back == cfg
+
+    base = gradient_estimation.QUICK
+    cfg = dataclasses.replace(base, sleep_sizes=(10, 20), lam_rule="loo")
+    line = _common.command_line("gradient-estimation", cfg, base, quick=True, seed=0, device=cpu)
+    args = build_parser().parse_args(shlex.split(line)[2:])
+    assert args.quick and "--features" not in line
+    assert dataclasses.replace(base, **parse_overrides(args.overrides)) == cfg
+    plain = _common.command_line("ica", ica.FULL, ica.FULL, quick=False, seed=0, device=cpu)
+    assert plain == "fastamort experiment ica --seed 0 --device cpu --features none"

@@ -23,10 +23,12 @@ Each file is also written atomically on its own (:mod:`fastamort._atomic`).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -173,6 +175,35 @@ def write_config(
             "environment": env,
         },
     )
+
+
+def command_line(
+    name: str, config: Any, base: Any, *, quick: bool, seed: int, device: torch.device
+) -> str:
+    """The ``fastamort experiment`` command that reruns ``config``: ``--features`` when the
+    Config has that field, and ``--set NAME=VALUE`` for every other field that differs from
+    ``base`` (the experiment's QUICK or FULL, whichever ``quick`` picks), so that a results.md
+    names its overrides (``--set`` parses each value back as a Python literal)."""
+    words = ["fastamort", "experiment", name] + (["--quick"] if quick else [])
+    words += ["--seed", str(seed), "--device", device.type]
+    values = dataclasses.asdict(config)
+    if "features" in values:
+        words += ["--features", str(values.pop("features"))]
+    defaults = dataclasses.asdict(base)
+    for field, value in values.items():
+        if value != defaults.get(field):
+            text = value if isinstance(value, str) and not _is_literal(value) else repr(value)
+            words += ["--set", f"{field}={text}"]
+    return shlex.join(words)
+
+
+def _is_literal(text: str) -> bool:
+    """Whether ``--set`` would read ``text`` as a Python literal rather than a string."""
+    try:
+        ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return False
+    return True
 
 
 def start_run(

@@ -317,9 +317,11 @@ def run(
          "sweep fit error (°)", "winding of 2θ", "orientation coverage", "template corr."],
         rows,
     )  # fmt: skip
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Command: `fastamort experiment circle{' --quick' if quick else ''} --seed {seed} "
-        f"--device {device.type} --features {cfg.features}`. Amortised learning: "
+        f"Command: `{command}`. Amortised learning: "
         f"{_features.describe(cfg.features, cfg.feature_width, cfg.image_size**2)}. "
         f"{cfg.n_train} training / {cfg.n_test} test Gabor patches "
         f"({cfg.image_size}×{cfg.image_size}); AmortisedLearner with M = {cfg.n_sleep}, "

@@ -393,9 +393,11 @@ def run(
         ["conductance", "true", "initial", "learned", "rel. error initial", "rel. error learned"],
         hh_rows,
     )
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Command: `fastamort experiment dynamics{' --quick' if quick else ''} --seed {seed} "
-        f"--features {cfg.features}`. Amortised learning: "
+        f"Command: `{command}`. Amortised learning: "
         f"{_features.describe(cfg.features, cfg.feature_width, cfg.osc_steps_t * cfg.osc_pixels)}"
         f" (oscillator; Hodgkin–Huxley: the same on its {cfg.hh_steps_t // cfg.hh_subsample}"
         "-dimensional traces). "

@@ -496,9 +496,11 @@ def run(
     plots = plot(records, out)
     details = {"problems": records, "plots": plots}
     _common.write_metrics(out, metrics, details, env)
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        "Command: `fastamort experiment gradient-estimation"
-        + (" --quick" if quick else "") + f" --seed {seed} --device {device.type}`. "
+        f"Command: `{command}`. "
         "Budgets: M = sleep samples shared by the batch (amortised), S = samples per datum "
         "(baselines). Baseline encoders were trained for the fixed model first "
         f"({cfg.encoder_steps} Adam steps, not timed here). See the module docstring of "

@@ -376,9 +376,11 @@ def results_sections(
              m["gmm_train_loglik"], m["gmm_ari"]],
         ],
     )  # fmt: skip
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Command: `python -m fastamort.experiments {NAME}" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type}`. {cfg.n_arms}×{cfg.n_per_arm} training and "
+        f"Command: `{command}`. {cfg.n_arms}×{cfg.n_per_arm} training and "
         f"{cfg.n_arms}×{cfg.n_test_per_arm} test points; {cfg.epochs} epochs "
         f"({m['al_train_s']:.0f} s, {m['al_seconds_per_step']:.3f} s/step; VAE "
         f"{m['vae_train_s']:.0f} s), M = {cfg.n_sleep}. "

@@ -451,9 +451,11 @@ def run(
          "Amari to FastICA"],
         img_rows,
     )  # fmt: skip
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Command: `fastamort experiment ica{' --quick' if quick else ''} --seed {seed} "
-        f"--device {device.type} --features {cfg.features}`. Synthetic: D = K = "
+        f"Command: `{command}`. Synthetic: D = K = "
         f"{cfg.syn_dim}, noise {cfg.syn_noise}, "
         f"{cfg.syn_train} points, {cfg.syn_steps} steps, M = {cfg.syn_n_sleep}. Images: "
         f"{cfg.patch}×{cfg.patch} patches of scikit-image's sample photographs, d = K = "

@@ -440,9 +440,11 @@ def run(
             results[variant]["methods"][method].pop("grid", None)
     details = {"results": results, "plots": plots}
     _common.write_metrics(out, metrics, details, env)
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        "Command: `python -m fastamort.experiments images" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type} --features {cfg.features}`. Amortised "
+        f"Command: `{command}`. Amortised "
         f"learning: {_features.describe(cfg.features, cfg.feature_width, digits.N_PIXELS)}. "
         "Classifier (feature network) test "
         f"accuracy: {metrics['classifier_accuracy']:.3f} (continuous), "

@@ -317,8 +317,12 @@ def run(
         steps = str(training[name]["steps"]) if name in training else "-"
         rows.append([label, *cells, steps, secs])
     mc = ", ".join(f"{m} {scores[main][m + '_mc_tenth']['mean']:.3f}" for m in METHODS)
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Predictive log-likelihood per held-out target point (nats; mean ± standard error "
+        f"Command: `{command}`. Predictive log-likelihood per held-out target point (nats; "
+        "mean ± standard error "
         f"over {cfg.n_eval_functions} held-out functions, {cfg.n_eval_targets} targets each, "
         f"not in the context; Monte Carlo over z with {cfg.n_mc} prior samples). Training: "
         f"{cfg.steps} Adam steps of {cfg.batch_tasks} tasks ({cfg.n_context} context + "

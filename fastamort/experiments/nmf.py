@@ -283,9 +283,11 @@ def results_sections(
     table = _common.markdown_table(
         ["model", "recon. MSE", "denoising MSE", "test log p(x) (nats/image)", "train s"], rows
     )
+    command = _common.command_line(
+        NAME, cfg, QUICK if quick else FULL, quick=quick, seed=seed, device=device
+    )
     notes = (
-        f"Command: `python -m fastamort.experiments {NAME}" + (" --quick" if quick else "")
-        + f" --seed {seed} --device {device.type} --features {cfg.features}`. Amortised "
+        f"Command: `{command}`. Amortised "
         f"learning: {_features.describe(cfg.features, cfg.feature_width, 64)}. "
         f"Binarised 8×8 digits, {cfg.n_test} test "
         f"images, k = {cfg.n_factors} factors, {cfg.epochs} epochs (VAE long: "
