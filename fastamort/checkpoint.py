@@ -63,7 +63,7 @@ FORMAT_VERSION = 2
 #: Learner attributes recorded in ``config`` that a resume must match.
 HYPERPARAMETERS = (
     "n_sleep", "n_held_out", "estimator", "learn_kernel", "seed", "max_grad_norm", "solver",
-    "n_inducing", "n_features", "tol", "inducing", "warm_start", "sleep_refresh", "lam",
+    "n_inducing", "n_features", "tol", "inducing", "warm_start", "sleep_refresh", "lam", "trend",
 )  # fmt: skip
 
 

@@ -204,13 +204,15 @@ def pooled_estimate(
     kernel: Any,
     lam: float,
     estimator: str,
+    trend: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's part of the pooled estimator: ``(objective_part, pooled_value)``.
 
     The weights W = (K + λI)⁻¹ K_sw V of all ranks' sleep points (K·M of them) against all
     ranks' wake batches are solved identically on every rank; this rank's part of Ĵ uses its
     own M rows of W with its own targets (graph to θ). Summing the parts' gradients over ranks
-    gives the gradient of the pooled Ĵ; ``pooled_value`` is Ĵ itself (detached).
+    gives the gradient of the pooled Ĵ; ``pooled_value`` is Ĵ itself (detached). ``trend``:
+    the pooled regression with that polynomial trend (:mod:`fastamort.polynomial_trend`).
     """
     from .estimator import (
         KRR_DTYPE,
@@ -219,6 +221,7 @@ def pooled_estimate(
         regression_parts,
         wake_vectors,
     )
+    from .polynomial_trend import trend_weights
     from .solvers import SolverConfig, krr_weights
 
     z, xs = draw_sleep(model, n_sleep)
@@ -229,7 +232,10 @@ def pooled_estimate(
         fs_all = ctx.all_gather_rows(fs.to(ctx.device)).to(fs.device)
         fw_all = ctx.all_gather_rows(fw.to(ctx.device)).to(fw.device)
         v_all = ctx.all_gather_rows(v.to(ctx.device)).to(v.device) / ctx.world_size
-        weights, _ = krr_weights(SolverConfig("exact"), kernel, fs_all, fw_all, v_all, lam)
+        if trend is None:
+            weights, _ = krr_weights(SolverConfig("exact"), kernel, fs_all, fw_all, v_all, lam)
+        else:
+            weights, _ = trend_weights(kernel, fs_all, fw_all, v_all, lam, trend)
         mine = weights[ctx.rank * n_sleep : (ctx.rank + 1) * n_sleep]
     part = objective_from_weights(model, mine, parts, estimator, x_wake)
     log_h = getattr(model, "log_base_measure", None)

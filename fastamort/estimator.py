@@ -59,6 +59,7 @@ from .importance_rule import (
 )
 from .kernels import Gaussian, Kernel
 from .models.base import check_model, is_expfam
+from .polynomial_trend import check_trend, trend_weights
 from .solvers import SolverConfig, WarmStart, krr_dtype, krr_weights, solver_config
 
 KRR_DTYPE = torch.float64
@@ -445,6 +446,7 @@ def amortised_estimate(
     inducing: str | None = None,
     warm_start: AmortisedEstimate | WarmStart | None = None,
     intercept: bool = False,
+    trend: int | None = None,
 ) -> AmortisedEstimate:
     """The KRR estimate of the mean ML gradient over ``x_wake`` with its ingredients
     (weights, λ, kernel, sleep set); its ``objective`` is :func:`amortised_objective`.
@@ -490,6 +492,12 @@ def amortised_estimate(
             far from the sleep points the prediction is the mean rather than 0
             (:func:`add_intercept`: better for one gradient of a model far from its data,
             worse in training); False (default): the plain KRR of the formula above.
+        trend: the degree (0, 1 or 2) of an unpenalised polynomial trend in the kernel's
+            features beside the kernel (semi-parametric KRR, :mod:`fastamort.polynomial_trend`):
+            every polynomial of that degree is reproduced exactly, so the kernel's smoothing
+            no longer inflates a Gaussian likelihood's residual (on ICA at σ = 0.1: an
+            estimated E‖x − As‖² of 1.05× its value against 2.6×). Exact solver only; a λ
+            rule chooses λ (and ℓ) for the plain regression. None (default): no trend.
 
     Returns:
         An :class:`AmortisedEstimate`.
@@ -497,6 +505,12 @@ def amortised_estimate(
     check_model(model)
     estimator = resolve_estimator(model, estimator)
     config = solver_config(solver, n_inducing, n_features, tol, inducing, stacklevel=3)
+    trend = check_trend(trend)
+    if trend is not None and (config.solver != "exact" or intercept or warm_start is not None):
+        raise ValueError(
+            "trend: a polynomial trend needs solver='exact', without intercept=True (the "
+            "trend's degree 0 is the constant) and without warm_start"
+        )
     if isinstance(warm_start, AmortisedEstimate):
         warm_start = warm_start.warm_start()
     elif warm_start is not None and not isinstance(warm_start, WarmStart):
@@ -547,11 +561,14 @@ def amortised_estimate(
             with torch.no_grad():
                 kernel.log_lengthscale.fill_(math.log(ell))
     with torch.no_grad():
-        dtype = solve_dtype(config, fs, lam_value, kernel)
+        dtype = KRR_DTYPE if trend is not None else solve_dtype(config, fs, lam_value, kernel)
         fw, v = wake_vectors(model, kernel, x_wake, estimator, dtype)
-        weights, info = krr_weights(
-            config, kernel, fs.to(dtype), fw, v, lam_value, warm_start=warm_start
-        )
+        if trend is not None:
+            weights, info = trend_weights(kernel, fs, fw, v, lam_value, trend)
+        else:
+            weights, info = krr_weights(
+                config, kernel, fs.to(dtype), fw, v, lam_value, warm_start=warm_start
+            )
         info["dtype"] = str(dtype).removeprefix("torch.")
         info.update(rule_info)
         solution = weights

@@ -113,6 +113,9 @@ class AmortisedLearner:
             start saves about one iteration and costs one product).
         sleep_refresh: fraction of the model step's sleep samples drawn with new noise per
             step (1: all fresh, the default; < 1: the rest re-use their noise, see above).
+        trend: the model step's regression with an unpenalised polynomial trend of this
+            degree (0, 1, 2; :mod:`fastamort.polynomial_trend`, exact solver only); the kernel
+            steps fit the plain regression. None (default): none.
 
     Example:
         >>> import torch, fastamort
@@ -148,6 +151,7 @@ class AmortisedLearner:
         inducing: str | None = None,
         warm_start: bool | None = None,
         sleep_refresh: float = 1.0,
+        trend: int | None = None,
     ):
         check_model(model)
         self.config = LearnerConfig(
@@ -161,6 +165,7 @@ class AmortisedLearner:
             solver=solver_config(solver, n_inducing, n_features, tol, inducing),
             warm_start=warm_start,
             sleep_refresh=sleep_refresh,
+            trend=trend,
         )
         if kernel is not None and not isinstance(kernel, Kernel):
             raise TypeError(
@@ -213,6 +218,7 @@ class AmortisedLearner:
     solver = property(lambda self: self.config.solver)
     warm_start = property(lambda self: self.config.uses_warm_start)
     sleep_refresh = property(lambda self: self.config.sleep_refresh)
+    trend = property(lambda self: self.config.trend)
 
     # ----------------------------------------------------------------------------------
     @property
@@ -295,6 +301,7 @@ class AmortisedLearner:
                 kernel=self.kernel,
                 lam=self.lam,
                 estimator=self.estimator,
+                trend=self.trend,
             )
             self.optimizer.zero_grad(set_to_none=True)
             (-part).backward()
@@ -312,6 +319,7 @@ class AmortisedLearner:
             estimator=self.estimator,
             solver=self.solver,
             warm_start=self._warm,
+            trend=self.trend,
         )
         self.optimizer.zero_grad(set_to_none=True)
         (-est.objective).backward()

@@ -2,7 +2,8 @@
 
 :class:`LearnerConfig` holds every constructor option that is a setting rather than an object
 (the model, kernel and optimisers are objects): the sleep sizes, the λ rule, the estimator,
-kernel learning, the seed, gradient clipping, the solver and the sleep-set refresh. A
+kernel learning, the seed, gradient clipping, the solver, the sleep-set refresh and the
+polynomial trend. A
 checkpoint records them (:meth:`LearnerConfig.hyperparameters`) and a resume must match them.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from ._checks import check_int, check_positive
 from .estimator import check_lam_scalar
 from .hyperparameters import LEARNED_LAMBDA_RANGE, check_rule
+from .polynomial_trend import check_trend
 from .solvers import SolverConfig
 
 __all__ = ["LearnerConfig"]
@@ -39,6 +41,7 @@ class LearnerConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     warm_start: bool | None = None
     sleep_refresh: float = 1.0
+    trend: int | None = None
 
     def __post_init__(self) -> None:
         def fix(name: str, value: Any) -> None:
@@ -80,6 +83,11 @@ class LearnerConfig:
         fix("sleep_refresh", float(refresh))
         if self.warm_start is not None:
             fix("warm_start", bool(self.warm_start))
+        fix("trend", check_trend(self.trend))
+        if self.trend is not None and self.solver.solver != "exact":
+            raise ValueError(
+                f"trend: a polynomial trend needs solver='exact', not {self.solver.solver!r}"
+            )
 
     @property
     def uses_warm_start(self) -> bool:
@@ -121,4 +129,5 @@ class LearnerConfig:
             "warm_start": self.uses_warm_start,
             "sleep_refresh": self.sleep_refresh,
             "lam": self.lam,
+            "trend": self.trend,
         }
