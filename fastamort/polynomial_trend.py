@@ -16,10 +16,12 @@ it, and Σ_m a_nm ‖x_n − x_m‖² > 0 enters the estimated E‖x − μ(z)�
 as if it were noise. On the ica experiment's synthetic problems at the true mixing matrix
 (σ = 0.1, M = 1000, λ = 1e-2) the plain regression estimates E‖x − As‖² at 2.6× its value,
 which pulls the learned σ up; with ``trend=2`` the ratio is 1.05 ± 0.2
-(``docs/results/ica-analysis``). Not a free gain: on the gradient-estimation experiment's
-factor analysis a quadratic trend was no better than the default (the wake points lie off the
-sleep distribution, where a polynomial extrapolates). Degree 2 needs q = 1 + D + D(D + 1)/2
-terms, so it suits low-dimensional features.
+(``docs/results/ica-analysis``). Not a free gain, hence off by default: for one gradient of a
+model far from its data the wake points lie off the sleep distribution, where a polynomial
+extrapolates. On the gradient-estimation experiment's problems (M = 2000, 4 sleep sets, the
+default λ rule) the relative error to the exact gradient was 0.128 with ``trend=2`` against
+0.076 without (factor analysis) and 0.123 against 0.052 (the mixture). Degree 2 needs
+q = 1 + D + D(D + 1)/2 terms, so it suits low-dimensional features.
 """
 
 from __future__ import annotations
