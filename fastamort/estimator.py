@@ -511,6 +511,11 @@ def amortised_estimate(
             "trend: a polynomial trend needs solver='exact', without intercept=True (the "
             "trend's degree 0 is the constant) and without warm_start"
         )
+    if trend is not None and traced():
+        raise ValueError(
+            "trend: the polynomial trend's checks depend on the data and cannot run under "
+            "torch.compile or a torch.func transform; call amortised_estimate eagerly"
+        )
     if isinstance(warm_start, AmortisedEstimate):
         warm_start = warm_start.warm_start()
     elif warm_start is not None and not isinstance(warm_start, WarmStart):

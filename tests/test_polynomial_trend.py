@@ -174,3 +174,21 @@ def test_the_learner_trains_with_a_trend_and_a_resume_must_match_it(tmp_path):
     with pytest.raises(ValueError, match="trend: 2 in the checkpoint, 1 here"):
         other.fit(data, epochs=2, batch_size=100, progress=False,
                   checkpoint=tmp_path / "ck.pt", resume=True)  # fmt: skip
+
+
+def test_the_trend_under_torch_compile_is_a_clear_error():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = FactorAnalysis(3, 1).double()
+    z, xs = model.sample(60)
+    x = model.sample(10)[1]
+    kernel = Gaussian(1.0)
+    compiled = torch.compile(
+        lambda w: fastamort.amortised_objective(
+            model, w, sleep=(z, xs), kernel=kernel, lam=0.1, trend=1
+        ),
+        fullgraph=True,
+        backend="eager",
+    )
+    with pytest.raises(Exception, match="trend: the polynomial trend's checks depend on the data"):
+        compiled(x)
