@@ -95,7 +95,7 @@ def trend_weights(
             f"than the M = {m} sleep points; lower the degree or draw more sleep samples"
         )
     centre = fs.mean(0)
-    scale = fs.std(0) if m > 1 else torch.ones_like(centre)
+    scale = fs.std(0)  # m > q ≥ 1 points
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     p_sleep = polynomial_features(fs, centre, scale, degree)
     p_wake = polynomial_features(fw, centre, scale, degree)

@@ -24,7 +24,7 @@ learner, :mod:`fastamort.polynomial_trend`) and the median-heuristic lengthscale
 fresh sleep set every ``refresh_every`` steps. The plain regression's smoothing inflates the
 estimated E‖x − As‖², which holds σ up: at the true A with σ = 0.1 it estimates 2.6× the
 true value, with the trend 1.05× (``docs/results/ica-analysis``); started at the truth, 2000
-steps without the trend moved σ to 0.21–0.32, with it σ stayed at 0.11–0.12. The
+steps without the trend moved σ to 0.16–0.32, with it σ stayed at 0.09–0.10. The
 refinement is off for ``syn_refine_steps=0`` (the earlier protocol).
 
 (a) Synthetic mixtures: ``n_problems`` random problems, each with a mixing matrix A* (D = 4,
@@ -258,16 +258,24 @@ def refine(model: LaplaceICA, x: torch.Tensor, *, cfg: Config, seed: int, progre
 
 
 # ------------------------------------------------------------------------------------------
+def synthetic_problem(
+    cfg: Config, seed: int, i: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic problem ``i``: (A* (D, D), x (cfg.syn_train, D)), a function of the seed."""
+    d = cfg.syn_dim
+    torch.manual_seed(_common.sub_seed(seed, "synthetic", i, "truth"))
+    truth = LaplaceICA(d, d).double().to(device)
+    with torch.no_grad():
+        s = truth.sample_latent(cfg.syn_train)
+        x = truth.mean(s) + cfg.syn_noise * torch.randn_like(truth.mean(s))
+    return truth.mixing, x
+
+
 def run_synthetic(cfg: Config, seed: int, device: torch.device, progress: bool) -> dict[str, Any]:
     records = []
     d = cfg.syn_dim
     for i in range(cfg.n_problems):
-        torch.manual_seed(_common.sub_seed(seed, "synthetic", i, "truth"))
-        truth = LaplaceICA(d, d).double().to(device)
-        with torch.no_grad():
-            s = truth.sample_latent(cfg.syn_train)
-            x = truth.mean(s) + cfg.syn_noise * torch.randn_like(truth.mean(s))
-        a_star = truth.mixing
+        a_star, x = synthetic_problem(cfg, seed, i, device)
         a_fast = fastica_mixing(
             x, d, whiten=True, seed=_common.sub_seed(seed, "synthetic", i, "fastica"),
             max_iter=cfg.fastica_max_iter,

@@ -14,11 +14,10 @@ median-heuristic lengthscale on the sleep set, λ = 1e-2, M = 1000 sleep samples
    importance sampling (proposal N(A⁻¹x, σ²(AᵀA)⁻¹), the likelihood's own shape, 2000
    particles per point), per sleep set and for the mean of 8 sets, at A* and at a rotated A.
 3. With ``--train``: the learner started at (A*, σ*) and run 2000 steps at lr 3e-3, with the
-   plain kernel and with the quadratic trend (problems 0 and 1); then the experiment's own
-   schedule (random start, σ = 1, 2250 steps at lr 3e-2) followed by 2000 steps at lr 3e-3
-   with the trend (problems 0–2). The trend enters the learner through a kernel that adds
-   10⁶·(1 + x·y/s²)² to the Gaussian, which at λ = 1e-2 leaves the quadratic part all but
-   unpenalised (the same weights as part 1's exact formula to within the noise).
+   plain regression and with ``trend=2`` (problems 0 and 1); then from the experiment's
+   random start (σ = 1) 2250 plain steps at lr 3e-2 followed by 2000 steps at lr 3e-3 with
+   ``trend=2`` (problems 0–2); all by the experiment's refinement loop
+   (:func:`fastamort.experiments.ica.refine`: the median heuristic reset every 10 steps).
 
 Run (about 1 minute; ``--train`` about 15 more on one thread)::
 
@@ -29,26 +28,23 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import torch
 
-from fastamort import AmortisedLearner
 from fastamort.experiments import _common
-from fastamort.experiments.ica import FULL, amari_distance
-from fastamort.kernels import Gaussian, median_distance
+from fastamort.experiments.ica import FULL, amari_distance, refine, synthetic_problem
+from fastamort.kernels import Gaussian
 from fastamort.models.ica import LaplaceICA
+from fastamort.polynomial_trend import trend_weights
+from fastamort.solvers.exact import exact_weights
 
 LAM, M, N_WAKE, SETS = 1e-2, 1000, 2000, 8
 
 
 def problem(i: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(A* (4, 4), x (5000, 4)) of the experiment's synthetic problem i (seed 0)."""
-    torch.manual_seed(_common.sub_seed(0, "synthetic", i, "truth"))
-    truth = LaplaceICA(4, 4).double()
-    with torch.no_grad():
-        s = truth.sample_latent(FULL.syn_train)
-        x = truth.mean(s) + FULL.syn_noise * torch.randn_like(truth.mean(s))
-    return truth.mixing.clone(), x
+    return synthetic_problem(FULL, 0, i, torch.device("cpu"))
 
 
 def model_at(a: torch.Tensor, sigma: float) -> LaplaceICA:
@@ -59,26 +55,15 @@ def model_at(a: torch.Tensor, sigma: float) -> LaplaceICA:
     return model
 
 
-def quadratic_features(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """[1, u_i, u_i u_j (i ≤ j)] of u = (x − mean)/std, (n, 15) for D = 4."""
-    u = (x - mean) / std
-    i, j = torch.triu_indices(u.shape[1], u.shape[1])
-    return torch.cat([torch.ones(len(u), 1, dtype=u.dtype), u, u[:, i] * u[:, j]], 1)
-
-
 def wake_weights(xs: torch.Tensor, xw: torch.Tensor, trend: bool) -> torch.Tensor:
-    """KRR weights a (N, M): the prediction at wake point n is Σ_m a_nm t_m."""
-    ell = median_distance(xs)
-    k = torch.exp(-(torch.cdist(xs, xs) ** 2) / (2 * ell**2))
-    kw = torch.exp(-(torch.cdist(xs, xw) ** 2) / (2 * ell**2))
-    chol = torch.linalg.cholesky(k + LAM * torch.eye(len(xs), dtype=k.dtype))
-    a0 = torch.cholesky_solve(kw, chol).T
-    if not trend:
-        return a0
-    mean, std = xs.mean(0), xs.std(0)
-    p, pw = quadratic_features(xs, mean, std), quadratic_features(xw, mean, std)
-    r = torch.cholesky_solve(p, chol)  # (K + λI)⁻¹ P
-    return a0 + torch.linalg.solve(p.T @ r, (pw - a0 @ p).T).T @ r.T
+    """KRR weights a (N, M), the prediction at wake point n being Σ_m a_nm t_m: the estimator's
+    own regression (median-heuristic Gaussian, λ = LAM), plain or with ``trend=2``, against
+    the identity as wake weights."""
+    kernel = Gaussian().init_from(xs)
+    eye = torch.eye(len(xw), dtype=xw.dtype)
+    if trend:
+        return trend_weights(kernel, xs, xw, eye, LAM, 2)[0].T
+    return exact_weights(kernel, xs, xw, eye, LAM)[0].T
 
 
 def sleep_set(a: torch.Tensor, sigma: float, seed: int):
@@ -160,40 +145,11 @@ def a_gradient_table(a_star: torch.Tensor, xw: torch.Tensor) -> None:
             )
 
 
-class TrendGaussian(Gaussian):
-    """Gaussian + c·(1 + x·y/s²)²: with c = 10⁶ the quadratic part is all but unpenalised."""
-
-    def __init__(self, c: float):
-        super().__init__(1.0, learn_lengthscale=False)
-        self.c, self.s2 = c, 1.0
-
-    def refresh(self, xs: torch.Tensor) -> None:
-        self.s2 = float((xs**2).sum(1).mean())
-        self.log_lengthscale.data.fill_(math.log(median_distance(xs)))
-
-    def gram_features(self, fx, fy=None):
-        fy = fx if fy is None else fy
-        k = super().gram_features(fx, fy)
-        return k + self.c * (1 + fx @ fy.T / self.s2) ** 2 if self.c else k
-
-    def gram_matmul_features(self, fx, fy, v):
-        return self.gram_features(fx, fy) @ v
-
-
-def fit(model, kernel, x, steps, lr, seed) -> None:
-    """``steps`` learner steps (batch 100), the median heuristic (and s²) refreshed every 10."""
-
-    def refresh(_learner=None, record=None):
-        if record is None or record["step"] % 10 == 0:
-            with torch.no_grad():
-                kernel.refresh(model.sample(M)[1])
-        return record is not None and record["step"] >= steps
-
-    refresh()
-    learner = AmortisedLearner(
-        model, kernel=kernel, n_sleep=M, lr=lr, lam=LAM, learn_kernel=False, seed=seed
-    )
-    learner.fit(x, epochs=10**5, batch_size=100, progress=False, callbacks=[refresh])
+def fit(model: LaplaceICA, x: torch.Tensor, steps: int, lr: float, trend: int | None, seed: int):
+    """``steps`` learner steps at ``lr`` by the experiment's refinement (batch 100, the median
+    heuristic reset every 10 steps), with the regression's polynomial trend or without."""
+    cfg = replace(FULL, syn_refine_steps=steps, syn_refine_lr=lr, syn_refine_trend=trend)
+    refine(model, x, cfg=cfg, seed=seed, progress=False)
 
 
 def training_table() -> None:
@@ -202,12 +158,12 @@ def training_table() -> None:
     print("|---|---|---|---|---|")
     for i in (0, 1):
         a_star, x = problem(i)
-        for c in (0.0, 1e6):
+        for trend in (None, 2):
             model = model_at(a_star, FULL.syn_noise)
             torch.manual_seed(_common.sub_seed(0, "synthetic", i, "train"))
-            fit(model, TrendGaussian(c), x, 2000, 3e-3, seed=1)
+            fit(model, x, 2000, 3e-3, trend, seed=1)
             print(
-                f"| {i} | truth | {'quadratic trend' if c else 'plain'} | "
+                f"| {i} | truth | {'quadratic trend' if trend else 'plain'} | "
                 f"{amari_distance(model.mixing, a_star):.3f} | {model.noise_std:.3f} |",
                 flush=True,
             )
@@ -216,9 +172,9 @@ def training_table() -> None:
         torch.manual_seed(_common.sub_seed(0, "synthetic", i, "init"))
         model = LaplaceICA(4, 4).double()
         torch.manual_seed(_common.sub_seed(0, "synthetic", i, "train"))
-        fit(model, TrendGaussian(0.0), x, 2250, FULL.syn_lr, seed=1)
+        fit(model, x, 2250, FULL.syn_lr, None, seed=1)
         before = (amari_distance(model.mixing, a_star), model.noise_std)
-        fit(model, TrendGaussian(1e6), x, 2000, 3e-3, seed=2)
+        fit(model, x, 2000, 3e-3, 2, seed=2)
         print(
             f"| {i} | random, then 2250 plain steps (Amari {before[0]:.3f}, σ {before[1]:.3f})"
             f" | quadratic trend | {amari_distance(model.mixing, a_star):.3f} | "
