@@ -136,3 +136,29 @@ def test_ica_quick_run(tmp_path):
     assert "| method |" in (tmp_path / "results.md").read_text()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "filters.png").stat().st_size > 0
+
+
+def test_refine_lengthscale_is_the_scaled_median_heuristic():
+    """``syn_refine_lengthscale_scale`` multiplies the median heuristic of the same sleep set."""
+    from dataclasses import replace
+
+    from fastamort.kernels import Gaussian
+
+    model = _model()
+    lengthscales = []
+    for scale in (1.0, 2.5):
+        kernel = Gaussian()
+        torch.manual_seed(3)
+        exp.reset_lengthscale(kernel, model, replace(exp.QUICK, syn_refine_lengthscale_scale=scale))
+        lengthscales.append(float(kernel.log_lengthscale.exp()))
+    assert lengthscales[1] == pytest.approx(2.5 * lengthscales[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf"), "2"])
+def test_refine_lengthscale_scale_must_be_positive(scale):
+    from dataclasses import replace
+
+    cfg = replace(exp.QUICK, syn_refine_lengthscale_scale=scale, syn_refine_steps=2)
+    x = torch.randn(20, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="syn_refine_lengthscale_scale"):
+        exp.refine(_model(), x, cfg=cfg, seed=0, progress=False)

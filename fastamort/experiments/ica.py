@@ -26,6 +26,10 @@ estimated E‖x − As‖², which holds σ up: at the true A with σ = 0.1 it e
 true value, with the trend 1.05× (``docs/results/ica-analysis``); started at the truth, 2000
 steps without the trend moved σ to 0.16–0.32, with it σ stayed at 0.09–0.10. The
 refinement is off for ``syn_refine_steps=0`` (the earlier protocol).
+``syn_refine_lengthscale_scale`` multiplies the refinement's median-heuristic lengthscale
+(default 1). At 2 the part of the A-gradient that rotates A is unbiased at the truth (with
+the median it is biased by more than the restoring signal at Amari 0.075; the analysis's
+part 4), but the full run ended no better (``docs/RESULTS.md``, ica).
 
 (a) Synthetic mixtures: ``n_problems`` random problems, each with a mixing matrix A* (D = 4,
 N(0, 1) entries), Laplace(0, 1) sources and N(0, 0.1²) noise; 5,000 training points. The model
@@ -101,6 +105,7 @@ class Config:
     syn_refine_lr: float = 3e-3
     syn_refine_trend: int | None = 2
     refresh_every: int = 10  # the refinement's median heuristic, on a fresh sleep set
+    syn_refine_lengthscale_scale: float = 1.0  # the refinement's ℓ: this × the median heuristic
     # (b) natural-image patches
     patch: int = 8
     img_dim: int = 8  # whitened PCA components kept = sources
@@ -230,13 +235,25 @@ def train(
     return _common.timed(fit, device)
 
 
+@torch.no_grad()
+def reset_lengthscale(kernel: Gaussian, model: LaplaceICA, cfg: Config) -> None:
+    """The refinement's lengthscale: ``cfg.syn_refine_lengthscale_scale`` × the median
+    heuristic on a fresh sleep set of ``cfg.syn_n_sleep`` points, in place."""
+    scale = cfg.syn_refine_lengthscale_scale
+    if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"syn_refine_lengthscale_scale: must be a positive number, got {scale!r}")
+    kernel.init_from(draw_sleep(model, cfg.syn_n_sleep)[1])
+    kernel.log_lengthscale.add_(math.log(scale))
+
+
 def refine(model: LaplaceICA, x: torch.Tensor, *, cfg: Config, seed: int, progress: bool) -> float:
     """The refinement: ``cfg.syn_refine_steps`` steps at ``cfg.syn_refine_lr`` of a learner
     whose regression has a polynomial trend of degree ``cfg.syn_refine_trend``
     (:mod:`fastamort.polynomial_trend`), Gaussian kernel on raw x, λ = ``cfg.lam``, the
-    lengthscale reset by the median heuristic on a fresh sleep set every ``cfg.refresh_every``
-    steps (the model has moved since the first one); returns the wall seconds."""
+    lengthscale set before the first step and reset every ``cfg.refresh_every`` steps (the
+    model moves) by :func:`reset_lengthscale`; returns the wall seconds."""
     kernel = Gaussian().to(x.device)
+    reset_lengthscale(kernel, model, cfg)
     learner = AmortisedLearner(
         model, kernel=kernel, n_sleep=cfg.syn_n_sleep, lr=cfg.syn_refine_lr,
         lam=cfg.lam, learn_kernel=False, seed=seed,
@@ -245,8 +262,7 @@ def refine(model: LaplaceICA, x: torch.Tensor, *, cfg: Config, seed: int, progre
 
     def refresh(_learner, record) -> bool:
         if cfg.refresh_every and record["step"] % cfg.refresh_every == 0:
-            with torch.no_grad():
-                kernel.init_from(draw_sleep(model, cfg.syn_n_sleep)[1])
+            reset_lengthscale(kernel, model, cfg)
         return record["step"] >= cfg.syn_refine_steps
 
     def fit():
