@@ -24,7 +24,7 @@ learner, :mod:`fastamort.polynomial_trend`) and the median-heuristic lengthscale
 fresh sleep set every ``refresh_every`` steps. The plain regression's smoothing inflates the
 estimated E‖x − As‖², which holds σ up: at the true A with σ = 0.1 it estimates 2.6× the
 true value, with the trend 1.05× (``docs/results/ica-analysis``); started at the truth, 2000
-steps without the trend moved σ to 0.16–0.32, with it σ stayed at 0.09–0.10. The
+steps without the trend moved σ to 0.21–0.32, with it σ stayed at 0.11–0.12. The
 refinement is off for ``syn_refine_steps=0`` (the earlier protocol).
 ``syn_refine_lengthscale_scale`` multiplies the refinement's median-heuristic lengthscale
 (default 1). At 2 the part of the A-gradient that rotates A is unbiased at the truth (with
