@@ -70,15 +70,24 @@ def model_at(a: torch.Tensor, sigma: float) -> LaplaceICA:
     return model
 
 
-def wake_weights(xs: torch.Tensor, xw: torch.Tensor, trend: bool) -> torch.Tensor:
-    """KRR weights a (N, M), the prediction at wake point n being Σ_m a_nm t_m: the estimator's
-    own regression (median-heuristic Gaussian, λ = LAM), plain or with ``trend=2``, against
-    the identity as wake weights."""
+def regression_weights(
+    xs: torch.Tensor, xw: torch.Tensor, v: torch.Tensor, trend: int, scale: float = 1.0
+) -> torch.Tensor:
+    """W (M, P) of the estimator's own regression against the wake weights v (N, P): Gaussian
+    kernel at ``scale`` × the median heuristic of the sleep set, λ = LAM, plain (``trend`` 0)
+    or with a polynomial trend of that degree."""
     kernel = Gaussian().init_from(xs)
-    eye = torch.eye(len(xw), dtype=xw.dtype)
+    with torch.no_grad():
+        kernel.log_lengthscale.add_(math.log(scale))
     if trend:
-        return trend_weights(kernel, xs, xw, eye, LAM, 2)[0].T
-    return exact_weights(kernel, xs, xw, eye, LAM)[0].T
+        return trend_weights(kernel, xs, xw, v, LAM, trend)[0]
+    return exact_weights(kernel, xs, xw, v, LAM)[0]
+
+
+def wake_weights(xs: torch.Tensor, xw: torch.Tensor, trend: bool) -> torch.Tensor:
+    """KRR weights a (N, M), the prediction at wake point n being Σ_m a_nm t_m: the
+    regression at the median heuristic, plain or with ``trend=2``."""
+    return regression_weights(xs, xw, torch.eye(len(xw), dtype=xw.dtype), 2 if trend else 0).T
 
 
 def sleep_set(a: torch.Tensor, sigma: float, seed: int):
@@ -207,13 +216,7 @@ def rotation_gradients(a: torch.Tensor, x: torch.Tensor, trend: int, scale: floa
     rows = []
     for seed in range(ROTATION_SETS):
         z, xs, _ = sleep_set(a, FULL.syn_noise, 5000 + seed)
-        kernel = Gaussian().init_from(xs)
-        with torch.no_grad():
-            kernel.log_lengthscale.add_(math.log(scale))
-        if trend:
-            w = trend_weights(kernel, xs, x, v, LAM, trend)[0]
-        else:
-            w = exact_weights(kernel, xs, x, v, LAM)[0]
+        w = regression_weights(xs, x, v, trend, scale)
         g = (w[:, :4].T @ z - a @ (z.T * w[:, 4]) @ z) / FULL.syn_noise**2
         rows.append((a.T @ g)[off])
     return torch.stack(rows)
